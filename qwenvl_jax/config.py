@@ -1,0 +1,272 @@
+"""Typed, validated configuration.
+
+Config files under `configs/` are plain Python (big_vision style): `get_config(variant)` returns an
+`ml_collections.ConfigDict`. `load_config("configs/tiny.py:variant")` imports one and turns the
+`model` / `mesh` sections into the frozen dataclasses below, validating every field on the way, so a
+bad value fails at load time with the field's dotted name rather than as a shape error inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import pathlib
+from typing import Any, Mapping
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message names the field."""
+
+
+def _check(cond: bool, field: str, msg: str):
+  if not cond:
+    raise ConfigError(f"config field '{field}': {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """ViT-bigG/14 in the OpenCLIP layout used by Qwen-VL (no class token)."""
+  image_size: int = 448
+  patch_size: int = 14
+  width: int = 1664
+  layers: int = 48
+  heads: int = 16
+  mlp_dim: int = 8192
+  pos_grid: int = 16  # learned position embedding is a pos_grid x pos_grid table, resized per input
+  ln_eps: float = 1e-6
+  # Appendix E.3 ablation: window attention (window_patches x window_patches) in most layers, global
+  # attention in every `global_every`-th layer. 0 disables windowing (the released model).
+  window_patches: int = 0
+  global_every: int = 4
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.heads
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  def validate(self, prefix: str = "model.vision"):
+    _check(self.width % self.heads == 0, f"{prefix}.width",
+           f"width {self.width} is not divisible by heads {self.heads}")
+    _check(self.image_size % self.patch_size == 0, f"{prefix}.image_size",
+           f"image size {self.image_size} is not divisible by patch size {self.patch_size}")
+    _check(self.layers > 0, f"{prefix}.layers", "must be positive")
+    if self.window_patches:
+      _check(self.grid % self.window_patches == 0, f"{prefix}.window_patches",
+             f"patch grid {self.grid} is not divisible by window {self.window_patches}")
+      _check(self.global_every > 0, f"{prefix}.global_every", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  """Position-aware VL adapter: one cross-attention layer with learnable queries."""
+  n_queries: int = 256
+  heads: int = 32
+  ln_eps: float = 1e-6
+
+  @property
+  def grid(self) -> int:
+    return math.isqrt(self.n_queries)
+
+  def validate(self, embed: int, prefix: str = "model.adapter"):
+    _check(self.grid * self.grid == self.n_queries, f"{prefix}.n_queries",
+           f"{self.n_queries} is not a perfect square (queries form a 2D grid)")
+    _check(embed % self.heads == 0, f"{prefix}.heads",
+           f"adapter width {embed} is not divisible by heads {self.heads}")
+    _check(embed % 4 == 0, f"{prefix}.heads", "adapter width must be divisible by 4 (2D sin-cos)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+  """Qwen-7B decoder."""
+  vocab_size: int = 151936
+  hidden: int = 4096
+  layers: int = 32
+  heads: int = 32
+  head_dim: int = 128
+  mlp_dim: int = 11008  # width of each of w1 / w2 (config.json intermediate_size // 2)
+  rope_base: float = 10000.0
+  rms_eps: float = 1e-6
+  seq_length: int = 2048  # training context: the reference for log-n scaling and dynamic NTK
+  use_dynamic_ntk: bool = True  # inference only
+  use_logn_attn: bool = True  # inference only
+
+  def validate(self, prefix: str = "model.llm"):
+    _check(self.heads * self.head_dim == self.hidden, f"{prefix}.heads",
+           f"heads {self.heads} x head_dim {self.head_dim} != hidden {self.hidden}")
+    _check(self.head_dim % 2 == 0, f"{prefix}.head_dim", "rotary embeddings need an even head_dim")
+    _check(self.vocab_size > 0, f"{prefix}.vocab_size", "must be positive")
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_REMAT = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vision: VisionConfig = VisionConfig()
+  adapter: AdapterConfig = AdapterConfig()
+  llm: LLMConfig = LLMConfig()
+  # Special token ids the model itself needs (image span delimiters). Defaults: the Qwen vocabulary.
+  image_start_id: int = 151857
+  image_end_id: int = 151858
+  image_pad_id: int = 151859
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"  # master weights
+  remat: str = "none"
+  scan_layers: bool = True
+
+  def validate(self):
+    self.vision.validate()
+    self.adapter.validate(self.llm.hidden)
+    self.llm.validate()
+    for name in ("image_start_id", "image_end_id", "image_pad_id"):
+      _check(0 <= getattr(self, name) < self.llm.vocab_size, f"model.{name}",
+             f"{getattr(self, name)} outside the vocabulary [0, {self.llm.vocab_size})")
+    _check(self.dtype in _DTYPES, "model.dtype", f"{self.dtype!r} not in {_DTYPES}")
+    _check(self.param_dtype in _DTYPES, "model.param_dtype", f"{self.param_dtype!r} not in {_DTYPES}")
+    _check(self.remat in _REMAT, "model.remat", f"{self.remat!r} not in {_REMAT}")
+    return self
+
+  @property
+  def tokens_per_image(self) -> int:
+    return self.adapter.n_queries
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Sizes of the (data, fsdp, tensor) mesh axes; one size may be -1 (fill with the rest)."""
+  data: int = 1
+  fsdp: int = -1
+  tensor: int = 1
+
+  def resolved_shape(self, n_devices: int) -> tuple[int, int, int]:
+    sizes = [self.data, self.fsdp, self.tensor]
+    free = [i for i, s in enumerate(sizes) if s == -1]
+    _check(len(free) <= 1, "mesh", f"at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    for name, s in zip(MESH_AXES, sizes):
+      _check(s == -1 or s >= 1, f"mesh.{name}", f"size {s} must be >= 1 or -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if free:
+      _check(n_devices % known == 0, f"mesh.{MESH_AXES[free[0]]}",
+             f"cannot fill: {n_devices} devices not divisible by the other axes' product {known}")
+      sizes[free[0]] = n_devices // known
+    _check(math.prod(sizes) == n_devices, "mesh",
+           f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {n_devices}")
+    return tuple(sizes)
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from ConfigDicts / plain dicts.
+
+
+def _from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
+  values = dict(values or {})
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  _check(not unknown, prefix, f"unknown field(s) {unknown}; known: {sorted(fields)}")
+  kwargs = {}
+  for name, value in values.items():
+    sub = {"vision": VisionConfig, "adapter": AdapterConfig, "llm": LLMConfig}.get(name)
+    if cls is ModelConfig and sub is not None:
+      kwargs[name] = _from_mapping(sub, value, f"{prefix}.{name}")
+      continue
+    default = fields[name].default
+    if isinstance(default, bool):
+      _check(isinstance(value, bool), f"{prefix}.{name}", f"expected a bool, got {value!r}")
+    elif isinstance(default, int):
+      _check(isinstance(value, int) and not isinstance(value, bool), f"{prefix}.{name}",
+             f"expected an int, got {value!r}")
+    elif isinstance(default, float):
+      _check(isinstance(value, (int, float)), f"{prefix}.{name}", f"expected a number, got {value!r}")
+      value = float(value)
+    kwargs[name] = value
+  return cls(**kwargs)
+
+
+def _to_plain(value):
+  if isinstance(value, ml_collections.ConfigDict):
+    return {k: _to_plain(v) for k, v in value.items()}
+  if isinstance(value, Mapping):
+    return {k: _to_plain(v) for k, v in value.items()}
+  return value
+
+
+def model_config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
+  return _from_mapping(ModelConfig, _to_plain(values), "model").validate()
+
+
+def mesh_config_from_dict(values: Mapping[str, Any] | None) -> MeshConfig:
+  return _from_mapping(MeshConfig, _to_plain(values), "mesh")
+
+
+def model_config_to_dict(cfg: ModelConfig) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Config files.
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def _resolve_config_path(spec: str) -> pathlib.Path:
+  path = pathlib.Path(spec)
+  if path.suffix != ".py":
+    path = path.with_suffix(".py")
+  if path.exists():
+    return path
+  candidate = CONFIG_DIR / path.name
+  if candidate.exists():
+    return candidate
+  raise ConfigError(f"config file '{spec}' not found (also looked in {CONFIG_DIR})")
+
+
+def load_config_dict(spec: str) -> ml_collections.ConfigDict:
+  """`configs/stage1.py:tiny`, `stage1:tiny` or `qwen_vl_7b` -> the file's get_config(variant)."""
+  path_part, _, variant = spec.partition(":")
+  path = _resolve_config_path(path_part)
+  module_spec = importlib.util.spec_from_file_location(f"qwenvl_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file '{path}' has no get_config(variant) function")
+  cfg = module.get_config(variant or None)
+  return cfg
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+  """Applies `key.sub=value` strings; values parse as Python literals where they can."""
+  import ast
+
+  for item in overrides or []:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+      if part not in node:
+        raise ConfigError(f"override '{item}': no config field '{key}'")
+      node = node[part]
+    if parts[-1] not in node:
+      raise ConfigError(f"override '{item}': no config field '{key}'")
+    node[parts[-1]] = value  # ConfigDict type-checks against the existing value
+  return cfg
+
+
+def load_model_config(spec: str) -> ModelConfig:
+  cfg = load_config_dict(spec)
+  return model_config_from_dict(cfg.model)
