@@ -46,6 +46,7 @@ DEFAULT_RULES: Rules = (
     ("patch", None),  # patch kernel rows (kh, kw, c)
     ("pos", None),  # position-table rows
     ("queries", None),
+    ("proj_out", "tensor"),  # output dim of the adapter's square `proj`
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
@@ -159,11 +160,24 @@ def param_shardings(state: nnx.State, mesh: Mesh, rules: Rules | None = None) ->
   return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def eval_shape_model(make_model: Callable[[], nnx.Module], rules: Rules | None = None) -> nnx.Module:
+  """`nnx.eval_shape` that is safe inside a mesh context.
+
+  Under an active mesh, Flax turns each variable's `out_sharding` into a NamedSharding, reading
+  the names as mesh axes. Ours are logical and placed by `param_shardings`, so Flax is given a
+  table that maps every logical name to "replicated" for the duration.
+  """
+  from flax.core import spmd as flax_spmd
+
+  table = rules if rules is not None else current_rules()
+  with flax_spmd.logical_axis_rules([(name, None) for name, _ in table]):
+    return nnx.eval_shape(make_model)
+
+
 def abstract_state(make_model: Callable[[], nnx.Module], mesh: Mesh | None = None,
                    rules: Rules | None = None):
   """(graphdef, state of ShapeDtypeStructs [with shardings if a mesh is given]); nothing allocated."""
-  abstract_model = nnx.eval_shape(make_model)
-  graphdef, state = nnx.split(abstract_model)
+  graphdef, state = nnx.split(eval_shape_model(make_model, rules))
   if mesh is not None:
     shardings = param_shardings(state, mesh, rules)
     state = jax.tree.map(
@@ -174,7 +188,7 @@ def abstract_state(make_model: Callable[[], nnx.Module], mesh: Mesh | None = Non
 
 def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rules | None = None):
   """Builds a model with every parameter created directly in its sharded place (no host copy)."""
-  graphdef, abs_state = nnx.split(nnx.eval_shape(make_model))
+  graphdef, abs_state = nnx.split(eval_shape_model(make_model, rules))
   shardings = param_shardings(abs_state, mesh, rules)
   state = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
   return nnx.merge(graphdef, state)

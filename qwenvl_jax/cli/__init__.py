@@ -1,0 +1,43 @@
+"""The `qwenvl-jax` command. Each module in this package adds one subcommand via `register()`.
+
+Subcommand modules only parse arguments and call the importable API (`qwenvl_jax.*`); they import
+their heavy dependencies inside the handler so `qwenvl-jax --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="qwenvl-jax", description=__doc__.splitlines()[0])
+  subparsers = parser.add_subparsers(dest="command", required=True)
+  for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+    module = importlib.import_module(f"{__name__}.{info.name}")
+    if hasattr(module, "register"):
+      module.register(subparsers)
+  return parser
+
+
+class UserError(Exception):
+  """An error caused by the user's input: printed as one line, no traceback."""
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return int(args.handler(args) or 0)
+  except (UserError, FileNotFoundError, ValueError, KeyError) as e:
+    if getattr(args, "debug", False):
+      raise
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"qwenvl-jax {args.command}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,68 @@
+"""Position-aware vision-language adapter (the released `attn_pool` + `ln_post` + `proj`).
+
+One cross-attention layer: `n_queries` learnable queries attend over the ViT features projected to
+the LLM width. A fixed 2D sin-cos table is added to the queries (as is) and to the keys (bicubically
+resized from the query grid to the patch grid, exactly as the reference does); values get no
+position term. Output: ln_post then `x @ proj` -> [B, n_queries, llm_hidden].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qwenvl_jax.config import AdapterConfig, VisionConfig
+from qwenvl_jax.model import layers
+from qwenvl_jax.model.layers import Buffer, LayerNorm, Linear, constrain
+from qwenvl_jax.model.posemb import sincos_2d
+from qwenvl_jax.model.resize import resize_grid_table
+
+
+class Adapter(nnx.Module):
+
+  def __init__(self, cfg: AdapterConfig, vision: VisionConfig, embed: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32, param_dtype=jnp.float32):
+    self.cfg = cfg
+    self.dtype = dtype
+    heads, head_dim = cfg.heads, embed // cfg.heads
+    self.head_dim = head_dim
+    self.query = layers.param(rngs, layers.normal(0.02), (cfg.n_queries, embed), ("queries", "embed"),
+                              param_dtype)
+    self.pos_embed = Buffer(jnp.asarray(sincos_2d(embed, cfg.grid)), out_sharding=("pos", "embed"),
+                            eager_sharding=False)
+    self.kv_proj = Linear((vision.width,), (embed,), ("vit_embed",), ("embed",), use_bias=False,
+                          rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.ln_q = LayerNorm(embed, cfg.ln_eps, ("embed",), param_dtype=param_dtype)
+    self.ln_kv = LayerNorm(embed, cfg.ln_eps, ("embed",), param_dtype=param_dtype)
+    # nn.MultiheadAttention's in_proj: q, k, v as contiguous blocks -> [embed, 3, heads, head_dim].
+    self.in_proj = Linear((embed,), (3, heads, head_dim), ("embed",), ("qkv", "heads", "head_dim"),
+                          use_bias=True, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.out_proj = Linear((heads, head_dim), (embed,), ("heads", "head_dim"), ("embed",),
+                           use_bias=True, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.ln_post = LayerNorm(embed, cfg.ln_eps, ("embed",), param_dtype=param_dtype)
+    self.proj = layers.param(rngs, layers.normal(embed ** -0.5), (embed, embed), ("embed", "proj_out"),
+                             param_dtype)
+
+  def _project(self, x, i):
+    """The i-th (q, k, v) slice of the fused input projection."""
+    kernel = self.in_proj.kernel[...][:, i].astype(self.dtype)
+    bias = self.in_proj.bias[...][i].astype(self.dtype)
+    return jnp.einsum("bne,ehd->bnhd", x.astype(self.dtype), kernel) + bias
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    """features [B, N, vit_width] on a sqrt(N) x sqrt(N) grid -> [B, n_queries, embed]."""
+    b, n, _ = features.shape
+    grid = int(round(n ** 0.5))
+    kv = self.ln_kv(self.kv_proj(features))
+    q = self.ln_q(self.query[...].astype(self.dtype))
+    pos = self.pos_embed[...]
+    q = jnp.broadcast_to((q + pos.astype(q.dtype))[None], (b, *q.shape))
+    k = kv + resize_grid_table(pos, grid).astype(kv.dtype)[None]
+    q, k, v = self._project(q, 0), self._project(k, 1), self._project(kv, 2)
+    q = constrain(q, ("act_batch", None, "act_heads", None))
+    out = layers.dot_product_attention(q, k, v, None, self.head_dim ** -0.5)
+    x = self.out_proj(out)
+    x = self.ln_post(x)
+    x = x @ self.proj[...].astype(self.dtype)
+    return constrain(x, ("act_batch", None, "act_embed"))

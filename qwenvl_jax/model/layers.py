@@ -1,0 +1,206 @@
+"""Building blocks shared by the ViT, the adapter and the LLM.
+
+Parameters are created through `param()`, which attaches logical axis names (`out_sharding`) and
+switches Flax's eager sharding off for that variable: placement is decided later, in one place, by
+`qwenvl_jax.sharding` (see its docstring). Norms and softmax run in float32 whatever the compute
+dtype; matmuls run in the compute dtype with float32 master weights cast on use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qwenvl_jax.sharding import constrain
+
+Names = tuple[str | None, ...]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name_or_dtype) -> jnp.dtype:
+  return DTYPES[name_or_dtype] if isinstance(name_or_dtype, str) else name_or_dtype
+
+
+def param(rngs: nnx.Rngs | None, init: Callable, shape: Sequence[int], names: Names,
+          dtype=jnp.float32) -> nnx.Param:
+  """A parameter with logical axis names; `rngs=None` for deterministic initialisers."""
+  assert len(names) == len(shape), (names, shape)
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return nnx.Param(init(key, tuple(shape), dtype), out_sharding=tuple(names), eager_sharding=False)
+
+
+class Buffer(nnx.Variable):
+  """A fixed, non-trainable tensor that is still part of the checkpoint (e.g. sin-cos tables)."""
+
+
+def normal(stddev: float = 0.02):
+  return jax.nn.initializers.normal(stddev)
+
+
+zeros = jax.nn.initializers.zeros
+ones = jax.nn.initializers.ones
+
+
+class Linear(nnx.Module):
+  """y = x . W (+ b) contracting x's trailing `len(in_shape)` dims with W's leading ones.
+
+  Multi-dimensional in/out shapes keep heads as their own axis (e.g. a fused qkv kernel
+  [embed, 3, heads, head_dim]) so the sharding rules can address them by name.
+  """
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_names: Names,
+               out_names: Names, *, use_bias: bool, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32, init_std: float = 0.02):
+    self.n_in = len(in_shape)
+    self.dtype = dtype
+    self.kernel = param(rngs, normal(init_std), (*in_shape, *out_shape), (*in_names, *out_names),
+                        param_dtype)
+    self.bias = param(rngs, zeros, out_shape, out_names, param_dtype) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(self.dtype)
+    n = self.n_in
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
+                            ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with scale and bias, statistics in float32, output in the input dtype."""
+
+  def __init__(self, dim: int, eps: float, names: Names, *, param_dtype=jnp.float32):
+    self.eps = eps
+    self.scale = param(None, ones, (dim,), names, param_dtype)
+    self.bias = param(None, zeros, (dim,), names, param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """Qwen's RMSNorm: normalise in float32, cast back to the input dtype, then scale."""
+
+  def __init__(self, dim: int, eps: float, names: Names, *, param_dtype=jnp.float32):
+    self.eps = eps
+    self.scale = param(None, ones, (dim,), names, param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    y = (xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)).astype(x.dtype)
+    return y * self.scale[...].astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Rotary embeddings (NeoX "rotate half" convention over the full head dim, as in Qwen).
+
+
+def rope_inv_freq(head_dim: int, base: jax.Array | float) -> jax.Array:
+  return 1.0 / (jnp.asarray(base, jnp.float32) ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+
+
+def ntk_base(base: float, head_dim: int, alpha: jax.Array | float) -> jax.Array:
+  """Dynamic-NTK base: base * alpha^(d / (d - 2)) (identity for alpha = 1)."""
+  return base * jnp.asarray(alpha, jnp.float32) ** (head_dim / (head_dim - 2))
+
+
+def ntk_alpha(context_len: int, seq_length: int) -> float:
+  """The reference's alpha for a first pass over `context_len` tokens (1 when it fits)."""
+  ratio = math.log(context_len / seq_length, 2) + 1 if context_len > 0 else 0
+  return max(2 ** math.ceil(ratio) - 1, 1)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, base: jax.Array | float):
+  """cos, sin of shape [B, T, head_dim] in float32 for integer positions [B, T]."""
+  freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(head_dim, base)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [B, T, H, D]: x * cos + rotate_half(x) * sin, computed in float32."""
+  xf = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  return (xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Attention.
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                          scale: float) -> jax.Array:
+  """q [B, T, H, D], k/v [B, S, H, D], mask broadcastable to [B, H, T, S] (True = attend).
+
+  Scores and softmax in float32 (the reference uses the compute dtype; float32 is the more
+  accurate choice and identical in float32 parity tests). Fully masked rows (padding queries)
+  get uniform weights instead of NaNs.
+  """
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def scan_layers(body: Callable, carry, stacked: nnx.Module, *xs, remat: str = "none",
+                scan: bool = True, n_layers: int, has_ys: bool = False):
+  """Runs `body(carry, layer, *x_i) -> carry | (carry, y)` over stacked layers.
+
+  With `scan=True` the layers run under `nnx.scan`, so compile time does not grow with depth;
+  `remat` chooses what the backward pass recomputes. `scan=False` unrolls (debugging, profiles).
+  """
+  if remat != "none":
+    body = nnx.remat(body, policy=REMAT_POLICIES[remat])
+  if scan:
+    in_axes = (nnx.Carry, 0) + (0,) * len(xs)
+    out_axes = (nnx.Carry, 0) if has_ys else nnx.Carry
+    return nnx.scan(body, in_axes=in_axes, out_axes=out_axes)(carry, stacked, *xs)
+  graphdef, state = nnx.split(stacked)
+  ys = []
+  for i in range(n_layers):
+    layer = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+    out = body(carry, layer, *[jax.tree.map(lambda a: a[i], x) for x in xs])
+    if has_ys:
+      carry, y = out
+      ys.append(y)
+    else:
+      carry = out
+  if has_ys:
+    return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+  return carry
+
+
+def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs) -> nnx.Module:
+  """n independently initialised copies of a layer, stacked on a leading 'layers' axis."""
+
+  @nnx.split_rngs(splits=n)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(r):
+    return make_layer(r)
+
+  return make(rngs)
+
+
+__all__ = ["param", "Buffer", "Linear", "LayerNorm", "RMSNorm", "rope_cos_sin", "apply_rope",
+           "dot_product_attention", "scan_layers", "stacked", "constrain", "dtype_of", "ntk_alpha",
+           "ntk_base"]

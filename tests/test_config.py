@@ -1,0 +1,69 @@
+"""Config validation names the bad field; the 7B config reproduces the released parameter count."""
+
+import dataclasses
+
+import pytest
+
+from qwenvl_jax.cli import main
+from qwenvl_jax.config import (ConfigError, LLMConfig, MeshConfig, ModelConfig, VisionConfig,
+                               apply_overrides, load_config_dict, load_model_config,
+                               model_config_from_dict)
+from qwenvl_jax.model.params import count_parameters
+
+
+def test_7b_config_matches_reference_values():
+  cfg = load_model_config("qwen_vl_7b")
+  assert (cfg.vision.width, cfg.vision.layers, cfg.vision.heads, cfg.vision.mlp_dim) == (1664, 48, 16, 8192)
+  assert (cfg.llm.hidden, cfg.llm.layers, cfg.llm.mlp_dim, cfg.llm.vocab_size) == (4096, 32, 11008, 151936)
+  assert cfg.adapter.n_queries == 256 and cfg.image_start_id == 151857
+
+
+def test_parameter_count_equals_released_checkpoint():
+  counts = count_parameters(load_model_config("qwen_vl_7b"))
+  # Figures from the released state dict's shapes (shared/reference/qwen-vl-reference.md).
+  assert counts["llm"] == 7_721_324_544
+  assert counts["vit"] == 1_842_770_688
+  assert counts["adapter"] == 92_839_936
+  assert counts["total"] == 9_656_935_168
+  # Table 1 of the paper: ViT 1.9B, adapter 0.08B, LLM 7.7B.
+  assert round(counts["paper_vit"] / 1e9, 1) == 1.9
+  assert round(counts["paper_adapter"] / 1e9, 2) == 0.08
+  assert round(counts["llm"] / 1e9, 1) == 7.7
+
+
+def test_params_command_prints_table(capsys):
+  assert main(["params", "--config", "qwen_vl_7b"]) == 0
+  out = capsys.readouterr().out
+  assert "9,656,935,168" in out and "1.9B" in out and "0.08B" in out and "7.7B" in out
+
+
+@pytest.mark.parametrize("bad,field", [
+    (dict(vision=dict(width=100, heads=16)), "model.vision.width"),
+    (dict(vision=dict(image_size=450)), "model.vision.image_size"),
+    (dict(llm=dict(heads=30)), "model.llm.heads"),
+    (dict(adapter=dict(n_queries=250)), "model.adapter.n_queries"),
+    (dict(dtype="float8"), "model.dtype"),
+    (dict(llm=dict(hiden=3)), "model.llm"),
+    (dict(vision=dict(layers="48")), "model.vision.layers"),
+])
+def test_invalid_model_configs_name_the_field(bad, field):
+  with pytest.raises(ConfigError, match=f"'{field}'"):
+    model_config_from_dict(bad)
+
+
+def test_mesh_must_divide_devices():
+  assert MeshConfig(2, -1, 2).resolved_shape(8) == (2, 2, 2)
+  with pytest.raises(ConfigError, match="mesh.fsdp"):
+    MeshConfig(3, -1, 1).resolved_shape(8)
+  with pytest.raises(ConfigError, match="needs 12 devices"):
+    MeshConfig(3, 2, 2).resolved_shape(8)
+
+
+def test_overrides_and_missing_files():
+  cfg = load_config_dict("tiny")
+  apply_overrides(cfg, ["model.llm.layers=3", "model.dtype=bfloat16"])
+  assert cfg.model.llm.layers == 3 and cfg.model.dtype == "bfloat16"
+  with pytest.raises(ConfigError, match="no config field 'model.llm.nope'"):
+    apply_overrides(cfg, ["model.llm.nope=1"])
+  with pytest.raises(ConfigError, match="not found"):
+    load_config_dict("configs/does_not_exist.py")
