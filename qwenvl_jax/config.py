@@ -270,3 +270,105 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
 def load_model_config(spec: str) -> ModelConfig:
   cfg = load_config_dict(spec)
   return model_config_from_dict(cfg.model)
+
+
+# --------------------------------------------------------------------------------------------
+# Training (qwenvl_jax/train): the optimizer and the run. Top-level keys of a stage config
+# (configs/stage{1,2,3}.py) besides `model`, `mesh`, `optim` and `data`.
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW + warmup/cosine + ViT layer-wise LR decay (Table 8 of the paper).
+
+  `frozen` lists dotted parameter-path prefixes that get no update and no optimizer state, e.g.
+  ("llm",) in stage 1 and ("visual", "adapter.ln_post", "adapter.proj") in stage 3.
+  """
+  peak_lr: float = 2e-4
+  min_lr: float = 1e-6
+  warmup_steps: int = 500
+  b1: float = 0.9
+  b2: float = 0.98
+  eps: float = 1e-6
+  weight_decay: float = 0.05
+  grad_clip: float = 1.0
+  vit_lr_decay: float = 0.95  # block i of L gets lr * decay^(L - i); 1.0 disables
+  frozen: tuple = ()
+
+  def validate(self, prefix: str = "optim"):
+    _check(self.peak_lr > 0, f"{prefix}.peak_lr", f"must be positive, got {self.peak_lr}")
+    _check(0 <= self.min_lr <= self.peak_lr, f"{prefix}.min_lr",
+           f"must be in [0, peak_lr={self.peak_lr}], got {self.min_lr}")
+    _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0")
+    for name in ("b1", "b2"):
+      _check(0 <= getattr(self, name) < 1, f"{prefix}.{name}", "must be in [0, 1)")
+    _check(self.eps > 0, f"{prefix}.eps", "must be positive")
+    _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+    _check(self.grad_clip > 0, f"{prefix}.grad_clip", "must be positive")
+    _check(0 < self.vit_lr_decay <= 1, f"{prefix}.vit_lr_decay", "must be in (0, 1]")
+    _check(all(isinstance(f, str) and f for f in self.frozen), f"{prefix}.frozen",
+           f"must be a tuple of dotted parameter paths, got {self.frozen!r}")
+    return self
+
+
+_DATA_SOURCES = ("synthetic", "jsonl", "array_record")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training run. `batch_size` is global (all hosts, all microbatches of one optimizer step);
+  each step runs `grad_accum` microbatches of batch_size // grad_accum rows."""
+  stage: int = 1
+  steps: int = 50_000
+  batch_size: int = 30720
+  seq_len: int = 512
+  grad_accum: int = 6
+  seed: int = 0
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  async_checkpoint: bool = True
+  log_every: int = 10  # console lines when no progress bar is shown; metrics.jsonl gets every step
+  init: str = ""  # checkpoint / workdir to initialise parameters from (previous stage); "" = random
+  peak_flops: float = 0.0  # per device, for MFU; 0 = look up the device kind (unknown -> no MFU)
+  pause_after_step: int = 0  # preemption drills: after this step (and its checkpoint) wait for a signal
+  optim: OptimConfig = OptimConfig()
+  data_source: str = "synthetic"  # data.source
+
+  @property
+  def microbatch(self) -> int:
+    return self.batch_size // self.grad_accum
+
+  def validate(self):
+    self.optim.validate()
+    _check(self.stage in (1, 2, 3), "stage", f"must be 1, 2 or 3, got {self.stage}")
+    for name in ("steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every",
+                 "keep_checkpoints", "log_every"):
+      _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+    _check(self.batch_size % self.grad_accum == 0, "grad_accum",
+           f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+    _check(self.seq_len >= 2, "seq_len", "must be >= 2 (next-token prediction)")
+    _check(self.optim.warmup_steps <= self.steps, "optim.warmup_steps",
+           f"{self.optim.warmup_steps} warmup steps exceed the {self.steps} training steps")
+    _check(self.data_source in _DATA_SOURCES, "data.source",
+           f"{self.data_source!r} not in {_DATA_SOURCES}")
+    _check(self.peak_flops >= 0, "peak_flops", "must be >= 0")
+    _check(self.pause_after_step >= 0, "pause_after_step", "must be >= 0")
+    return self
+
+
+def optim_config_from_dict(values: Mapping[str, Any] | None) -> OptimConfig:
+  values = dict(_to_plain(values) or {})
+  if "frozen" in values:
+    frozen = values["frozen"]
+    values["frozen"] = (frozen,) if isinstance(frozen, str) else tuple(frozen or ())
+  return _from_mapping(OptimConfig, values, "optim").validate()
+
+
+def train_config_from_dict(cfg: Mapping[str, Any]) -> TrainConfig:
+  """The run settings of a whole stage config (its `model` / `mesh` sections are read elsewhere)."""
+  values = _to_plain(cfg)
+  top = {k: v for k, v in values.items() if k not in ("model", "mesh", "optim", "data")}
+  data = values.get("data") or {}
+  out = _from_mapping(TrainConfig, top, "config")
+  return dataclasses.replace(out, optim=optim_config_from_dict(values.get("optim")),
+                             data_source=data.get("source", "synthetic")).validate()

@@ -58,10 +58,21 @@ def resize(img: Image.Image, size: int) -> Image.Image:
   return img.convert("RGB").resize((size, size), resample=Image.BICUBIC)
 
 
+_MEAN32 = np.asarray(CLIP_MEAN, np.float32)
+_STD32 = np.asarray(CLIP_STD, np.float32)
+
+
 def normalize(pixels_uint8: np.ndarray) -> np.ndarray:
-  """uint8 HWC -> float32 HWC, /255 then CLIP mean/std per channel."""
-  x = pixels_uint8.astype(np.float32) / np.float32(255.0)
-  return (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+  """uint8 HWC -> float32 HWC, /255 then CLIP mean/std per channel.
+
+  The reference's float32 operations in the reference's order, but in place: one 2.4 MB buffer per 448px
+  image instead of four, which matters in worker processes where each fresh buffer costs page faults.
+  """
+  x = pixels_uint8.astype(np.float32)
+  x /= np.float32(255.0)
+  x -= _MEAN32
+  x /= _STD32
+  return x
 
 
 def preprocess(img: Image.Image, size: int = 448) -> np.ndarray:

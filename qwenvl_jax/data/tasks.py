@@ -13,7 +13,7 @@ markup strings (`<img>..</img>`, `<ref>..</ref>`, `<box>..</box>`, `<quad>..</qu
                              grounding:                                              and <box>es inlined}"
   ref_grounding            <img>P</img><ref>{phrase}</ref>                         "<box>(x1,y1),(x2,y2)</box>"
   grounded_caption         <img>P</img><ref>This</ref><box>(..),(..)</box>         " is {phrase}"
-  ocr                      <img>P</img>OCR with grounding:                         " <ref>{text}</ref><quad>(..)x4</quad>..."
+  ocr                      <img>P</img>OCR with grounding:                         " <ref>{text}</ref><quad>..</quad>.."
   pure_text                ""                                                      "{text}"
 
 Spacing follows the evaluation prompts (`{question} Answer:`, `<ref>{expr}</ref><box>`) rather than the

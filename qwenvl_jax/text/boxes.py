@@ -1,18 +1,18 @@
 """Bounding boxes as text: pixel boxes <-> Qwen-VL's normalised `<box>(x1,y1),(x2,y2)</box>` strings.
 
-Qwen-VL writes a box as integers normalised to [0, 1000) and tokenises the coordinates as ordinary text
-(paper 2.2); `<ref>phrase</ref>` marks what a box refers to, `<quad>` holds the four corners of OCR text.
-The functions here build and read those *strings*; the tag strings only become special ids when the
-structured builders in `interface.py` assemble a sequence.
+Qwen-VL writes a box as integers normalised to [0, 1000) and tokenises the coordinates as ordinary
+text (paper 2.2); `<ref>phrase</ref>` marks what a box refers to, `<quad>` holds the four corners of
+OCR text. The functions here build and read those *strings*; the tag strings only become special ids
+when the structured builders in `interface.py` assemble a sequence.
 
-Rounding: `normalize_box` maps a pixel coordinate v in [0, size] to floor(v * 1000 / size + 0.5) clamped
-to [0, 999] (round half up), so `denormalize_box(.., divisor=1000)` recovers v within one normalised unit
-(half a unit except at the right/bottom edge). The reference grounding eval de-normalises with /999;
-pass `divisor=999` to reproduce it.
+Rounding: `normalize_box` maps a pixel coordinate v in [0, size] to floor(v * 1000 / size + 0.5)
+clamped to [0, 999] (round half up), so `denormalize_box(.., divisor=1000)` recovers v within one
+normalised unit (half a unit except at the right/bottom edge). The reference grounding eval
+de-normalises with /999; pass `divisor=999` to reproduce it.
 
-`parse_boxes` reads model output and never raises: unclosed tags, non-numbers, inverted boxes and values
->= 1000 are skipped and every well-formed box is returned. Decode with `skip_special=False` first, or
-the tags are gone.
+`parse_boxes` reads model output and never raises: unclosed tags, non-numbers, inverted boxes and
+values >= 1000 are skipped and every well-formed box is returned. Decode with `skip_special=False`
+first, or the tags are gone.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _elements(text: str):
 
 
 def parse_boxes(text: str) -> list[ParsedBox]:
-  """Every well-formed `<box>(x1,y1),(x2,y2)</box>` in `text`, with its `<ref>` phrase. Never raises."""
+  """Every well-formed `<box>(x1,y1),(x2,y2)</box>` in `text`, with its `<ref>`. Never raises."""
   return [ParsedBox(ref, v) for kind, v, _, ref in _elements(text) if kind == "box"]
 
 

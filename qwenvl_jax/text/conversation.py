@@ -1,17 +1,17 @@
-"""Training and inference sequences: ChatML (stage 3), the pretraining format (stages 1-2), chat prompts.
+"""Token sequences for training and inference: ChatML (stage 3), pretraining (stages 1-2), chat.
 
-ChatML is built exactly as the reference finetune.py does, piece by piece (each piece BPE-encoded on its
-own, then concatenated):
+ChatML is built exactly as the reference finetune.py does, piece by piece (each piece BPE-encoded on
+its own, then concatenated):
 
   <|im_start|> "system" "\\n" "You are a helpful assistant." <|im_end|> "\\n"
   <|im_start|> "user" "\\n" {content} <|im_end|> "\\n"
   <|im_start|> "assistant" "\\n" {content} <|im_end|> "\\n"   ...
 
-Loss mask (True = trained), from the reference label rule: every <|im_start|>, every <|im_end|> and the
-"\\n" after it, and the assistant content. Role names, the "\\n" after a role, the system text and user
-content are not trained. Image spans are never trained (their positions hold image features). mask[0]
-is True here (an <|im_start|>), as in the reference labels; since a target at t is predicted from t-1,
-packing/padding clear the mask on each segment's first token.
+Loss mask (True = trained), from the reference label rule: every <|im_start|>, every <|im_end|> and
+the "\\n" after it, and the assistant content. Role names, the "\\n" after a role, the system text
+and user content are not trained. Image spans are never trained (their positions hold image
+features). mask[0] is True here (an <|im_start|>), as in the reference labels; since a target at t
+is predicted from t-1, packing/padding clear the mask on each segment's first token.
 
 Pictures are labelled "Picture N: " with N continuing across turns (paper B.2). Message content is a
 plain string (never parsed: user text cannot create images or special tokens) or a segment list (see
@@ -39,7 +39,7 @@ Content = str | Sequence[Mapping[str, Any]]
 class TokenizedSample:
   ids: np.ndarray  # int32 [T]
   loss_mask: np.ndarray  # bool [T]; True = token is a training target
-  images: list = dataclasses.field(default_factory=list)  # paths or arrays, one per <img> span, in order
+  images: list = dataclasses.field(default_factory=list)  # one per <img> span, in order
 
   def __post_init__(self):
     self.ids = np.asarray(self.ids, np.int32)

@@ -2,29 +2,29 @@
 
 A sample is a list of segments, each a dict with one kind:
 
-  {"text": str}                      plain text, encoded with `Tokenizer.encode` (never special ids)
-  {"image": path_or_array}           <img> + n_image_tokens x <imgpad> + </img>; the image is appended to
-                                     the returned image list (the model overwrites exactly the positions
-                                     between the tags with the image's features, in order of appearance)
-  {"ref": phrase}                    <ref> phrase </ref>
-  {"box": (x1,y1,x2,y2)}             <box> "(x1,y1),(x2,y2)" </box>, normalised ints in [0, 1000); a list
-                                     of boxes gives one <box> each; may carry "ref": phrase (emitted first)
-  {"quad": [(x,y)] * 4}              <quad> "(x1,y1),...,(x4,y4)" </quad>
-  {"special": "<|extra_0|>"}         one special id, by name (for code, never for user data)
+  {"text": str}               plain text, encoded with `Tokenizer.encode` (never special ids)
+  {"image": path_or_array}    <img> + n_image_tokens x <imgpad> + </img>; the image is appended to
+                              the returned list (the model overwrites exactly the positions between
+                              the tags with the image's features, images in order of appearance)
+  {"ref": phrase}             <ref> phrase </ref>
+  {"box": (x1,y1,x2,y2)}      <box> "(x1,y1),(x2,y2)" </box>, normalised ints in [0, 1000); a list of
+                              boxes gives one <box> each; may carry "ref": phrase (emitted first)
+  {"quad": [(x,y)] * 4}       <quad> "(x1,y1),...,(x4,y4)" </quad>
+  {"special": "<|extra_0|>"}  one special id, by name (for code, never for user data)
 
-Adjacent text (including the "Picture N: " labels and the coordinate strings) is merged before encoding,
-so `encode_segments` gives exactly the ids the reference tokenizer gives for the same markup: it splits
-text at special tokens and BPE-encodes each stretch in between.
+Adjacent text (including the "Picture N: " labels and the coordinate strings) is merged before
+encoding, so `encode_segments` gives exactly the ids the reference tokenizer gives for the same
+markup: it splits text at special tokens and BPE-encodes each stretch in between.
 
-Security rule: user text never becomes special tokens or file reads. Strings in "text" / "ref" segments
-are encoded as plain text even if they contain "<|im_start|>" or "<img>"; an image path is only ever
-taken from an explicit {"image": ...} segment. `parse_markup` is the explicit, opt-in parser for the
-reference markup (`Picture 1: <img>path</img>\\nquestion`, `<ref>..</ref><box>(..),(..)</box>`) found in
-training records; it must never be applied to chat user text.
+Security rule: user text never becomes special tokens or file reads. Strings in "text" / "ref"
+segments are encoded as plain text even if they contain "<|im_start|>" or "<img>"; an image path is
+only ever taken from an explicit {"image": ...} segment. `parse_markup` is the explicit, opt-in parser
+for the reference markup (`Picture 1: <img>path</img>\\nquestion`, `<ref>..</ref><box>(..),(..)</box>`)
+in training records; it must never be applied to chat user text.
 
-Image spans: `image_fill="pad"` (default) fills the span with <imgpad>; `"path"` reproduces the reference
-tokenizer byte for byte (the path's UTF-8 bytes as ids 0..255, then <imgpad> up to n_image_tokens). The
-model output is the same either way since those positions are overwritten.
+Image spans: `image_fill="pad"` (default) fills the span with <imgpad>; `"path"` reproduces the
+reference tokenizer id for id (the path's UTF-8 bytes as ids 0..255, then <imgpad> up to
+n_image_tokens). The model output is the same either way: those positions are overwritten.
 """
 
 from __future__ import annotations
@@ -110,6 +110,11 @@ def encode_segments(tok: Tokenizer, segments: Sequence[Segment], *,
   def ids(*token_ids: int):
     pieces.append(list(token_ids))
 
+  def tagged(start_id: int, body: str, end_id: int):
+    ids(start_id)
+    text(body)
+    ids(end_id)
+
   for seg in segments:
     kind = _segment_kind(seg)
     value = seg[kind]
@@ -125,14 +130,14 @@ def encode_segments(tok: Tokenizer, segments: Sequence[Segment], *,
       if label_pictures:
         text("\n")
     elif kind == "ref":
-      ids(tok.ref_start_id), text(value), ids(tok.ref_end_id)
+      tagged(tok.ref_start_id, value, tok.ref_end_id)
     elif kind == "box":
       if "ref" in seg:
-        ids(tok.ref_start_id), text(seg["ref"]), ids(tok.ref_end_id)
+        tagged(tok.ref_start_id, seg["ref"], tok.ref_end_id)
       for b in _as_box_list(value):
-        ids(tok.box_start_id), text(box_lib.box_text(b)), ids(tok.box_end_id)
+        tagged(tok.box_start_id, box_lib.box_text(b), tok.box_end_id)
     elif kind == "quad":
-      ids(tok.quad_start_id), text(box_lib.quad_text(value)), ids(tok.quad_end_id)
+      tagged(tok.quad_start_id, box_lib.quad_text(value), tok.quad_end_id)
     else:  # special
       ids(tok.special(value))
 
@@ -153,27 +158,35 @@ def atomic_span_pairs(tok: Tokenizer) -> list[tuple[int, int]]:
           (tok.ref_start_id, tok.ref_end_id), (tok.quad_start_id, tok.quad_end_id)]
 
 
-def atomic_span_mask(ids, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-  """True on tokens inside a start..end span (both tags included); an unclosed span runs to the end."""
+def atomic_spans(ids, pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+  """Half-open [start, end) ranges of start..end tag spans (tags included), in order.
+
+  A start id inside an open span is content, not a new span; an unclosed span runs to the end.
+  """
   ids = np.asarray(ids)
-  inside = np.zeros(ids.shape, bool)
-  ends = {s: e for s, e in pairs}
-  i, n = 0, len(ids)
-  starts = np.flatnonzero(np.isin(ids, list(ends)))
-  for s in starts:
+  ends = {int(s): int(e) for s, e in pairs}
+  spans, n, i = [], len(ids), 0
+  for s in np.flatnonzero(np.isin(ids, list(ends))).tolist():
     if s < i:
-      continue  # nested inside a span already covered
+      continue
     hits = np.flatnonzero(ids[s + 1:] == ends[int(ids[s])])
-    e = s + 1 + int(hits[0]) if len(hits) else n - 1
-    inside[s:e + 1] = True
-    i = e + 1
+    i = s + 2 + int(hits[0]) if len(hits) else n
+    spans.append((s, i))
+  return spans
+
+
+def atomic_span_mask(ids, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+  """True on tokens inside a start..end span (both tags included); see `atomic_spans`."""
+  inside = np.zeros(np.shape(ids), bool)
+  for s, e in atomic_spans(ids, pairs):
+    inside[s:e] = True
   return inside
 
 
 # --------------------------------------------------------------------------------------------
 # The explicit markup parser for training records.
 
-# A closed element whose content holds no other tag (so a stray opener never swallows a valid element).
+# A closed element whose content holds no other tag (a stray opener never swallows a valid one).
 _MARKUP = re.compile(r"<(img|ref|box|quad)>((?:(?!</?(?:img|ref|box|quad)>).)*)</\1>",
                      re.DOTALL)
 _ANY_TAG = re.compile(r"</?(?:img|ref|box|quad)>")
@@ -188,7 +201,8 @@ def parse_markup(text: str, *, strict: bool = True) -> list[Segment]:
 
   Recognises `<img>path</img>`, `<ref>phrase</ref>`, `<box>(x1,y1),(x2,y2)</box>` and
   `<quad>(x,y),(x,y),(x,y),(x,y)</quad>`; everything else ("Picture 1: ", "\\n", the question,
-  even "<|im_start|>") stays plain text. Malformed tags raise MarkupError when `strict`, else stay text.
+  even "<|im_start|>") stays plain text. Malformed tags raise MarkupError when `strict`, else they
+  stay text.
   """
   segments: list[dict] = []
 

@@ -2,19 +2,20 @@
 
 Both share one contract, so everything above them (markup, ChatML, packing) is vocabulary-agnostic:
 
-* `encode(text)` encodes PLAIN text. A literal "<|im_start|>" or "<img>" in the text becomes ordinary
-  byte-level tokens, never a special id. Special ids enter a sequence only through the structured builders
-  in `qwenvl_jax.text.interface` / `conversation`, so user text can never forge a turn boundary or an
-  image span (the reference tokenizer encodes with `allowed_special="all"`; we deliberately do not).
+* `encode(text)` encodes PLAIN text. A literal "<|im_start|>" or "<img>" in the text becomes
+  ordinary byte-level tokens, never a special id. Special ids enter a sequence only through the
+  structured builders in `qwenvl_jax.text.interface` / `conversation`, so user text can never forge a
+  turn boundary or an image span (the reference tokenizer encodes with `allowed_special="all"`; we
+  deliberately do not).
 * The special tokens are appended after the base vocabulary in the Qwen order: `<|endoftext|>`,
   `<|im_start|>`, `<|im_end|>`, `<|extra_0..N-1|>`, `<ref>`, `</ref>`, `<box>`, `</box>`, `<quad>`,
-  `</quad>`, `<img>`, `</img>`, `<imgpad>`. With the real vocabulary (151,643 ranks, N = 205) that gives
-  exactly the reference ids 151643..151859 and 151,860 ids in all.
+  `</quad>`, `<img>`, `</img>`, `<imgpad>`. With the real vocabulary (151,643 ranks, N = 205) that
+  gives exactly the reference ids 151643..151859 and 151,860 ids in all.
 * Text is NFC-normalised before encoding (as the reference does), so `decode(encode(s)) == NFC(s)`.
 
-Nothing here downloads anything: vocabularies are read from explicit paths (a checkpoint directory or a
-flag). `find_qwen_vocab()` locates the released `qwen.tiktoken` inside an installed `dashscope` wheel for
-tests.
+Nothing here downloads anything: vocabularies are read from explicit paths (a checkpoint directory
+or a flag). `find_qwen_vocab()` locates the released `qwen.tiktoken` inside an installed `dashscope`
+wheel for tests.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def read_tiktoken_ranks(path) -> dict[bytes, int]:
 
 
 class QwenTokenizer(Tokenizer):
-  """Byte-level BPE via tiktoken with the Qwen pattern; ranks must be 0..n-1 and cover all 256 bytes."""
+  """Byte-level BPE via tiktoken with the Qwen pattern; ranks are 0..n-1 and cover all 256 bytes."""
 
   def __init__(self, mergeable_ranks: Mapping[bytes, int], n_extra: int = QWEN_N_EXTRA,
                name: str = "qwen"):
@@ -191,8 +192,12 @@ class QwenTokenizer(Tokenizer):
       raise ValueError(f"vocabulary cannot represent every byte: {len(missing)} single bytes missing "
                        f"(first: {missing[0]:#04x})")
     super().__init__(n, n_extra)
-    self._enc = tiktoken.Encoding(name, pat_str=QWEN_PATTERN, mergeable_ranks=dict(mergeable_ranks),
+    self._ranks, self._n_extra, self._name = dict(mergeable_ranks), n_extra, name
+    self._enc = tiktoken.Encoding(name, pat_str=QWEN_PATTERN, mergeable_ranks=self._ranks,
                                   special_tokens={})
+
+  def __reduce__(self):  # picklable for data-loader worker processes
+    return (type(self), (self._ranks, self._n_extra, self._name))
 
   @classmethod
   def from_file(cls, path, n_extra: int = QWEN_N_EXTRA) -> "QwenTokenizer":
@@ -234,7 +239,11 @@ class SentencePieceTokenizer(Tokenizer):
     import sentencepiece as spm
 
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self._n_extra = n_extra
     super().__init__(self._sp.get_piece_size(), n_extra)
+
+  def __reduce__(self):
+    return (type(self), (self._sp.serialized_model_proto(), self._n_extra))
 
   @classmethod
   def from_file(cls, model_path, n_extra: int | None = None) -> "SentencePieceTokenizer":

@@ -9,6 +9,7 @@ every box of the group to the same `<ref>`, as GRIT does ("bees" with two boxes)
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -30,6 +31,10 @@ CAPTION_TEMPLATES = (
   "This image shows {objects}.",
   "{objects}.",
 )
+
+
+def _a(word: str) -> str:
+  return "an" if word[0] in "aeiou" else "a"
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
@@ -115,7 +120,7 @@ def _caption(objs: list[dict], r: np.random.Generator, bg: str):
   mentions = []
   for color, shape in keys:
     k = len(groups[(color, shape)])
-    mentions.append(f"a {color} {shape}" if k == 1 else f"{common.number_word(k)} {color} {PLURAL[shape]}")
+    mentions.append(f"{_a(color)} {color} {shape}" if k == 1 else f"{common.number_word(k)} {color} {PLURAL[shape]}")
   template = CAPTION_TEMPLATES[int(r.integers(len(CAPTION_TEMPLATES)))]
   prefix, suffix = template.split("{objects}")
   suffix = suffix.format(bg=bg)
@@ -140,15 +145,17 @@ def _questions(objs, phrases, r: np.random.Generator, size: int, n_questions: in
   cands.append({"question": f"How many {PLURAL[s]} are there?", "answer": str(shape_counts[s])})
   c = list(COLORS)[int(r.integers(len(COLORS)))]
   cands.append({"question": f"How many {c} shapes are there?", "answer": str(color_counts[c])})
-  cands.append({"question": f"Is there a {c} {s}?",
+  cands.append({"question": f"Is there {_a(c)} {c} {s}?",
                 "answer": "yes" if any(o["color"] == c and o["shape"] == s for o in objs) else "no"})
-  for o, phrase in zip(objs, phrases):
+  pair_counts = collections.Counter((o["color"], o["shape"]) for o in objs)
+  for o in objs:
     if shape_counts[o["shape"]] == 1:
       cands.append({"question": f"What color is the {o['shape']}?", "answer": o["color"]})
     if color_counts[o["color"]] == 1:
       cands.append({"question": f"What shape is the {o['color']} object?", "answer": o["shape"]})
-    cands.append({"question": f"Where is {phrase}?",
-                  "answer": common.region_name(o["cx"], o["cy"], size, size)})
+    if pair_counts[(o["color"], o["shape"])] == 1:  # named without a location, so the answer is not given away
+      cands.append({"question": f"Where is the {o['color']} {o['shape']}?",
+                    "answer": common.region_name(o["cx"], o["cy"], size, size)})
   for a, b in zip(range(len(objs)), range(1, len(objs))):
     if abs(objs[a]["cx"] - objs[b]["cx"]) > 0.1 * size:
       left = objs[a]["cx"] < objs[b]["cx"]

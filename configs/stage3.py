@@ -1,0 +1,33 @@
+"""Stage 3, supervised fine-tuning (paper §3.3, Table 8): ChatML dialogues, ViT frozen.
+
+Initialise from stage 2 (`--init STAGE2_WORKDIR`). Loss on the assistant answers and the special
+tokens only (the data's loss_mask). Frozen as in the released finetune.py (`fix_vit`): the whole
+visual tower except `attn_pool`; our adapter module holds attn_pool *and* ln_post / proj, so those
+two are frozen explicitly. `--set optim.frozen="('visual',)"` trains them too.
+"""
+
+import pathlib
+
+from qwenvl_jax.train.stages import build
+
+FROZEN = ("visual", "adapter.ln_post", "adapter.proj")
+
+VALUES = {
+    "full": dict(stage=3, image_size=448, seq_len=2048, batch_size=128, grad_accum=8, steps=8000,
+                 peak_lr=1e-5, min_lr=1e-6, warmup_steps=3000, frozen=FROZEN,
+                 mesh=dict(data=1, fsdp=-1, tensor=2),
+                 data=dict(source="jsonl", paths=(), tokenizer="", format="chatml", layout="unpacked",
+                           max_images=4, num_workers=8)),
+    "tiny": dict(stage=3, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,
+                 peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=FROZEN, checkpoint_every=10,
+                 log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
+                 data=dict(source="synthetic", layout="unpacked", max_images=2)),
+    "small": dict(stage=3, image_size=224, seq_len=256, batch_size=32, grad_accum=2, steps=500,
+                  peak_lr=1e-4, min_lr=1e-6, warmup_steps=50, frozen=FROZEN, checkpoint_every=100,
+                  mesh=dict(data=1, fsdp=-1, tensor=1),
+                  data=dict(source="synthetic", layout="unpacked", max_images=2)),
+}
+
+
+def get_config(variant=None):
+  return build(pathlib.Path(__file__).parent, variant, VALUES)

@@ -1,0 +1,52 @@
+"""`qwenvl-jax data synth|pack`: write synthetic sets, pack JSONL datasets into ArrayRecord."""
+
+
+def register(subparsers):
+  p = subparsers.add_parser("data", help="synthetic data and dataset packing")
+  sub = p.add_subparsers(dest="data_command", required=True)
+
+  s = sub.add_parser("synth", help="generate a synthetic set (JSONL + images, chat JSONL, ArrayRecord, preview)")
+  s.add_argument("--kind", required=True, choices=("shapes", "text", "docs"))
+  s.add_argument("--n", type=int, required=True, help="number of images")
+  s.add_argument("--out", required=True, help="output directory")
+  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--size", type=int, default=None, help="image size in pixels (default: 224 shapes, 448 text/docs)")
+  s.add_argument("--workers", type=int, default=1, help="generator processes")
+  s.set_defaults(handler=run_synth)
+
+  k = sub.add_parser("pack", help="JSONL (raw or conversations) -> ArrayRecord with the images embedded")
+  k.add_argument("--src", required=True, help="JSONL or JSON file; image paths relative to it")
+  k.add_argument("--out", required=True, help="output .array_record file")
+  k.add_argument("--no-verify", action="store_true", help="do not decode images while packing")
+  k.set_defaults(handler=run_pack)
+
+
+def run_synth(args):
+  from qwenvl_jax.cli import UserError
+  from qwenvl_jax.data.export import export_synth
+
+  if args.n < 1:
+    raise UserError("--n must be at least 1")
+  if args.size is not None and args.size < 32:
+    raise UserError("--size must be at least 32 pixels")
+  res = export_synth(args.kind, args.n, args.out, seed=args.seed, size=args.size, workers=args.workers,
+                     progress=True)
+  print(f"wrote {res.n} {args.kind} samples in {res.seconds:.1f}s ({res.images_per_s:.0f} images/s)")
+  for name, path in res.paths.items():
+    print(f"  {name:<13} {path}")
+
+
+def run_pack(args):
+  import pathlib
+
+  from qwenvl_jax.data.skips import SkipCounter
+  from qwenvl_jax.data.sources import pack
+
+  if not pathlib.Path(args.src).is_file():
+    raise FileNotFoundError(f"no such file: {args.src}")
+  counter = SkipCounter()
+  n = pack(args.src, args.out, verify=not args.no_verify, counter=counter, progress=True)
+  print(f"wrote {n} records to {args.out}; {counter.summary()}")
+  for reason, names in counter.examples.items():
+    print(f"  {reason}: {', '.join(names)}{' ...' if counter.counts[reason] > len(names) else ''}")
+  return 1 if n == 0 else 0

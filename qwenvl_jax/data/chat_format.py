@@ -1,0 +1,41 @@
+"""Raw records -> Qwen-VL fine-tuning conversations (paper B.2), so synthetic sets also feed stage 3.
+
+One conversation per image: the picture is introduced in the first user turn ("Picture 1: <img>..</img>\\n"),
+then its caption, questions, grounding requests and text reading follow as turns. The wording of the
+grounding and reading requests is ours (the paper does not publish its instructions); answers use the
+same markup as pre-training (`<ref>..</ref><box>..</box>`).
+"""
+
+from __future__ import annotations
+
+from qwenvl_jax.data import tasks
+from qwenvl_jax.text import boxes as box_lib
+
+
+def _turns(record: dict, max_words: int) -> list[tuple[str, str]]:
+  turns = []
+  if record.get("caption"):
+    turns.append(("Describe the image.", record["caption"]))
+  turns += [(qa["question"], qa["answer"]) for qa in record.get("qa") or []]
+  w, h = record["width"], record["height"]
+  for obj in (record.get("objects") or [])[:2]:
+    box = box_lib.format_box(box_lib.normalize_box(obj["box"], w, h))
+    turns.append((f"Output the bounding box of {obj['phrase']}.", f"{box_lib.format_ref(obj['phrase'])}{box}"))
+  words = record.get("words") or []
+  if words and len(words) <= max_words:
+    turns.append(("Read all the text in the image.", "\n".join(x["text"] for x in words)))
+  return turns
+
+
+def to_conversation(record: dict, image_path: str | None = None, max_words: int = 40) -> dict:
+  """The Qwen-VL fine-tuning record for `record`; `image_path` is what goes in the `<img>` tag
+  (default: `tasks.image_ref(record)`)."""
+  turns = _turns(record, max_words)
+  if not turns:
+    raise tasks.TaskNotApplicable(f"record {record.get('id')}: nothing to converse about")
+  path = image_path if image_path is not None else tasks.image_ref(record)
+  conv = []
+  for i, (q, a) in enumerate(turns):
+    conv.append({"from": "user", "value": f"Picture 1: <img>{path}</img>\n{q}" if i == 0 else q})
+    conv.append({"from": "assistant", "value": a})
+  return {"id": record["id"], "conversations": conv}

@@ -1,0 +1,330 @@
+"""grain input pipeline: records -> tokenized, image-preprocessed, fixed-shape batches, resumably.
+
+  source (JSONL / ArrayRecord records)
+    -> host shard [i::n] -> seeded global shuffle -> repeat (reshuffled each epoch)
+    -> random_map(pick a task, tokenize, decode + preprocess images)     } worker processes
+    -> mp_prefetch(num_workers)                                           }
+    -> drop and count skipped samples                                     main process
+    -> layout: one sample per row (unpacked) or packed rows (stage 2)
+    -> batch
+
+Bad samples (corrupt / missing image, too long, malformed markup, no applicable task) are not dropped in
+the workers: the sample builder returns a small skip marker and the main process drops and counts it. So
+the counts are exact whatever the number of workers, the batches do not depend on `num_workers`, and the
+counts are part of the iterator state (a resumed run keeps counting from where it stopped).
+
+Determinism: every random choice comes from the pipeline seed (grain's per-element RNGs), so two
+iterators with the same config give identical batches, and `iterator.set_state(saved)` continues with
+exactly the next batch (resume with the same `num_workers`: grain's state records the worker layout).
+
+Packing (`layout="packed"`) is `text.packing.pack_samples` (first fit, whole samples) over consecutive
+windows of `pack_window` samples; the iterator state is the window's start plus the rows already
+emitted, so a resume re-packs the same window identically and skips what was consumed.
+
+Rows have the fields of `text.packing` plus fixed-shape images (`T = seq_len`, `M = max_images`,
+`S = image_size`):
+  ids         int32 [T]   padded with <|endoftext|>
+  segment_ids int32 [T]   1, 2, .. per sample in the row; 0 = padding
+  positions   int32 [T]   restart at 0 in every segment
+  loss_mask   bool  [T]   token t is a training target (never the first token of a segment)
+  images      float32 [M, S, S, 3]  the row's images in order of appearance; zeros where unused
+  image_valid bool  [M]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from qwenvl_jax.data import preprocess, sources, tasks
+from qwenvl_jax.data.preprocess import CorruptImageError
+from qwenvl_jax.data.skips import SkipCounter
+
+_SKIP = "_skip"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  paths: tuple[str, ...]
+  tokenizer: str  # path given to `text.tokenizer.load_tokenizer`
+  format: str = "auto"  # "chatml" (conversations), "pretrain" (raw records via `tasks`), "auto": by record
+  tasks: tuple[str, ...] = tuple(tasks.TASKS)  # pretraining tasks to draw from, one per record visit
+  ocr_max_regions: int = 32
+  seq_len: int = 2048
+  batch_size: int = 8  # per host
+  image_size: int = 448
+  n_image_tokens: int = 256
+  max_images: int = 1
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None  # None: repeat forever
+  num_workers: int = 0
+  # Per process: threads running the sample builder and the elements they may run ahead. Each element
+  # holds float32 images (2.4 MB at 448px), so grain's defaults (16 threads, 500 elements) would hold
+  # over a gigabyte per process.
+  read_threads: int = 2
+  read_prefetch: int = 16
+  worker_buffer: int = 4  # finished elements each worker process may queue
+  shard_index: int | None = None  # None: jax.process_index()
+  shard_count: int | None = None  # None: jax.process_count()
+  drop_remainder: bool = True
+  layout: str = "unpacked"  # or "packed" (stage 2: several samples per row)
+  pack_window: int = 64  # samples packed together; larger packs tighter, costs memory and latency
+
+  def __post_init__(self):
+    if isinstance(self.paths, (str, pathlib.Path)):
+      object.__setattr__(self, "paths", (str(self.paths),))
+    if self.format not in ("auto", "chatml", "pretrain"):
+      raise ValueError(f"format must be 'auto', 'chatml' or 'pretrain', got {self.format!r}")
+    unknown = set(self.tasks) - set(tasks.TASKS)
+    if unknown:
+      raise ValueError(f"unknown tasks {sorted(unknown)}; known: {sorted(tasks.TASKS)}")
+    if self.layout not in ("unpacked", "packed"):
+      raise ValueError(f"layout must be 'unpacked' or 'packed', got {self.layout!r}")
+    if self.seq_len < 8 or self.batch_size < 1 or self.max_images < 0 or self.pack_window < 1:
+      raise ValueError("seq_len >= 8, batch_size >= 1, max_images >= 0 and pack_window >= 1 are required")
+
+
+def open_source(paths: Sequence[str]):
+  """A random-access record source: ArrayRecord files, or JSONL/JSON files read into memory."""
+  paths = [str(p) for p in paths]
+  if all(p.endswith(".array_record") for p in paths):
+    return sources.ArrayRecordSource(paths)
+  if any(p.endswith(".array_record") for p in paths):
+    raise ValueError("mixing ArrayRecord and JSONL sources is not supported; pack the JSONL first")
+  records = []
+  for p in paths:
+    records.extend(sources.read_jsonl(p))
+  return records
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+  from qwenvl_jax.text.tokenizer import load_tokenizer
+  return load_tokenizer(path)
+
+
+def _skip(reason: str, name: str, detail: str = "") -> dict:
+  return {_SKIP: reason, "name": name, "detail": detail}
+
+
+class SampleBuilder:
+  """record, rng -> {"ids", "loss_mask", "images" [k, S, S, 3]} or a skip marker. Runs in the workers;
+  picklable; loads the tokenizer lazily (once per process)."""
+
+  def __init__(self, cfg: DataConfig):
+    self.cfg = cfg
+
+  def tokenize(self, record: dict, rng: np.random.Generator):
+    """The `TokenizedSample` for a record; raises `tasks.TaskNotApplicable` / `MarkupError`."""
+    from qwenvl_jax.text import conversation, interface
+
+    cfg, tok = self.cfg, _tokenizer(self.cfg.tokenizer)
+    kind = "chatml" if "conversations" in record else "pretrain"
+    if cfg.format != "auto" and kind != cfg.format:
+      raise tasks.TaskNotApplicable(f"record {record.get('id')} is not in the {cfg.format} format")
+    if kind == "chatml":
+      return conversation.chatml_from_record(tok, record, n_image_tokens=cfg.n_image_tokens)
+    options = tasks.examples(record, cfg.tasks, max_regions=cfg.ocr_max_regions)
+    if not options:
+      raise tasks.TaskNotApplicable(f"record {record.get('id')}: none of the tasks {cfg.tasks} applies")
+    _, prompt, target = options[int(rng.integers(len(options)))]
+    return conversation.pretrain_sample(tok, interface.parse_markup(prompt), interface.parse_markup(target),
+                                        n_image_tokens=cfg.n_image_tokens)
+
+  def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+    from qwenvl_jax.text.interface import MarkupError
+
+    cfg = self.cfg
+    name = str(record.get("id", "?"))
+    try:
+      sample = self.tokenize(record, rng)
+    except tasks.TaskNotApplicable as e:
+      return _skip("no_task", name, str(e))
+    except MarkupError as e:
+      return _skip("bad_markup", name, str(e))
+    n = len(sample.ids)
+    if n > cfg.seq_len:
+      return _skip("too_long", name, f"{n} tokens > seq_len {cfg.seq_len}")
+    if len(sample.images) > cfg.max_images:
+      return _skip("too_many_images", name, f"{len(sample.images)} > max_images {cfg.max_images}")
+    try:
+      pil = sources.load_images(record)
+    except CorruptImageError as e:
+      return _skip("corrupt_image", e.name, e.reason)
+    if len(pil) != len(sample.images):
+      return _skip("image_count_mismatch", name, f"{len(sample.images)} <img> tags, {len(pil)} images")
+    images = np.zeros((len(pil), cfg.image_size, cfg.image_size, 3), np.float32)
+    for i, im in enumerate(pil):
+      images[i] = preprocess.preprocess(im, cfg.image_size)
+    return {"ids": sample.ids, "loss_mask": sample.loss_mask, "images": images}
+
+
+# ------------------------------------------------------------------------------------------------
+# Layouts (main process): variable-length samples -> fixed-shape rows.
+
+
+def _to_sample(x: dict):
+  from qwenvl_jax.text.conversation import TokenizedSample
+  return TokenizedSample(x["ids"], x["loss_mask"], list(x["images"]))
+
+
+def _row_dict(row, cfg: DataConfig) -> dict:
+  images = np.zeros((cfg.max_images, cfg.image_size, cfg.image_size, 3), np.float32)
+  valid = np.zeros(cfg.max_images, bool)
+  for i, im in enumerate(row.images):
+    images[i], valid[i] = im, True
+  return {"ids": row.ids, "segment_ids": row.segment_ids, "positions": row.positions,
+          "loss_mask": row.loss_mask, "images": images, "image_valid": valid}
+
+
+class _PadOne:
+  """The unpacked layout: one sample per row (`text.packing.pad_samples`)."""
+
+  def __init__(self, cfg: DataConfig):
+    self.cfg = cfg
+
+  def __call__(self, x: dict) -> dict:
+    from qwenvl_jax.text.packing import pad_samples
+    (row,), _ = pad_samples([_to_sample(x)], self.cfg.seq_len, tokenizer=_tokenizer(self.cfg.tokenizer),
+                            overlong="error")
+    return _row_dict(row, self.cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main-process stages with their own iterator state: skip counting and packing.
+
+
+class _CountSkipsIterator(grain.DatasetIterator):
+  def __init__(self, parent, counter: SkipCounter):
+    super().__init__(parent)
+    self._counter = counter
+
+  def __next__(self):
+    while True:
+      x = next(self._parent)
+      if isinstance(x, dict) and _SKIP in x:
+        self._counter.add(x[_SKIP], x["name"], x["detail"])
+        continue
+      return x
+
+  def get_state(self):
+    return {"parent": self._parent.get_state(), "skips": self._counter.as_dict()}
+
+  def set_state(self, state):
+    self._parent.set_state(state["parent"])
+    self._counter.counts.clear()
+    self._counter.examples.clear()
+    self._counter.merge(state["skips"])
+
+
+class _CountSkips(grain.IterDataset):
+  """Drops skip markers, counting them in `counter` (whose counts travel in the iterator state)."""
+
+  def __init__(self, parent, counter: SkipCounter):
+    super().__init__(parent)
+    self._counter = counter
+
+  def __iter__(self):
+    return _CountSkipsIterator(self._parent.__iter__(), self._counter)
+
+
+class _PackIterator(grain.DatasetIterator):
+  def __init__(self, parent, cfg: DataConfig):
+    super().__init__(parent)
+    self._cfg = cfg
+    self._rows, self._emitted, self._window_start = [], 0, None
+
+  def _fill(self):
+    from qwenvl_jax.text.packing import pack_samples
+
+    cfg = self._cfg
+    self._window_start = self._parent.get_state()
+    samples = []
+    for _ in range(cfg.pack_window):
+      try:
+        samples.append(_to_sample(next(self._parent)))
+      except StopIteration:
+        break
+    if not samples:
+      raise StopIteration
+    rows, _ = pack_samples(samples, cfg.seq_len, tokenizer=_tokenizer(cfg.tokenizer), overlong="error",
+                           max_images_per_row=cfg.max_images)
+    self._rows, self._emitted = [_row_dict(r, cfg) for r in rows], 0
+
+  def __next__(self):
+    while self._emitted >= len(self._rows):
+      self._fill()
+    self._emitted += 1
+    return self._rows[self._emitted - 1]
+
+  def get_state(self):
+    if self._window_start is None or self._emitted >= len(self._rows):
+      return {"window_start": self._parent.get_state(), "emitted": 0}
+    return {"window_start": self._window_start, "emitted": self._emitted}
+
+  def set_state(self, state):
+    self._parent.set_state(state["window_start"])
+    self._rows, self._emitted, self._window_start = [], 0, None
+    if state["emitted"]:  # re-pack the same window and skip the rows already consumed
+      self._fill()
+      self._emitted = state["emitted"]
+
+
+class _Pack(grain.IterDataset):
+  """`text.packing.pack_samples` over consecutive windows of `cfg.pack_window` samples."""
+
+  def __init__(self, parent, cfg: DataConfig):
+    super().__init__(parent)
+    self._cfg = cfg
+
+  def __iter__(self):
+    return _PackIterator(self._parent.__iter__(), self._cfg)
+
+
+@dataclasses.dataclass
+class Pipeline:
+  """The grain dataset and the counter its iterators report skipped samples to."""
+  dataset: Any  # grain IterDataset of batches
+  skips: SkipCounter
+  num_records: int
+
+  def __iter__(self):
+    return iter(self.dataset)
+
+
+def _shard(cfg: DataConfig) -> tuple[int, int]:
+  if cfg.shard_index is not None and cfg.shard_count is not None:
+    return cfg.shard_index, cfg.shard_count
+  import jax
+  return jax.process_index(), jax.process_count()
+
+
+def make_pipeline(cfg: DataConfig, source=None) -> Pipeline:
+  """Builds the pipeline of the module docstring; `source` overrides `cfg.paths` (any sequence of records)."""
+  source = open_source(cfg.paths) if source is None else source
+  index, count = _shard(cfg)
+  ds = grain.MapDataset.source(source).seed(cfg.seed)
+  ds = ds[index::count]
+  if cfg.shuffle:
+    ds = ds.shuffle()
+  ds = ds.repeat(cfg.num_epochs)
+  ds = ds.random_map(SampleBuilder(cfg))
+  read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_prefetch)
+  it = ds.to_iter_dataset(read)
+  if cfg.num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app nobody parsed them
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
+                                                     per_worker_buffer_size=cfg.worker_buffer))
+  counter = SkipCounter()
+  it = _CountSkips(it, counter)
+  it = _Pack(it, cfg) if cfg.layout == "packed" else it.map(_PadOne(cfg))
+  it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+  return Pipeline(it, counter, len(source))

@@ -1,0 +1,56 @@
+"""Turns a model-side predictor into the runner's two callables, by duck typing (no model imports).
+
+Accepted: an object with `generate(prompts, max_new_tokens, min_new_tokens)` and
+`score_options(segments, options)` (qwenvl_jax.infer.api.Predictor), or an object with
+`predict(requests)` [+ `score(requests)`], or a bare callable predict_fn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _generate_fn(pred):
+  def predict(requests: list[dict]) -> list[str]:
+    out: list[str | None] = [None] * len(requests)
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+      groups.setdefault((r["max_new_tokens"], r["min_new_tokens"], r.get("chat", False)), []).append(i)
+    for (max_new, min_new, chat), idx in groups.items():
+      if chat:
+        texts = [_chat_one(pred, requests[i]["segments"], max_new, min_new) for i in idx]
+      else:
+        texts = pred.generate([requests[i]["segments"] for i in idx], max_new, min_new)
+      for i, t in zip(idx, texts):
+        out[i] = t
+    return out
+  return predict
+
+
+def _chat_one(pred, segments, max_new: int, min_new: int) -> str:
+  """One ChatML turn, greedy (the MME protocol: the chat model with near-greedy top_p=0.01)."""
+  import dataclasses
+
+  from qwenvl_jax.infer.generate import GREEDY
+
+  ids, pictures = pred.chat_prompt([], segments)
+  sampling = dataclasses.replace(GREEDY, max_new_tokens=max_new, min_new_tokens=min_new)
+  out = pred.generate_from_ids([ids], [pictures], sampling)[0]
+  return pred.tokenizer.decode(out, skip_special=True).strip()
+
+
+def _score_fn(pred):
+  def score(requests: list[dict]) -> list[list[float]]:
+    return [list(pred.score_options(r["segments"], r["options"])) for r in requests]
+  return score
+
+
+def from_predictor(pred: Any):
+  """-> (predict_fn, score_fn or None)."""
+  if hasattr(pred, "generate") and hasattr(pred, "score_options"):
+    return _generate_fn(pred), _score_fn(pred)
+  if hasattr(pred, "predict"):
+    return pred.predict, getattr(pred, "score", None)
+  if callable(pred):
+    return pred, None
+  raise TypeError(f"cannot use {type(pred).__name__} as a predictor: no generate/predict and not callable")

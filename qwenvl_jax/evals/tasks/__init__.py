@@ -1,0 +1,91 @@
+"""The task registry: `TASKS[name]` -> Task (reader, the paper's prompt, decoding, metric).
+
+Every number the registry produces names its metric variant; the first variant of each task is the one
+that reproduces the paper (eval-metrics.md). Readers document the files they expect under --data.
+"""
+
+from __future__ import annotations
+
+from qwenvl_jax.evals.metrics import anls, exact_match, grounding, multiple_choice, relaxed_accuracy, vqa_accuracy
+from qwenvl_jax.evals.metrics import mme as mme_metric
+from qwenvl_jax.evals.tasks import caption, general_vqa, mme, prompts, rec, seed_bench, synthetic, text_vqa
+from qwenvl_jax.evals.tasks.base import Item, Task
+from qwenvl_jax.evals.tasks.scoring import score_items
+
+_CIDER = ("coco", "coco-java")  # python PTB tokenisation (default) or pycocoevalcap's Java one
+_REC = dict(family="rec", prompt=prompts.grounding, metric="grounding_accuracy", variants=grounding.VARIANTS,
+            max_new_tokens=28, min_new_tokens=10)
+_VQA = dict(family="vqa", prompt=prompts.vqa, metric="vqa_accuracy", variants=vqa_accuracy.VARIANTS)
+_CAPTION = dict(family="caption", prompt=prompts.caption, metric="cider", variants=_CIDER,
+                max_new_tokens=30, min_new_tokens=8)
+# "qwenvl" exact match (its GQA answer clean-up) is offered on GQA only.
+_EM = dict(family="vqa", prompt=prompts.vqa, metric="exact_match", variants=("plain",))
+_CHOICE = dict(family="choice", metric="choice_accuracy", variants=multiple_choice.VARIANTS)
+
+_ALL = [
+  # Image caption (Table 4)
+  Task("nocaps", reader=caption.read_nocaps, splits=("val", "test"), description="Nocaps val, CIDEr",
+       **_CAPTION),
+  Task("flickr30k", reader=caption.read_flickr30k, splits=("test", "val", "train"), shot_split="train",
+       description="Flickr30K Karpathy test, CIDEr", **_CAPTION),
+  # General VQA (Table 4)
+  Task("vqav2", reader=general_vqa.read_vqav2, splits=("val2014", "test-dev2015", "train2014"),
+       shot_split="train2014", description="VQAv2 (test-dev: predictions for the server)", **_VQA),
+  Task("okvqa", reader=general_vqa.read_okvqa, splits=("val2014", "train2014"), shot_split="train2014",
+       description="OK-VQA val, VQA accuracy", **_VQA),
+  Task("gqa", reader=general_vqa.read_gqa, splits=("testdev_balanced", "val_balanced", "train_balanced"),
+       shot_split="train_balanced", family="vqa", prompt=prompts.vqa, metric="exact_match",
+       variants=exact_match.VARIANTS[::-1], description="GQA test-dev balanced, exact match"),
+  Task("vizwiz", reader=general_vqa.read_vizwiz, splits=("val", "test", "train"), shot_split="train",
+       description="VizWiz VQA (test: predictions for the server)", **_VQA),
+  Task("scienceqa_img", reader=general_vqa.read_scienceqa, splits=("test", "val", "train"),
+       prompt=prompts.scienceqa, description="ScienceQA image test, choice by likelihood", **_CHOICE),
+  # Text-oriented VQA (Table 5)
+  Task("textvqa", reader=text_vqa.read_textvqa, splits=("val", "test", "train"), shot_split="train",
+       description="TextVQA val, VQA accuracy", **_VQA),
+  Task("docvqa", reader=text_vqa.read_docvqa, splits=("val", "test", "train"), shot_split="train",
+       family="vqa", prompt=prompts.vqa, metric="anls", variants=anls.VARIANTS, max_new_tokens=100,
+       description="DocVQA (paper: test via the server; val scored here), ANLS"),
+  Task("chartqa", reader=text_vqa.read_chartqa, splits=("test", "val", "train"), shot_split="train",
+       family="vqa", prompt=prompts.vqa, metric="relaxed_accuracy", variants=relaxed_accuracy.VARIANTS,
+       max_new_tokens=100, description="ChartQA test human+augmented, relaxed accuracy"),
+  Task("ocrvqa", reader=text_vqa.read_ocrvqa, splits=("test", "val", "train"), shot_split="train",
+       max_new_tokens=100, description="OCR-VQA test, exact match", **_EM),
+  Task("ai2d", reader=text_vqa.read_ai2d, splits=("test", "train", "all"), shot_split="train",
+       description="AI2D test, exact match", **_EM),
+  # Referring expression comprehension (Table 6)
+  Task("refcoco", reader=rec.read_refcoco, splits=("val", "testA", "testB", "train"),
+       eval_splits=("val", "testA", "testB"), description="RefCOCO, accuracy@IoU0.5", **_REC),
+  Task("refcoco+", reader=rec.read_refcoco, splits=("val", "testA", "testB", "train"),
+       eval_splits=("val", "testA", "testB"), description="RefCOCO+, accuracy@IoU0.5", **_REC),
+  Task("refcocog", reader=rec.read_refcoco, splits=("val", "test", "train"), eval_splits=("val", "test"),
+       description="RefCOCOg (umd), accuracy@IoU0.5", **_REC),
+  Task("grit", reader=rec.read_grit, splits=("test", "ablation"),
+       description="GRIT refexp (test: predictions for the server)", **_REC),
+  # Instruction following (Table 7)
+  Task("mme", reader=mme.read_mme, splits=("all",), family="mme", prompt=prompts.mme, metric="mme",
+       variants=mme_metric.VARIANTS, max_new_tokens=32, chat=True,
+       description="MME perception + cognition (chat model)"),
+  Task("seed_bench", reader=seed_bench.read_seed_bench, splits=("image",), prompt=prompts.seed_bench,
+       description="SEED-Bench image dimensions, choice by likelihood", **_CHOICE),
+  # The project's synthetic held-out sets (see tasks/synthetic.py for the JSONL schema)
+  Task("synth_grounding", reader=synthetic.reader("grounding"), splits=("test", "train"),
+       description="synthetic grounding, accuracy@IoU0.5", **_REC),
+  Task("synth_ocr", reader=synthetic.reader("ocr"), splits=("test", "train"), shot_split="train",
+       max_new_tokens=32, extra_metrics=("anls",), description="synthetic OCR, exact match (+ANLS)", **_EM),
+  Task("synth_caption", reader=synthetic.reader("caption"), splits=("test", "train"), shot_split="train",
+       description="synthetic captions, CIDEr", **_CAPTION),
+  Task("synth_vqa", reader=synthetic.reader("vqa"), splits=("test", "train"), shot_split="train",
+       description="synthetic VQA, exact match", **_EM),
+]
+
+TASKS: dict[str, Task] = {t.name: t for t in _ALL}
+
+
+def get_task(name: str) -> Task:
+  if name not in TASKS:
+    raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+  return TASKS[name]
+
+
+__all__ = ["TASKS", "Item", "Task", "get_task", "score_items"]

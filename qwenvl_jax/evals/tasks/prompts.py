@@ -1,0 +1,93 @@
+"""The paper's prompts as segment lists (eval-metrics.md table), and few-shot assembly.
+
+Images are segments of their own, never text to be parsed: `{"image": path}` stands for
+`<img>path</img>` in the Qwen-VL prompt. `render` gives that text form for logs and for a model side
+that wants it.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+from qwenvl_jax.evals.tasks.base import Item, Segment
+
+
+def caption(item: Item) -> list[Segment]:
+  return [{"image": item["image"]}, {"text": "Describe the image in English:"}]
+
+
+def vqa(item: Item) -> list[Segment]:
+  return [{"image": item["image"]}, {"text": f"{item['question']} Answer:"}]
+
+
+def grounding(item: Item) -> list[Segment]:
+  return [{"image": item["image"]}, {"text": f"<ref>{item['expression']}</ref><box>"}]
+
+
+def _options(choices) -> str:
+  return "\n".join(f"{string.ascii_uppercase[i]}. {c}" for i, c in enumerate(choices))
+
+
+def scienceqa(item: Item) -> list[Segment]:
+  hint = item.get("hint") or "N/A"
+  text = f"Context: {hint}\nQuestion: {item['question']}\nOptions: {_options(item['choices'])}\nAnswer:"
+  return [{"image": item["image"]}, {"text": text}]
+
+
+def seed_bench(item: Item) -> list[Segment]:
+  text = f"\nQuestion: {item['question']}\nOptions: {_options(item['choices'])}\nAnswer:"
+  return [{"image": item["image"]}, {"text": text}]
+
+
+def mme(item: Item) -> list[Segment]:
+  return [{"image": item["image"]}, {"text": "\n" + item["question"]}]
+
+
+def merge_text(segments: list[Segment]) -> list[Segment]:
+  """Joins adjacent text segments so the model side sees one text run between images."""
+  out: list[Segment] = []
+  for seg in segments:
+    if "text" in seg and out and "text" in out[-1]:
+      out[-1] = {"text": out[-1]["text"] + seg["text"]}
+    else:
+      out.append(dict(seg))
+  return out
+
+
+def render(segments: list[Segment]) -> str:
+  return "".join(f"<img>{s['image']}</img>" if "image" in s else s["text"] for s in segments)
+
+
+def shot_answer(item: Item) -> str | None:
+  if "shot_answer" in item:
+    return item["shot_answer"]
+  if item.get("captions"):
+    return item["captions"][0]
+  return None
+
+
+def pick_shots(pool: list[Item], k: int, seed: int, query_id) -> list[Item]:
+  """k examples for one query, a pure function of (seed, query id): the same for any batch size,
+  order or resume point. Python's str seeding is hashed with SHA-512, so it is stable across runs."""
+  if k <= 0:
+    return []
+  if len(pool) < k:
+    raise ValueError(f"few-shot pool has {len(pool)} examples, {k} requested")
+  rng = random.Random(f"{seed}:{query_id}")
+  return [pool[i] for i in sorted(rng.sample(range(len(pool)), k))]
+
+
+def with_shots(prompt_fn, item: Item, shots: list[Item], rng_seed: int = 0) -> list[Segment]:
+  """`prompt(shot) + " " + answer` for each shot, then the query prompt (no separator, as in the
+  Qwen-VL eval). A caption shot uses one of its captions, chosen per (seed, shot, query)."""
+  segs: list[Segment] = []
+  for shot in shots:
+    if shot.get("captions"):
+      answer = random.Random(f"{rng_seed}:{shot['id']}:{item['id']}").choice(shot["captions"])
+    else:
+      answer = shot_answer(shot)
+    if answer is None:
+      raise ValueError(f"few-shot example {shot['id']} has no answer")
+    segs += prompt_fn(shot) + [{"text": " " + answer}]
+  return merge_text(segs + prompt_fn(item))

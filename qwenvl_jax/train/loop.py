@@ -1,0 +1,278 @@
+"""The training loop: build or restore the state, run steps, log, checkpoint, survive preemption.
+
+`train(config, workdir)` runs one stage config (configs/stage{1,2,3}.py) to `config.steps`:
+- fresh start: random init, or parameters from `init` (another run's workdir/checkpoint, e.g. the
+  previous stage; the ViT needs no tensor change between 224 and 448 px, see `checkpoint.py`);
+- `resume=True`: continues from the latest checkpoint in WORKDIR/checkpoints (parameters, optimizer
+  state, step and data-iterator state), or starts fresh when there is none;
+- SIGTERM: finishes the current step, saves, waits for the write, returns status "preempted";
+- a non-finite loss stops the run (TrainingDiverged) without saving; the pending saves are awaited,
+  so the last good checkpoint stays intact.
+
+Data: any iterator of batches following `train/batch.py` with get_state/set_state. Each process
+feeds its own `batch_size // process_count` rows; global arrays are assembled with
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from qwenvl_jax.config import (ConfigError, mesh_config_from_dict, model_config_from_dict,
+                               train_config_from_dict)
+from qwenvl_jax.sharding import batch_sharding, create_mesh
+from qwenvl_jax.train import checkpoint as ckpt_lib
+from qwenvl_jax.train import metrics as metrics_lib
+from qwenvl_jax.train import optim
+from qwenvl_jax.train import step as step_lib
+from qwenvl_jax.train.batch import SyntheticIterator, validate_batch
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+class WorkdirError(ValueError):
+  """The workdir holds another run's checkpoints and --resume was not given."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+
+
+def make_iterator(config, train_cfg, model_cfg, process_index: int, process_count: int):
+  """The configured data iterator for this process: synthetic, or the grain pipeline's."""
+  data = dict(config.get("data") or {})
+  if train_cfg.data_source == "synthetic":
+    return SyntheticIterator(
+        model_cfg, train_cfg.batch_size, train_cfg.seq_len, max_images=int(data.get("max_images", 1)),
+        packed=data.get("layout", "unpacked") == "packed", seed=int(data.get("seed", train_cfg.seed)),
+        fixed=bool(data.get("fixed", False)), process_index=process_index,
+        process_count=process_count)
+  try:
+    from qwenvl_jax.data.pipeline import make_train_iterator
+  except ImportError as e:
+    raise ConfigError(f"config field 'data.source': '{train_cfg.data_source}' needs "
+                      f"qwenvl_jax.data.pipeline.make_train_iterator(config, process_index, "
+                      f"process_count), which is not available ({e})") from e
+  return make_train_iterator(config, process_index, process_count)
+
+
+def host_row_range(mesh, global_rows: int) -> tuple[int, int]:
+  """The global rows this process's devices hold under the batch sharding (must be contiguous)."""
+  sharding = batch_sharding(mesh, 1)
+  rows = set()
+  for idx in sharding.addressable_devices_indices_map((global_rows,)).values():
+    rows.update(range(*idx[0].indices(global_rows)))
+  lo, hi = min(rows), max(rows) + 1
+  if len(rows) != hi - lo:
+    raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows on this mesh")
+  return lo, hi
+
+
+def to_global(batch: dict, mesh, global_rows: int) -> dict:
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), np.asarray(v),
+                                                    (global_rows, *v.shape[1:]))
+          for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Preemption.
+
+
+class Preemption:
+  """Records SIGTERM; all processes agree on it at a step boundary so they save the same step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _check_mesh(train_cfg, mesh):
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if train_cfg.microbatch % shards:
+    raise ConfigError(f"config field 'grad_accum': microbatch {train_cfg.microbatch} rows "
+                      f"(batch_size {train_cfg.batch_size} / grad_accum {train_cfg.grad_accum}) is not "
+                      f"divisible by the data x fsdp mesh size {shards}")
+  if train_cfg.batch_size % jax.process_count():
+    raise ConfigError(f"config field 'batch_size': {train_cfg.batch_size} is not divisible by "
+                      f"{jax.process_count()} processes")
+
+
+def _progress(total: int, initial: int):
+  if jax.process_index() != 0:
+    return None
+  from tqdm import tqdm
+  bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, disable=None)
+  return None if bar.disable else bar
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, resume: bool = False,
+          init: str | None = None, iterator: Iterator | None = None, log=None) -> dict[str, Any]:
+  """Runs the stage config to `config.steps`; returns {"status", "step", "losses"}."""
+  log = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if jax.process_index() == 0
+                else None)
+  train_cfg = train_config_from_dict(config)
+  model_cfg = model_config_from_dict(config.model)
+  mesh = create_mesh(mesh_config_from_dict(config.get("mesh")))
+  _check_mesh(train_cfg, mesh)
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh)
+  abs_full = step_lib.join_full(setup.abs_params, setup.abs_buffers)
+  ckpt = ckpt_lib.Checkpointer(workdir, train_cfg.checkpoint_every, train_cfg.keep_checkpoints,
+                               train_cfg.async_checkpoint)
+  writer = bar = None
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+      raise WorkdirError(f"{workdir} already has checkpoints up to step {latest}: pass --resume to "
+                         f"continue that run, or use a new workdir")
+    ckpt_lib.write_model_config(workdir, model_cfg)
+    if jax.process_index() == 0:
+      (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    pi, pc = jax.process_index(), jax.process_count()
+    if iterator is None:
+      iterator = make_iterator(config, train_cfg, model_cfg, pi, pc)
+      if train_cfg.data_source == "synthetic":
+        rows = train_cfg.batch_size // pc
+        if host_row_range(mesh, train_cfg.batch_size) != (pi * rows, (pi + 1) * rows):
+          raise ValueError("the mesh does not give each process a contiguous block of batch rows")
+    for method in ("get_state", "set_state"):
+      if not callable(getattr(iterator, method, None)):
+        raise TypeError(f"the data iterator {type(iterator).__name__} has no {method}()")
+
+    if resume and latest is not None:
+      full, opt_state, data_state = ckpt.restore(latest, abs_full, setup.abs_opt)
+      params, buffers = step_lib.split_full(setup, full)
+      iterator.set_state(data_state)
+      start = latest
+      log(f"resumed from {ckpt.directory / str(latest)}")
+    else:
+      source = init or train_cfg.init
+      if source:  # buffers come from the checkpoint too: no random init of a model we overwrite
+        full = ckpt_lib.load_params(source, abs_full, model_cfg, log=log)
+        params, buffers = step_lib.split_full(setup, full)
+        log(f"initialised parameters from {source}")
+      else:
+        params, buffers = step_lib.init_params(setup, train_cfg.seed)
+      opt_state = step_lib.init_opt_state(setup, params)
+      start = 0
+    log(f"optimizer state: {optim.count_state(opt_state):,} elements for "
+        f"{optim.count_state(params):,} parameters (frozen: {list(train_cfg.optim.frozen)})")
+
+    train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
+    writer = metrics_lib.MetricsWriter(workdir, start)
+    peak = metrics_lib.peak_flops_per_device(train_cfg.peak_flops)
+    parts = metrics_lib.trainable_parts(train_cfg.optim.frozen)
+    rows_per_host = train_cfg.batch_size // pc
+    losses, status, step = [], "done", start
+    bar = _progress(train_cfg.steps, start)
+
+    def save(step, data_state, force=False):
+      ckpt.save(step, step_lib.join_full(params, buffers), opt_state, data_state, model_cfg,
+                force=force)
+
+    with Preemption() as preempt:
+      for step in range(start + 1, train_cfg.steps + 1):
+        host_batch = next(iterator)
+        data_state = iterator.get_state()
+        if step == start + 1:
+          validate_batch(host_batch, rows_per_host, train_cfg.seq_len, model_cfg, check_spans=True)
+        batch = to_global(host_batch, mesh, train_cfg.batch_size)
+        t0 = time.perf_counter()
+        params, opt_state, m = train_step(params, opt_state, buffers, batch)
+        m = jax.device_get(m)
+        dt = time.perf_counter() - t0
+        loss = float(m["loss"])
+        record = _record(step, m, dt, train_cfg, model_cfg, parts, peak, len(mesh.devices.flat))
+        writer.write(record)
+        if not math.isfinite(loss):
+          ckpt.wait()
+          last = ckpt.latest_step()
+          raise TrainingDiverged(
+              f"loss is {loss} at step {step}: stopping without saving; the last good checkpoint is "
+              f"{'step ' + str(last) + ' in ' + str(ckpt.directory) if last is not None else 'none'}")
+        losses.append(loss)
+        save(step, data_state, force=step == train_cfg.steps)
+        if bar is not None:
+          bar.update(1)
+          bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+        elif step % train_cfg.log_every == 0 or step == start + 1:
+          log(f"step {step}/{train_cfg.steps} loss {loss:.4f} grad_norm {record['grad_norm']:.3f} "
+              f"lr {record['lr']:.3e} {record['tokens_per_s']:.0f} tok/s")
+        if step == train_cfg.pause_after_step:
+          ckpt.wait()
+          log(f"PAUSED after step {step} (pause_after_step); waiting for a signal")
+          while not preempt.requested:
+            time.sleep(0.05)
+        if preempt.agreed() and step < train_cfg.steps:
+          save(step, data_state, force=True)
+          ckpt.wait()
+          log(f"preempted: saved step {step} to {ckpt.directory}")
+          status = "preempted"
+          break
+  finally:
+    if bar is not None:
+      bar.close()
+    if writer is not None:
+      writer.close()
+    ckpt.close()
+  return {"status": status, "step": step, "losses": losses}
+
+
+def _record(step, m, dt, train_cfg, model_cfg, parts, peak, n_devices) -> dict:
+  """One metrics.jsonl line. tokens_per_s counts every position of the batch (padding included:
+  it is computed); images_per_s counts real images."""
+  ocfg = train_cfg.optim
+  lrs = optim.lr_groups(ocfg, model_cfg, train_cfg.steps, step - 1)
+  n_images = int(m["images"])
+  tokens = train_cfg.batch_size * train_cfg.seq_len
+  flops = tokens * metrics_lib.model_flops_per_token(
+      model_cfg, train_cfg.seq_len, images_per_row=n_images / train_cfg.batch_size, trainable=parts)
+  achieved = flops / dt
+  return {
+      "step": step, "loss": float(m["loss"]),
+      "lr": float(optim.schedule(ocfg, train_cfg.steps)(step - 1)),
+      **{f"lr/{k}": v for k, v in lrs.items()},
+      "grad_norm": float(m["grad_norm"]), "target_tokens": int(m["target_tokens"]),
+      "tokens_per_s": tokens / dt, "images_per_s": n_images / dt, "step_time_s": dt,
+      "model_tflops_per_s": achieved / 1e12,
+      "mfu": achieved / (peak * n_devices) if peak else None,
+  }
+

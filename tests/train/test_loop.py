@@ -1,0 +1,130 @@
+"""The loop in-process: NaN stop keeps the last good checkpoint, stage 1 -> 2 initialisation at a
+higher resolution, workdir protection, checkpoints restored onto another mesh."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from qwenvl_jax.config import ConfigError, MeshConfig, model_config_from_dict, train_config_from_dict
+from qwenvl_jax.sharding import create_mesh
+from qwenvl_jax.train import checkpoint as ckpt_lib
+from qwenvl_jax.train import step as step_lib
+from qwenvl_jax.train.batch import SyntheticIterator
+from qwenvl_jax.train.loop import TrainingDiverged, WorkdirError, make_iterator, train
+from qwenvl_jax.train.metrics import read_metrics
+from tests.train.helpers import (abstract_full as _abs_full, initial_state, stage_config,
+                                 write_init_checkpoint)
+
+
+class NanImagesAt:
+  """Delegates to a synthetic iterator; the `at`-th batch has NaN pixels (a poisoned sample)."""
+
+  def __init__(self, it, at):
+    self.it, self.at, self.n = it, at, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.it)
+    self.n += 1
+    if self.n == self.at:
+      batch["images"][:] = np.nan
+    return batch
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+
+def test_nan_stop_then_next_stage_init_at_higher_resolution(tmp_path):
+  s1 = stage_config(1, "steps=6", "checkpoint_every=2")
+  tcfg, mcfg1 = train_config_from_dict(s1), model_config_from_dict(s1.model)
+  init = write_init_checkpoint(s1, tmp_path / "init")
+  it = NanImagesAt(SyntheticIterator(mcfg1, tcfg.batch_size, tcfg.seq_len), at=5)
+  with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*last good checkpoint is step 4"):
+    train(s1, tmp_path / "s1", iterator=it, init=str(init))
+  steps = read_metrics(tmp_path / "s1")
+  assert [r["step"] for r in steps] == [1, 2, 3, 4, 5] and np.isnan(steps[-1]["loss"])
+  assert all(np.isfinite(r["loss"]) for r in steps[:4])
+  assert {"lr", "lr/vit_block_0", "grad_norm", "tokens_per_s", "images_per_s", "mfu"} <= set(steps[0])
+  assert "lr/llm" not in steps[0]  # frozen in stage 1
+  assert list((tmp_path / "s1" / "tb").glob("events.out.tfevents.*"))
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "s1", 2, 3)
+  assert ckpt.latest_step() == 4  # the NaN step was not saved
+  ckpt.close()
+  with pytest.raises(WorkdirError, match="--resume"):
+    train(s1, tmp_path / "s1")
+
+  # Stage 2 (56 px) from the stage-1 run (28 px): same tensors (the ViT's position table is resized
+  # on the fly); the model configs differ only in vision.image_size.
+  s2 = stage_config(2, "steps=2")
+  setup1, abs1, _ = _abs_full(s1)
+  _, abs2, mcfg2 = _abs_full(s2)
+  assert (mcfg1.vision.image_size, mcfg2.vision.image_size) == (28, 56)
+  assert jax.tree.map(lambda x: x.shape, abs1) == jax.tree.map(lambda x: x.shape, abs2)
+  logs = []
+  loaded = ckpt_lib.load_params(tmp_path / "s1", abs2, mcfg2, log=logs.append)
+  assert "['vision.image_size']" in logs[0]
+  restored = ckpt_lib.Checkpointer(tmp_path / "s1", 2, 3)
+  saved, _, data_state = restored.restore(4, abs1, setup1.abs_opt)
+  restored.close()
+  assert data_state == {"step": 4}
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(saved)):
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and np.isfinite(np.asarray(a)).all()
+  result = train(s2, tmp_path / "s2", init=str(tmp_path / "s1"))
+  assert result["status"] == "done" and len(result["losses"]) == 2
+  assert json.loads((tmp_path / "s2" / "model_config.json").read_text())["vision"]["image_size"] == 56
+
+
+def test_init_from_an_incompatible_model_names_the_field(tmp_path):
+  mcfg = model_config_from_dict(stage_config(2).model)
+  other = dataclasses.replace(mcfg, llm=dataclasses.replace(mcfg.llm, hidden=64, head_dim=16))
+  with pytest.raises(ConfigError, match=r"model\.llm\.hidden: 64 in the checkpoint vs 32"):
+    ckpt_lib.check_compatible(other, mcfg, "x")
+  assert ckpt_lib.check_compatible(dataclasses.replace(mcfg, dtype="bfloat16"), mcfg, "x") == ["dtype"]
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+  config = stage_config(2)
+  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
+  host_params, host_buffers = initial_state(mcfg)
+  setups = [step_lib.build_setup(mcfg, tcfg.optim, 10, create_mesh(MeshConfig(*s)))
+            for s in [(8, 1, 1), (2, 2, 2)]]
+  params = jax.device_put(host_params, setups[0].param_sh)
+  opt = step_lib.init_opt_state(setups[0], params)
+  opt = jax.tree.map(lambda x: x + 1, opt)  # non-trivial moments and counters
+  ckpt = ckpt_lib.Checkpointer(tmp_path, 1, 2)
+  ckpt.save(7, step_lib.join_full(params, jax.device_put(host_buffers, setups[0].buffer_sh)), opt,
+            {"step": 7}, mcfg, force=True)
+  ckpt.wait()
+  full, opt2, data = ckpt.restore(7, step_lib.join_full(setups[1].abs_params, setups[1].abs_buffers),
+                                  setups[1].abs_opt)
+  ckpt.close()
+  p2, _ = step_lib.split_full(setups[1], full)
+  assert data == {"step": 7}
+  kernel = p2["llm"]["blocks"]["mlp"]["w1"]["kernel"]
+  assert kernel.sharding == setups[1].param_sh["llm"]["blocks"]["mlp"]["w1"]["kernel"]
+  for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(host_params)):
+    assert np.array_equal(np.asarray(a), b)
+  for a, b, sh in zip(jax.tree.leaves(opt2), jax.tree.leaves(opt), jax.tree.leaves(setups[1].opt_sh)):
+    assert a.sharding == sh and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_real_data_sources_go_through_the_pipeline_hook(tmp_path, monkeypatch):
+  import qwenvl_jax.data.pipeline as pipeline
+  config = stage_config(1, "data.source='jsonl'")
+  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
+  monkeypatch.delattr(pipeline, "make_train_iterator", raising=False)
+  with pytest.raises(ConfigError, match="make_train_iterator"):
+    make_iterator(config, tcfg, mcfg, 0, 1)
+  calls = []
+  monkeypatch.setattr(pipeline, "make_train_iterator",
+                      lambda cfg, i, n: calls.append((cfg.data.source, i, n)) or "it", raising=False)
+  assert make_iterator(config, tcfg, mcfg, 1, 2) == "it" and calls == [("jsonl", 1, 2)]
