@@ -36,7 +36,7 @@ def test_model_splices_per_row_and_skips_vit_for_text():
   cfg = tiny_config()
   model = QwenVL(cfg, rngs=nnx.Rngs(0))
   row_a = image_row(cfg, [1, "IMG", 2, "IMG", 3])
-  row_b = image_row(cfg, [4, "IMG", 5] + [6] * (cfg.tokens_per_image + 2))
+  row_b = image_row(cfg, [4, "IMG", 5] + [6] * (cfg.tokens_per_image + 3))
   ids = jnp.asarray(np.stack([row_a, row_b]))
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 2, 56, 56, 3)).astype(np.float32))
   emb = np.asarray(model.embed(ids, images, num_images=jnp.asarray([2, 1])))
