@@ -21,11 +21,13 @@ VALUES = {
     "tiny": dict(stage=1, image_size=28, seq_len=32, batch_size=16, grad_accum=2, steps=20,
                  peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=FROZEN, checkpoint_every=10,
                  log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
-                 data=dict(source="synthetic", layout="unpacked", max_images=1)),
+                 data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                           tasks=("caption",), layout="unpacked", max_images=1, num_workers=0)),
     "small": dict(stage=1, image_size=112, seq_len=128, batch_size=32, grad_accum=2, steps=1000,
                   peak_lr=1e-3, min_lr=1e-5, warmup_steps=50, frozen=FROZEN, checkpoint_every=200,
                   mesh=dict(data=1, fsdp=-1, tensor=1),
-                  data=dict(source="synthetic", layout="unpacked", max_images=1)),
+                  data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                            tasks=("caption",), layout="unpacked", max_images=1, num_workers=0)),
 }
 
 

@@ -10,20 +10,24 @@ import pathlib
 
 from qwenvl_jax.train.stages import build
 
+TASKS = ("caption", "vqa", "grounding", "ref_grounding", "grounded_caption", "ocr", "pure_text")
+
 VALUES = {
     "full": dict(stage=2, image_size=448, seq_len=2048, batch_size=4096, grad_accum=8, steps=19_000,
                  peak_lr=5e-5, min_lr=1e-5, warmup_steps=400, frozen=(),
                  mesh=dict(data=1, fsdp=-1, tensor=2),
                  data=dict(source="array_record", paths=(), tokenizer="", format="pretrain",
-                           layout="packed", max_images=7, num_workers=8)),
+                           tasks=TASKS, layout="packed", max_images=7, num_workers=8)),
     "tiny": dict(stage=2, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,
                  peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=(), checkpoint_every=10,
                  log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
-                 data=dict(source="synthetic", layout="packed", max_images=2)),
+                 data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                           tasks=TASKS, layout="packed", max_images=2, num_workers=0)),
     "small": dict(stage=2, image_size=224, seq_len=256, batch_size=32, grad_accum=2, steps=1000,
                   peak_lr=5e-4, min_lr=1e-5, warmup_steps=50, frozen=(), checkpoint_every=200,
                   mesh=dict(data=1, fsdp=-1, tensor=1),
-                  data=dict(source="synthetic", layout="packed", max_images=2)),
+                  data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                            tasks=TASKS, layout="packed", max_images=2, num_workers=0)),
 }
 
 

@@ -26,6 +26,12 @@ def _check(cond: bool, field: str, msg: str):
     raise ConfigError(f"config field '{field}': {msg}")
 
 
+def _check_positive(obj, names: tuple[str, ...], prefix: str):
+  # Sizes are checked before any divisibility test, so 0 is named rather than a ZeroDivisionError.
+  for name in names:
+    _check(getattr(obj, name) > 0, f"{prefix}.{name}", f"must be positive, got {getattr(obj, name)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
   """ViT-bigG/14 in the OpenCLIP layout used by Qwen-VL (no class token)."""
@@ -51,11 +57,11 @@ class VisionConfig:
     return self.image_size // self.patch_size
 
   def validate(self, prefix: str = "model.vision"):
+    _check_positive(self, ("width", "heads", "patch_size", "image_size", "layers"), prefix)
     _check(self.width % self.heads == 0, f"{prefix}.width",
            f"width {self.width} is not divisible by heads {self.heads}")
     _check(self.image_size % self.patch_size == 0, f"{prefix}.image_size",
            f"image size {self.image_size} is not divisible by patch size {self.patch_size}")
-    _check(self.layers > 0, f"{prefix}.layers", "must be positive")
     if self.window_patches:
       _check(self.grid % self.window_patches == 0, f"{prefix}.window_patches",
              f"patch grid {self.grid} is not divisible by window {self.window_patches}")
@@ -74,6 +80,7 @@ class AdapterConfig:
     return math.isqrt(self.n_queries)
 
   def validate(self, embed: int, prefix: str = "model.adapter"):
+    _check_positive(self, ("n_queries", "heads"), prefix)
     _check(self.grid * self.grid == self.n_queries, f"{prefix}.n_queries",
            f"{self.n_queries} is not a perfect square (queries form a 2D grid)")
     _check(embed % self.heads == 0, f"{prefix}.heads",
@@ -97,6 +104,7 @@ class LLMConfig:
   use_logn_attn: bool = True  # inference only
 
   def validate(self, prefix: str = "model.llm"):
+    _check_positive(self, ("hidden", "layers", "heads", "head_dim", "mlp_dim"), prefix)
     _check(self.heads * self.head_dim == self.hidden, f"{prefix}.heads",
            f"heads {self.heads} x head_dim {self.head_dim} != hidden {self.hidden}")
     _check(self.head_dim % 2 == 0, f"{prefix}.head_dim", "rotary embeddings need an even head_dim")
@@ -210,6 +218,33 @@ def mesh_config_from_dict(values: Mapping[str, Any] | None) -> MeshConfig:
 
 def model_config_to_dict(cfg: ModelConfig) -> dict:
   return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Scaled-down models (configs/tiny.py, configs/small.py).
+
+
+def scaled_model_config(vocab_size: int, vision: Mapping[str, Any], adapter: Mapping[str, Any],
+                        llm: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The released architecture at the given sizes, everything else at the released values.
+
+  Fields left out of `vision` / `adapter` / `llm` take the dataclass defaults (patch 14, eps 1e-6,
+  rope base 1e4, dynamic NTK + log-n on); the image special ids sit at the top of the (small)
+  vocabulary, as in the released one; float32 compute and weights, no remat.
+  """
+  v = vocab_size
+  return ml_collections.ConfigDict(dict(
+      vision=dataclasses.asdict(VisionConfig(**vision)),
+      adapter=dataclasses.asdict(AdapterConfig(**adapter)),
+      llm=dataclasses.asdict(LLMConfig(vocab_size=v, **llm)),
+      image_start_id=v - 3, image_end_id=v - 2, image_pad_id=v - 1,
+      dtype="float32", param_dtype="float32", remat="none", scan_layers=True,
+  ))
+
+
+def model_file_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What a model config file's get_config returns: the model on a pure-FSDP mesh."""
+  return ml_collections.ConfigDict(dict(model=model, mesh=dict(data=1, fsdp=-1, tensor=1)))
 
 
 # --------------------------------------------------------------------------------------------

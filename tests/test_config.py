@@ -5,9 +5,8 @@ import dataclasses
 import pytest
 
 from qwenvl_jax.cli import main
-from qwenvl_jax.config import (ConfigError, LLMConfig, MeshConfig, ModelConfig, VisionConfig,
-                               apply_overrides, load_config_dict, load_model_config,
-                               model_config_from_dict)
+from qwenvl_jax.config import (ConfigError, MeshConfig, apply_overrides, load_config_dict,
+                               load_model_config, model_config_from_dict)
 from qwenvl_jax.model.params import count_parameters
 
 
@@ -45,10 +44,32 @@ def test_params_command_prints_table(capsys):
     (dict(dtype="float8"), "model.dtype"),
     (dict(llm=dict(hiden=3)), "model.llm"),
     (dict(vision=dict(layers="48")), "model.vision.layers"),
+    # Zero sizes are named, not a ZeroDivisionError from a divisibility check.
+    (dict(adapter=dict(heads=0)), "model.adapter.heads"),
+    (dict(vision=dict(heads=0)), "model.vision.heads"),
+    (dict(vision=dict(patch_size=0)), "model.vision.patch_size"),
+    (dict(llm=dict(layers=0)), "model.llm.layers"),
 ])
 def test_invalid_model_configs_name_the_field(bad, field):
   with pytest.raises(ConfigError, match=f"'{field}'"):
     model_config_from_dict(bad)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_scaled_configs_keep_the_released_architecture(name):
+  """tiny / small differ from the 7B model only in sizes: every other field is the released value,
+  and the image special ids sit at the top of their small vocabulary."""
+  cfg, full = load_model_config(name), load_model_config("qwen_vl_7b")
+  sizes = {"vision": {"image_size", "width", "layers", "heads", "mlp_dim", "pos_grid", "global_every"},
+           "adapter": {"n_queries", "heads"},
+           "llm": {"vocab_size", "hidden", "layers", "heads", "head_dim", "mlp_dim", "seq_length"}}
+  for section, sized in sizes.items():
+    ours, released = dataclasses.asdict(getattr(cfg, section)), dataclasses.asdict(getattr(full, section))
+    assert {k: v for k, v in ours.items() if k not in sized} == \
+        {k: v for k, v in released.items() if k not in sized}, section
+  v = cfg.llm.vocab_size
+  assert (cfg.image_start_id, cfg.image_end_id, cfg.image_pad_id) == (v - 3, v - 2, v - 1)
+  assert cfg.dtype == cfg.param_dtype == "float32" and cfg.remat == "none"
 
 
 def test_mesh_must_divide_devices():

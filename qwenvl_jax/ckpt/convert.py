@@ -20,7 +20,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -129,6 +129,14 @@ def _hf_blocks(entry: hf_layout.Entry, cfg: ModelConfig, reader: ParamReader, la
   return blocks()
 
 
+def _write_checkpoint(tmp: pathlib.Path, flat: dict, cfg: ModelConfig, tok):
+  """Our checkpoint's contents: parameters, model config and (when there is one) the tokenizer."""
+  save_lazy_params(tmp / PARAMS, flat)
+  write_model_config(tmp / MODEL_CONFIG, cfg)
+  if tok is not None:
+    copy_tokenizer(tok, tmp)
+
+
 def _copy_hf_extras(src: pathlib.Path, dst: pathlib.Path, skip=()):
   """Keeps the source config.json and small non-weight files for the way back to HF."""
   if not src.is_dir():
@@ -183,10 +191,7 @@ def convert_hf_to_orbax(src, dst, model_cfg: ModelConfig | None = None, *,
   tok = _tokenizer_for(src, tokenizer_file)
   try:
     with atomic_directory(dst, overwrite=overwrite) as tmp:
-      save_lazy_params(tmp / PARAMS, flat)
-      write_model_config(tmp / MODEL_CONFIG, cfg)
-      if tok is not None:
-        copy_tokenizer(tok, tmp)
+      _write_checkpoint(tmp, flat, cfg, tok)
       _copy_hf_extras(src, tmp, skip=hf_io.tokenizer_files(tok) if tok is not None else ())
   finally:
     bar.close()
@@ -263,16 +268,8 @@ class _FreshParams:
   def __init__(self, cfg: ModelConfig, seed: int, names: Sequence[str], max_bytes: int = 1 << 30):
     self.cfg, self.seed = cfg, seed
     itemsize = hf_io.np_dtype(cfg.param_dtype).itemsize
-    self.batches, cur, cur_bytes = [], [], 0
-    for name in names:
-      n = int(np.prod(hf_layout.BY_OURS[name].ours_shape(cfg))) * itemsize
-      if cur and cur_bytes + n > max_bytes:
-        self.batches.append(cur)
-        cur, cur_bytes = [], 0
-      cur.append(name)
-      cur_bytes += n
-    if cur:
-      self.batches.append(cur)
+    self.batches = hf_io.group_by_bytes(
+        names, lambda name: int(np.prod(hf_layout.BY_OURS[name].ours_shape(cfg))) * itemsize, max_bytes)
     self.ready: dict[str, np.ndarray] = {}
 
   def take(self, name: str) -> np.ndarray:
@@ -408,10 +405,7 @@ def convert_stage1(dst, model_cfg: ModelConfig, *, openclip=None, qwen_llm=None,
       flat[name] = _lazy_fresh(hf_layout.BY_OURS[name], cfg, fresh, dtype, bar)
     flat = {e.ours: flat[e.ours] for e in hf_layout.ENTRIES}
     with atomic_directory(dst, overwrite=overwrite) as tmp:
-      save_lazy_params(tmp / PARAMS, flat)
-      write_model_config(tmp / MODEL_CONFIG, cfg)
-      if tok is not None:
-        copy_tokenizer(tok, tmp)
+      _write_checkpoint(tmp, flat, cfg, tok)
   finally:
     bar.close()
     for w in opened:

@@ -13,7 +13,7 @@ import json
 import math
 import pathlib
 import struct
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -268,22 +268,32 @@ class SafetensorsWriter:
       raise ValueError(f"safetensors writer closed after {self._next} of {len(self._specs)} tensors")
 
 
+T = TypeVar("T")
+
+
+def group_by_bytes(items: Sequence[T], nbytes: Callable[[T], int], max_bytes: int) -> list[list[T]]:
+  """Greedy in-order groups of at most `max_bytes` (an item larger than that gets a group of its own)."""
+  groups, cur, cur_bytes = [], [], 0
+  for item in items:
+    n = nbytes(item)
+    if cur and cur_bytes + n > max_bytes:
+      groups.append(cur)
+      cur, cur_bytes = [], 0
+    cur.append(item)
+    cur_bytes += n
+  if cur:
+    groups.append(cur)
+  return groups
+
+
 def plan_shards(specs: Sequence[tuple[str, tuple[int, ...], np.dtype]], shard_size: int,
                 fmt: str) -> list[tuple[str, list]]:
   """Greedy in-order split into shards of at most `shard_size` bytes (a larger tensor gets its own).
 
   File names follow transformers: model-00001-of-0000N.safetensors / pytorch_model-...bin.
   """
-  shards, cur, cur_bytes = [], [], 0
-  for spec in specs:
-    n = math.prod(spec[1]) * np.dtype(spec[2]).itemsize
-    if cur and cur_bytes + n > shard_size:
-      shards.append(cur)
-      cur, cur_bytes = [], 0
-    cur.append(spec)
-    cur_bytes += n
-  if cur:
-    shards.append(cur)
+  shards = group_by_bytes(specs, lambda spec: math.prod(spec[1]) * np.dtype(spec[2]).itemsize,
+                          shard_size)
   stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
   total = len(shards)
   return [(f"{stem}-{i + 1:05d}-of-{total:05d}.{ext}", s) for i, s in enumerate(shards)]

@@ -79,7 +79,7 @@ def _steps(ckpt_root: pathlib.Path) -> list[int]:
 
 def resolve_checkpoint(path) -> CheckpointRef:
   """Our checkpoint dir, a training workdir (latest step) or one step dir of a workdir."""
-  path = pathlib.Path(path)
+  path = pathlib.Path(path).absolute()  # Orbax reads OCDBT checkpoints by absolute path only
   if not path.exists():
     raise FileNotFoundError(f"no checkpoint at {path}")
   if (path / "checkpoints").is_dir():

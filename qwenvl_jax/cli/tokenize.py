@@ -3,7 +3,14 @@
   qwenvl-jax tokenize --tokenizer ckpt_dir --text "Hello <img>"        ids (plain text: no specials)
   qwenvl-jax tokenize --tokenizer qwen.tiktoken --decode 151644,872,198
   qwenvl-jax tokenize --train-sp corpus.txt --vocab-size 2000 --out tok/tokenizer
+  qwenvl-jax tokenize --train-sp data/shapes.jsonl --train-sp data/text.jsonl --vocab-size 400 \
+      --model-vocab 512 --out tok/tokenizer     (records: their task texts; ids sized for configs/tiny.py)
 """
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
 
 
 def register(subparsers):
@@ -12,9 +19,14 @@ def register(subparsers):
   p.add_argument("--text", help="plain text to encode (special-token strings stay plain text)")
   p.add_argument("--decode", help="comma-separated ids to decode")
   p.add_argument("--skip-special", action="store_true", help="drop special tokens when decoding")
-  p.add_argument("--train-sp", metavar="CORPUS", help="train SentencePiece on a text file (one doc a line)")
+  p.add_argument("--train-sp", metavar="CORPUS", action="append",
+                 help="train SentencePiece on a text file (one doc a line) or on the texts of a JSONL "
+                      "dataset's records (raw or conversations); repeatable")
   p.add_argument("--vocab-size", type=int, default=2000, help="SentencePiece pieces (before specials)")
   p.add_argument("--n-extra", type=int, default=None, help="number of <|extra_N|> specials")
+  p.add_argument("--model-vocab", type=int, default=None, metavar="N",
+                 help="--train-sp: size the <|extra_N|> block so the tokenizer has exactly N ids, its "
+                      "image ids at the top as the tiny/small model configs expect (vocab_size=N)")
   p.add_argument("--out", help="model prefix for --train-sp (writes PREFIX.model)")
   p.add_argument("--json", action="store_true", help="print JSON")
   p.set_defaults(handler=run)
@@ -30,12 +42,22 @@ def run(args):
   if args.train_sp:
     if not args.out:
       raise UserError("--train-sp needs --out PREFIX")
-    corpus = pathlib.Path(args.train_sp)
-    if not corpus.is_file():
-      raise FileNotFoundError(f"corpus file not found: {corpus}")
-    with corpus.open(encoding="utf-8") as f:
-      tok = SentencePieceTokenizer.train(
-          f, args.vocab_size, args.out, n_extra=SP_N_EXTRA if args.n_extra is None else args.n_extra)
+    if args.model_vocab is not None and args.n_extra is not None:
+      raise UserError("give --model-vocab or --n-extra, not both")
+    for corpus in args.train_sp:
+      if not pathlib.Path(corpus).is_file():
+        raise FileNotFoundError(f"corpus file not found: {corpus}")
+    texts = [line for corpus in args.train_sp for line in corpus_texts(corpus)]
+    tok = SentencePieceTokenizer.train(
+        texts, args.vocab_size, args.out, n_extra=SP_N_EXTRA if args.n_extra is None else args.n_extra)
+    if args.model_vocab is not None:
+      n_extra = args.model_vocab - (tok.vocab_size - SP_N_EXTRA)
+      if n_extra < 0:
+        raise UserError(f"--model-vocab {args.model_vocab} is smaller than the trained tokenizer "
+                        f"({tok.vocab_size - SP_N_EXTRA} ids without extras): lower --vocab-size")
+      tok = SentencePieceTokenizer.train(texts, args.vocab_size, args.out, n_extra=n_extra)
+      if tok.vocab_size != args.model_vocab:  # SentencePiece training is deterministic
+        raise UserError(f"retraining gave {tok.vocab_size} ids, not {args.model_vocab}")
     info = {"model": f"{args.out}.model", "vocab_size": tok.vocab_size, **tok.model_config_ids()}
     print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
     return 0
@@ -58,3 +80,34 @@ def run(args):
             "padded_vocab_size": tok.padded_vocab_size(), **tok.model_config_ids()}
     print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
   return 0
+
+
+_TAGS = re.compile(r"</?(?:ref|box|quad)>")
+_IMAGE = re.compile(r"<img>.*?</img>", re.S)
+
+
+def corpus_texts(path) -> Iterator[str]:
+  """The lines of a text file, or for a .jsonl/.json dataset the plain text its records train on:
+  every pre-training task's prompt and target (`data.tasks`) or the conversation turns, with image
+  spans dropped and <ref>/<box>/<quad> tags removed (their bodies, e.g. box coordinates, are text)."""
+  import pathlib
+
+  from qwenvl_jax.data import tasks
+  from qwenvl_jax.data.sources import read_jsonl
+  from qwenvl_jax.text.conversation import DEFAULT_SYSTEM
+
+  path = pathlib.Path(path)
+  if path.suffix not in (".jsonl", ".json"):
+    with path.open(encoding="utf-8") as f:
+      yield from f
+    return
+  yield DEFAULT_SYSTEM
+  for record in read_jsonl(path):
+    if "conversations" in record:
+      texts = [turn["value"] for turn in record["conversations"]]
+    else:
+      texts = [t for _, prompt, target in tasks.examples(record) for t in (prompt, target)]
+    for text in texts:
+      plain = _TAGS.sub("", _IMAGE.sub("", text)).strip()
+      if plain:
+        yield plain

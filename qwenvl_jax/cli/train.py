@@ -3,6 +3,9 @@
 Multi-host: every process runs the same command. `jax.distributed.initialize` is called when
 --coordinator-address / JAX_COORDINATOR_ADDRESS is given (with --num-processes / JAX_NUM_PROCESSES and
 --process-id / JAX_PROCESS_ID), or with --distributed for JAX's auto-detection (Cloud TPU, SLURM, ...).
+With a record source (`--set data.source=jsonl --set "data.paths=('train.jsonl',)" --set
+data.tokenizer=tok.model`) the tokenizer is copied to WORKDIR/tokenizer/, so `qwenvl-jax chat / eval /
+convert` find it in the workdir.
 Exit codes: 0 done, 3 loss diverged, 143 preempted (SIGTERM, state saved: rerun with --resume).
 """
 
@@ -61,4 +64,26 @@ def run(args):
   except TrainingDiverged as e:
     print(f"qwenvl-jax train: {e}", file=sys.stderr)
     return EXIT_DIVERGED
+  save_tokenizer(config, args.workdir)  # after train(): it refuses a workdir holding another run
   return EXIT_PREEMPTED if result["status"] == "preempted" else 0
+
+
+def save_tokenizer(config, workdir):
+  """Copies the data's tokenizer file(s) into WORKDIR/tokenizer/ (process 0), where checkpoint readers
+  look for it."""
+  import pathlib
+
+  import jax
+
+  from qwenvl_jax.ckpt.orbax_io import copy_tokenizer
+
+  data = config.get("data") or {}
+  path = data.get("tokenizer")
+  if data.get("source", "synthetic") == "synthetic" or not path or jax.process_index() != 0:
+    return
+  path = pathlib.Path(path)
+  files = [path] if path.is_file() else sorted(path.glob("*.tiktoken")) + sorted(path.glob("*.model"))
+  if not files:
+    raise FileNotFoundError(f"config field 'data.tokenizer': no tokenizer file at {path}")
+  for f in files:
+    copy_tokenizer(f, workdir)

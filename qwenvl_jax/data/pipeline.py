@@ -200,16 +200,26 @@ class _PadOne:
 # Main-process stages with their own iterator state: skip counting and packing.
 
 
+class NoUsableSamplesError(ValueError):
+  """Every sample in a long run was skipped: the data cannot feed this configuration."""
+
+
 class _CountSkipsIterator(grain.DatasetIterator):
-  def __init__(self, parent, counter: SkipCounter):
+  def __init__(self, parent, counter: SkipCounter, max_consecutive: int):
     super().__init__(parent)
     self._counter = counter
+    self._max_consecutive = max_consecutive
 
   def __next__(self):
+    run = 0
     while True:
       x = next(self._parent)
       if isinstance(x, dict) and _SKIP in x:
         self._counter.add(x[_SKIP], x["name"], x["detail"])
+        run += 1
+        if run >= self._max_consecutive:  # e.g. seq_len below every sample: would spin forever
+          raise NoUsableSamplesError(f"the last {run} samples were all skipped ({self._counter.summary()}); "
+                                     f"check seq_len, max_images, format and tasks against the data")
         continue
       return x
 
@@ -226,12 +236,13 @@ class _CountSkipsIterator(grain.DatasetIterator):
 class _CountSkips(grain.IterDataset):
   """Drops skip markers, counting them in `counter` (whose counts travel in the iterator state)."""
 
-  def __init__(self, parent, counter: SkipCounter):
+  def __init__(self, parent, counter: SkipCounter, max_consecutive: int):
     super().__init__(parent)
     self._counter = counter
+    self._max_consecutive = max_consecutive
 
   def __iter__(self):
-    return _CountSkipsIterator(self._parent.__iter__(), self._counter)
+    return _CountSkipsIterator(self._parent.__iter__(), self._counter, self._max_consecutive)
 
 
 class _PackIterator(grain.DatasetIterator):
@@ -311,6 +322,7 @@ def make_pipeline(cfg: DataConfig, source=None) -> Pipeline:
   index, count = _shard(cfg)
   ds = grain.MapDataset.source(source).seed(cfg.seed)
   ds = ds[index::count]
+  shard_records = len(ds)
   if cfg.shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(cfg.num_epochs)
@@ -324,7 +336,149 @@ def make_pipeline(cfg: DataConfig, source=None) -> Pipeline:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
                                                      per_worker_buffer_size=cfg.worker_buffer))
   counter = SkipCounter()
-  it = _CountSkips(it, counter)
+  # Two passes over the shard without one usable sample (random task choices aside) mean none will come.
+  it = _CountSkips(it, counter, max_consecutive=min(2 * shard_records + 10, 10_000))
   it = _Pack(it, cfg) if cfg.layout == "packed" else it.map(_PadOne(cfg))
   it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
   return Pipeline(it, counter, len(source))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training: a stage config's `data` section -> this process's batches in the `train/batch.py` contract.
+
+# The `data` keys a stage config may hold for a record source. `fixed` belongs to the synthetic source.
+TRAIN_DATA_FIELDS = ("source", "paths", "tokenizer", "format", "tasks", "ocr_max_regions", "layout",
+                     "pack_window", "max_images", "seed", "shuffle", "num_epochs", "num_workers",
+                     "read_threads", "read_prefetch", "worker_buffer", "fixed")
+_SOURCE_SUFFIX = {"jsonl": (".jsonl", ".json"), "array_record": (".array_record",)}
+
+
+def _config_error(field: str, msg: str):
+  from qwenvl_jax.config import ConfigError
+  return ConfigError(f"config field 'data.{field}': {msg}")
+
+
+def check_tokenizer_fits(tok, model_cfg, tokenizer_path: str):
+  """The tokenizer's ids must exist in the model's embedding and its image ids be the model's."""
+  if tok.vocab_size > model_cfg.llm.vocab_size:
+    raise _config_error("tokenizer", f"{tokenizer_path} has {tok.vocab_size} ids but "
+                                     f"model.llm.vocab_size is {model_cfg.llm.vocab_size}")
+  wrong = {k: v for k, v in tok.model_config_ids().items() if getattr(model_cfg, k) != v}
+  if wrong:
+    have = ", ".join(f"model.{k}={getattr(model_cfg, k)}" for k in wrong)
+    fix = " ".join(f"--set model.{k}={v}" for k, v in wrong.items())
+    raise _config_error("tokenizer", f"{tokenizer_path} puts the image tokens at {wrong} but the model "
+                                     f"has {have} (fix the model config, e.g. {fix}, or size the "
+                                     f"tokenizer with `qwenvl-jax tokenize --model-vocab`)")
+
+
+def data_config_for_training(config, process_index: int = 0, process_count: int = 1) -> DataConfig:
+  """The `DataConfig` of this process for a stage config (configs/stage{1,2,3}.py); raises ConfigError
+  naming the `data.<field>` that is missing or wrong.
+
+  From the rest of the config: seq_len, rows = batch_size / process_count, the model's image size and
+  tokens per image; the seed defaults to the run's.
+  """
+  from qwenvl_jax.config import ConfigError, model_config_from_dict, train_config_from_dict
+
+  train_cfg = train_config_from_dict(config)
+  model_cfg = model_config_from_dict(config["model"])
+  data = dict(config.get("data") or {})
+  unknown = sorted(set(data) - set(TRAIN_DATA_FIELDS))
+  if unknown:
+    raise _config_error(unknown[0], f"unknown field; the data section takes {list(TRAIN_DATA_FIELDS)}")
+  source = data.get("source")
+  if source not in _SOURCE_SUFFIX:
+    raise _config_error("source", f"{source!r} is not a record source; expected one of "
+                                  f"{sorted(_SOURCE_SUFFIX)} (or 'synthetic')")
+  paths = data.get("paths") or ()
+  paths = (paths,) if isinstance(paths, str) else tuple(str(p) for p in paths)
+  if not paths:
+    raise _config_error("paths", f"no files given for source {source!r} (e.g. --set "
+                                 f"\"data.paths=('train.jsonl',)\")")
+  for p in paths:
+    if not p.endswith(_SOURCE_SUFFIX[source]):
+      raise _config_error("paths", f"{p} is not a {source} file ({' / '.join(_SOURCE_SUFFIX[source])})")
+    if not pathlib.Path(p).is_file():
+      raise _config_error("paths", f"file not found: {p}")
+  tokenizer = str(data.get("tokenizer") or "")
+  if not tokenizer:
+    raise _config_error("tokenizer", "no tokenizer given (a .tiktoken / .model file or a directory "
+                                     "holding one)")
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process {process_index} of {process_count}")
+  if train_cfg.batch_size % process_count:
+    raise ConfigError(f"config field 'batch_size': {train_cfg.batch_size} is not divisible by "
+                      f"{process_count} processes")
+  known = {f.name for f in dataclasses.fields(DataConfig)}
+  extra = {k: v for k, v in data.items() if k in known and k not in ("paths", "tokenizer")}
+  if "tasks" in extra:
+    extra["tasks"] = (extra["tasks"],) if isinstance(extra["tasks"], str) else tuple(extra["tasks"])
+  extra.setdefault("seed", train_cfg.seed)
+  for name in ("max_images", "num_workers", "seed", "pack_window", "ocr_max_regions"):
+    least = 1 if name == "pack_window" else 0
+    if name in extra and (not isinstance(extra[name], int) or extra[name] < least):
+      raise _config_error(name, f"must be an integer >= {least}, got {extra[name]!r}")
+  for name, allowed in (("format", ("auto", "chatml", "pretrain")), ("layout", ("unpacked", "packed"))):
+    if name in extra and extra[name] not in allowed:
+      raise _config_error(name, f"{extra[name]!r} is not one of {allowed}")
+  unknown_tasks = sorted(set(extra.get("tasks", ())) - set(tasks.TASKS))
+  if unknown_tasks:
+    raise _config_error("tasks", f"unknown tasks {unknown_tasks}; known: {sorted(tasks.TASKS)}")
+  cfg = DataConfig(paths=paths, tokenizer=tokenizer, seq_len=train_cfg.seq_len,
+                   batch_size=train_cfg.batch_size // process_count,
+                   image_size=model_cfg.vision.image_size, n_image_tokens=model_cfg.tokens_per_image,
+                   shard_index=process_index, shard_count=process_count, **extra)
+  try:
+    tok = _tokenizer(tokenizer)
+  except (FileNotFoundError, ValueError) as e:
+    raise _config_error("tokenizer", str(e)) from None
+  check_tokenizer_fits(tok, model_cfg, tokenizer)
+  return cfg
+
+
+def to_train_batch(batch: dict) -> dict:
+  """Pipeline batch fields -> the training batch contract (`train/batch.py`); text-only batches
+  (max_images = 0) carry no images."""
+  out = {"tokens": np.asarray(batch["ids"], np.int32), "loss_mask": np.asarray(batch["loss_mask"], bool),
+         "segment_ids": np.asarray(batch["segment_ids"], np.int32),
+         "positions": np.asarray(batch["positions"], np.int32)}
+  if batch["images"].shape[1]:
+    out["images"] = np.asarray(batch["images"], np.float32)
+    out["num_images"] = np.asarray(batch["image_valid"], bool).sum(-1).astype(np.int32)
+  return out
+
+
+class TrainIterator:
+  """This process's training batches; `get_state()` is JSON (stored with each checkpoint) and
+  `set_state(saved)` continues with exactly the batch after the one it was taken at."""
+
+  def __init__(self, pipeline: Pipeline):
+    self.pipeline = pipeline
+    self._it = iter(pipeline.dataset.map(to_train_batch))
+
+  @property
+  def skips(self) -> SkipCounter:
+    """Samples dropped so far (too long, corrupt image, ...), counted exactly across resumes."""
+    return self.pipeline.skips
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._it)
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    self._it.set_state(state)
+
+
+def make_train_iterator(config, process_index: int, process_count: int) -> TrainIterator:
+  """The batches of process `process_index` of `process_count` for a stage config whose `data.source`
+  is a record source (`train.loop.make_iterator` calls this). Each process reads a disjoint shard
+  of the records (record i goes to process i % process_count) and yields batch_size / process_count
+  rows per step."""
+  cfg = data_config_for_training(config, process_index, process_count)
+  return TrainIterator(make_pipeline(cfg))

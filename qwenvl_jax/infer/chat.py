@@ -31,15 +31,9 @@ def build_query(query: str, images: Sequence[str | os.PathLike] = ()) -> list[di
 
 def answer_segments(answer: str) -> list[dict]:
   """The model's answer as segments: box/ref/quad markup -> specials, anything else plain text."""
-  out: list[dict] = []
-  for seg in interface.parse_markup(answer, strict=False):
-    if "image" in seg:  # never follow a path the model wrote
-      seg = {"text": f"<img>{seg['image']}</img>"}
-    if "text" in seg and out and "text" in out[-1]:
-      out[-1] = {"text": out[-1]["text"] + seg["text"]}
-    else:
-      out.append(dict(seg))
-  return out
+  # Never follow a path the model wrote: an <img> span in the answer stays text.
+  return interface.merge_text({"text": f"<img>{seg['image']}</img>"} if "image" in seg else seg
+                              for seg in interface.parse_markup(answer, strict=False))
 
 
 def history_images(history: Sequence[Turn]) -> list[str]:

@@ -12,30 +12,11 @@ import os
 import pathlib
 from typing import Sequence
 
-from PIL import Image, ImageDraw, ImageFont
-
+from qwenvl_jax.data.draw import draw_boxes
 from qwenvl_jax.data.preprocess import load_image
-from qwenvl_jax.text.boxes import PixelBox, parse_boxes_per_image
+from qwenvl_jax.text.boxes import parse_boxes_per_image
 
-_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 200, 200), (240, 50, 230), (128, 128, 0))
-
-
-def draw_boxes(image: Image.Image, boxes: Sequence[PixelBox]) -> Image.Image:
-  """A copy of `image` with pixel boxes drawn and labelled with their `<ref>` phrase."""
-  img = image.convert("RGB").copy()
-  d = ImageDraw.Draw(img)
-  font = ImageFont.load_default(max(10, img.height // 30))
-  colours: dict = {}
-  for i, b in enumerate(boxes):
-    colour = colours.setdefault(b.ref if b.ref is not None else f"#{i}",
-                                _PALETTE[len(colours) % len(_PALETTE)])
-    x1, y1, x2, y2 = b.box
-    d.rectangle((x1, y1, x2, y2), outline=colour, width=max(2, img.height // 150))
-    if b.ref:
-      d.text((x1 + 2, y1 + 1), b.ref, fill=colour, font=font, stroke_width=2,
-             stroke_fill=(255, 255, 255))
-  return img
+__all__ = ["draw_answer", "draw_boxes"]  # draw_boxes lives in data/draw.py, shared with data previews
 
 
 def draw_answer(answer: str, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

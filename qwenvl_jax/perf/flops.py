@@ -1,4 +1,5 @@
-"""Model FLOPs from the architecture (matmuls only), for MFU and AOT predictions.
+"""Model FLOPs from the architecture (matmuls only), for MFU and AOT predictions; and the matmul
+FLOPs of a lowered program with its loops counted as often as they run.
 
 Counts 2 FLOPs per multiply-add of every matmul, attention score and value products included over
 the full (unmasked) score matrix, as XLA executes them. Elementwise work (norms, softmax, GELU,
@@ -11,6 +12,8 @@ input gradients (the LLM in stage 1) costs 2x, and a frozen part with nothing tr
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 from qwenvl_jax.config import ModelConfig
 
@@ -72,6 +75,112 @@ def step_flops(cfg: ModelConfig, batch: int, seq_len: int, images_per_row: float
   f_llm = factor("llm", "vit" in trainable or "adapter" in trainable)
   return StepFlops(forward=vit + adapter + llm,
                    train=f_vit * vit + f_adapter * adapter + f_llm * llm)
+
+
+def prefill_flops(cfg: ModelConfig, batch: int, prompt_len: int, cache_len: int,
+                  images_per_row: float = 0, image_size: int | None = None) -> float:
+  """Prefill as `infer/generate.py` runs it: images through ViT + adapter, `prompt_len` tokens
+  through the LLM attending over the whole `cache_len` cache (masked slots included), and the LM
+  head on the last position only."""
+  m = cfg.llm
+  n_images = batch * images_per_row
+  vision = n_images * (vit_forward_flops(cfg, image_size) + adapter_forward_flops(cfg, image_size))
+  dense = 2 * (4 * m.hidden * m.hidden + 3 * m.hidden * m.mlp_dim)
+  attn = 2 * 2 * cache_len * m.hidden
+  return vision + batch * (prompt_len * m.layers * (dense + attn) + 2 * m.hidden * m.vocab_size)
+
+
+def decode_step_flops(cfg: ModelConfig, batch: int, cache_len: int) -> float:
+  """One new token per row attending over the whole `cache_len` cache, LM head included."""
+  return prefill_flops(cfg, batch, 1, cache_len)
+
+
+# --------------------------------------------------------------------------------------------
+# Matmul FLOPs of a lowered program.
+#
+# XLA's cost analysis counts the body of a while loop once, and our step is loops inside loops
+# (microbatches around scanned ViT / LLM layers, forward and backward), so on the 7B step it
+# reports a small fraction of the work. `program_matmul_flops` reads the StableHLO of the lowered
+# (global, not yet partitioned) program instead: 2 * |result| * |contracted dims| for every
+# dot_general, each multiplied by the trip counts of the loops around it and by the number of
+# call sites of the function holding it. Remat recomputation is in the program, so it is counted.
+
+_DOT = re.compile(r"stablehlo\.dot_general .*contracting_dims = \[([\d, ]*)\] x .*:\s*"
+                  r"\(tensor<([^>]*)>, tensor<[^>]*>\) -> tensor<([^>]*)>")
+_CALL = re.compile(r"(?:func\.)?call @([\w.$-]+)\(")
+_FUNC = re.compile(r"^  func\.func (?:public |private )?@([\w.$-]+)\(")
+_CONST = re.compile(r"^\s*(%[\w#]+) = stablehlo\.constant dense<(-?\d+)> : tensor<i(?:32|64)>")
+_COMPARE_LT = re.compile(r"stablehlo\.compare\s+LT, %[\w#]+, (%[\w#]+)")
+
+
+def _dims(tensor_type: str) -> list[int]:
+  """'16x64x32xf32' -> [16, 64, 32]; a scalar 'f32' -> []."""
+  return [int(d) for d in tensor_type.split("x")[:-1]]
+
+
+@dataclasses.dataclass
+class ProgramFlops:
+  flops: float
+  unknown_trip_counts: int  # while loops whose bound could not be read (counted once)
+
+
+def program_matmul_flops(stablehlo_text: str) -> ProgramFlops:
+  """Matmul FLOPs of a StableHLO module (`jax.stages.Lowered.as_text()`), loops unrolled."""
+  funcs: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+  unknown = 0
+  name, own, calls, consts, stack = None, 0.0, [], {}, []
+  for line in stablehlo_text.splitlines():
+    m = _FUNC.match(line)
+    if m:
+      name, own, calls, consts, stack = m.group(1), 0.0, [], {}, []
+      continue
+    if name is None:
+      continue
+    if line == "  }":
+      funcs[name] = (own, calls)
+      name = None
+      continue
+    indent = len(line) - len(line.lstrip())
+    text = line.strip()
+    c = _CONST.match(line)
+    if c:
+      consts[c.group(1)] = int(c.group(2))
+    if "stablehlo.while(" in text:
+      stack.append(dict(indent=indent, trips=None, in_body=False))
+      continue
+    if stack and indent == stack[-1]["indent"]:
+      frame = stack[-1]
+      if text.startswith("} do {"):
+        frame["in_body"] = True
+        if frame["trips"] is None:
+          unknown += 1
+        continue
+      if text == "}" and frame["in_body"]:
+        stack.pop()
+        continue
+    mult = math.prod(f["trips"] or 1 for f in stack if f["in_body"])
+    if stack and not stack[-1]["in_body"]:
+      lt = _COMPARE_LT.search(text)
+      if lt and lt.group(1) in consts:
+        stack[-1]["trips"] = consts[lt.group(1)]
+      continue  # a loop condition holds no matmuls
+    d = _DOT.search(text)
+    if d:
+      contract = [int(i) for i in d.group(1).split(",") if i.strip()]
+      lhs, out = _dims(d.group(2)), _dims(d.group(3))
+      own += mult * 2 * math.prod(out) * math.prod(lhs[i] for i in contract)
+    for callee in _CALL.findall(text):
+      calls.append((callee, mult))
+
+  memo: dict[str, float] = {}
+
+  def total(fn: str) -> float:
+    if fn not in memo:
+      own_flops, callees = funcs.get(fn, (0.0, []))
+      memo[fn] = own_flops + sum(mult * total(callee) for callee, mult in callees)
+    return memo[fn]
+
+  return ProgramFlops(flops=total("main"), unknown_trip_counts=unknown)
 
 
 # Peak dense bf16 FLOP/s and HBM per chip, from the vendors' published specifications.

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -145,6 +145,17 @@ def encode_segments(tok: Tokenizer, segments: Sequence[Segment], *,
   for p in pieces:
     out.extend(tok.encode(p) if isinstance(p, str) else p)
   return Encoded(out, images)
+
+
+def merge_text(segments: Iterable[Segment]) -> list[Segment]:
+  """Joins adjacent text segments (copies; the input is untouched): one text run between the others."""
+  out: list[Segment] = []
+  for seg in segments:
+    if "text" in seg and out and "text" in out[-1]:
+      out[-1] = {"text": out[-1]["text"] + seg["text"]}
+    else:
+      out.append(dict(seg))
+  return out
 
 
 def image_span_mask(tok: Tokenizer, ids) -> np.ndarray:

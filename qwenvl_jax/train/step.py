@@ -14,7 +14,8 @@ or over devices, and long samples weigh more than short ones (as the reference's
 non-ignored labels of one batch does).
 
 Microbatches: the global rows are interleaved (microbatch a = rows a, a + A, a + 2A, ...), so each
-microbatch is spread evenly over the data/fsdp devices that hold contiguous row blocks. Compute runs
+microbatch is spread evenly over the data/fsdp devices that hold contiguous row blocks; the loop
+slices each one out of the step's batch in place (no copy of the whole batch). Compute runs
 in the config's `dtype` (bf16) with weights cast on use; gradients and accumulation are fp32.
 """
 
@@ -159,6 +160,22 @@ def to_microbatches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def microbatch(batch: dict, n: int, a: jax.Array) -> dict:
+  """Microbatch `a` of `n` (rows a, a+n, ..., as `to_microbatches`) sliced out of the batch in place.
+
+  [B, ...] -> [B/n, n, ...] is a free reshape that keeps each device's contiguous row block, and
+  the dynamic index on axis 1 reads only this microbatch's rows; the [n, B/n, ...] transpose would
+  copy the whole step's batch (69 GB of stage-2 pixels at the paper's batch) before the loop starts.
+  """
+
+  def take(x):
+    y = x.reshape(x.shape[0] // n, n, *x.shape[1:])
+    y = jax.lax.with_sharding_constraint(y, P(BATCH_AXES, *([None] * x.ndim)))
+    return jax.lax.dynamic_index_in_dim(y, a, axis=1, keepdims=False)
+
+  return jax.tree.map(take, batch)
+
+
 # --------------------------------------------------------------------------------------------
 # The step.
 
@@ -191,9 +208,9 @@ class TrainStep:
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def body(carry, mb):
+    def body(carry, a):
       g_acc, ce_acc, n_acc = carry
-      (ce, n), g = grad_fn(train_p, mb)
+      (ce, n), g = grad_fn(train_p, microbatch(batch, self.grad_accum, a))
       g_acc = jax.tree.map(jnp.add, g_acc, g)
       g_acc = jax.lax.with_sharding_constraint(g_acc, train_sh)
       return (g_acc, ce_acc + ce, n_acc + n), None
@@ -201,7 +218,7 @@ class TrainStep:
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), train_p)
     carry = (jax.lax.with_sharding_constraint(zeros, train_sh), jnp.zeros((), jnp.float32),
              jnp.zeros((), jnp.int32))
-    (g_sum, ce_sum, n), _ = jax.lax.scan(body, carry, to_microbatches(batch, self.grad_accum))
+    (g_sum, ce_sum, n), _ = jax.lax.scan(body, carry, jnp.arange(self.grad_accum))
     denom = jnp.maximum(n, 1).astype(jnp.float32)
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, train_p)
     grad_norm = optax.global_norm(grads)

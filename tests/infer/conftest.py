@@ -1,25 +1,15 @@
-"""A SentencePiece tokenizer trained here, a tiny model sized to it, and a few picture files."""
+"""The session SentencePiece tokenizer (tests/conftest.py), a tiny model sized to it, a few picture files."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from qwenvl_jax.text.tokenizer import SentencePieceTokenizer, load_tokenizer
 from tests.infer.helpers import tiny_model
-from tests.text.helpers import synthetic_corpus
 
 
 @pytest.fixture(scope="session")
-def tok_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("infer_sp")
-  SentencePieceTokenizer.train(synthetic_corpus(1500, seed=3), vocab_size=400,
-                               model_prefix=d / "tokenizer")
-  return d
-
-
-@pytest.fixture(scope="session")
-def tok(tok_dir):
-  return load_tokenizer(tok_dir)
+def tok(sp_tok):
+  return sp_tok
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +30,14 @@ def picture_paths(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def hf_dir(tmp_path_factory, tok, tok_dir):
+def hf_dir(tmp_path_factory, tok, sp_dir):
   """Random tiny weights in the released HF layout, with the SentencePiece tokenizer beside them."""
   from qwenvl_jax.ckpt import synthetic
   from tests.infer.helpers import tiny_cfg
 
   dst = tmp_path_factory.mktemp("infer_hf") / "qwen-vl-tiny"
   return synthetic.write_random_hf_checkpoint(dst, tiny_cfg(tok.vocab_size),
-                                              tokenizer_file=tok_dir / "tokenizer.model")
+                                              tokenizer_file=sp_dir / "tokenizer.model")
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,12 @@
 """Tokenizers shared by the text tests: the released Qwen vocabulary (skipped when the dashscope wheel
 is absent), a tiny byte-level BPE vocabulary trained here and written in the same .tiktoken format, and
-a SentencePiece model trained here on a synthetic corpus."""
+the SentencePiece model of tests/conftest.py (`sp_tok`)."""
 
 import random
 
 import pytest
 
-from qwenvl_jax.text.tokenizer import (QwenTokenizer, SentencePieceTokenizer, find_qwen_vocab,
-                                       load_tokenizer)
+from qwenvl_jax.text.tokenizer import QwenTokenizer, find_qwen_vocab, load_tokenizer
 from tests.text.helpers import synthetic_corpus, train_byte_bpe, write_tiktoken
 
 
@@ -38,19 +37,6 @@ def tiny_vocab_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tok(tiny_vocab_path):
   return load_tokenizer(tiny_vocab_path)
-
-
-@pytest.fixture(scope="session")
-def sp_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("sp")
-  SentencePieceTokenizer.train(synthetic_corpus(3000, seed=2), vocab_size=600,
-                               model_prefix=d / "tokenizer")
-  return d
-
-
-@pytest.fixture(scope="session")
-def sp_tok(sp_dir):
-  return load_tokenizer(sp_dir)
 
 
 @pytest.fixture(params=["qwen", "tiny_bpe", "sentencepiece"])

@@ -11,6 +11,7 @@ import random
 import string
 
 from qwenvl_jax.evals.tasks.base import Item, Segment
+from qwenvl_jax.text.interface import merge_text
 
 
 def caption(item: Item) -> list[Segment]:
@@ -42,17 +43,6 @@ def seed_bench(item: Item) -> list[Segment]:
 
 def mme(item: Item) -> list[Segment]:
   return [{"image": item["image"]}, {"text": "\n" + item["question"]}]
-
-
-def merge_text(segments: list[Segment]) -> list[Segment]:
-  """Joins adjacent text segments so the model side sees one text run between images."""
-  out: list[Segment] = []
-  for seg in segments:
-    if "text" in seg and out and "text" in out[-1]:
-      out[-1] = {"text": out[-1]["text"] + seg["text"]}
-    else:
-      out.append(dict(seg))
-  return out
 
 
 def render(segments: list[Segment]) -> str:

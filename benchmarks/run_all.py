@@ -1,0 +1,315 @@
+"""JAX vs the PyTorch reference on CPU: train step and generation, same weights, same inputs, one run.
+
+  python benchmarks/run_all.py [--configs tiny,small,1b] [--quick] [--with-7b-compile]
+                               [--out experiments/results/benchmarks.json]
+
+Per config (tiny = configs/tiny.py, small = configs/small.py, 1b = configs/bench_1b.py), one random
+HF-layout checkpoint is written and converted; JAX loads the conversion, PyTorch (`TorchQwenVL`) the
+HF files (see `harness.py`). Everything is fp32 on both sides.
+
+  train     forward + backward + AdamW update (global-norm clip, weight-decay mask, ViT layer-wise
+            LR decay, identical rule) on the same batch; median seconds per step after warm-up
+            steps, JAX compile time (lower + compile) reported apart. The losses of both sides are
+            printed: they agree step by step (same weights, same batch, same optimizer).
+  generate  greedy decode with KV cache of the same prompt + image, same number of new tokens:
+            prefill (time to first-token logits) and decode tokens/s (medians); the new tokens of
+            both sides are compared.
+
+Ratios are JAX's speed-up: torch time / JAX time (> 1: JAX is faster). The sides alternate step by
+step (ABAB) so both see the same machine load; the load average is recorded. Threads: both sides
+get `--threads` intra-op threads (default 1: on this shared 2-core machine the load average is
+often 10+, and 2-thread OpenMP/Eigen barriers then wait on descheduled threads, which made
+PyTorch's tiny decode 30x slower than with 1 thread; pass --threads 2 on a quiet machine).
+At 1b the two train states (~17 GB each) do not fit together in memory: the JAX steps run first, then the PyTorch ones
+(noted as "sequential" in the table).
+
+`--with-7b-compile` also times the AOT compile of the 7B stage-2 train step for a TPU topology
+(`--topology`, libtpu, no TPU needed) in a subprocess. Writes the JSON and a PNG bar chart of the
+ratios next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+CONFIG_FILES = {"tiny": "tiny", "small": "small", "1b": "bench_1b"}
+# rows x seq_len of the train batch, steps, prompt tokens (one image), new tokens, gen repeats.
+SETTINGS = {
+    "tiny": dict(rows=4, seq_len=64, steps=10, warmup=2, prompt_len=64, new_tokens=32, repeats=5),
+    "small": dict(rows=4, seq_len=256, steps=5, warmup=1, prompt_len=128, new_tokens=32, repeats=3),
+    "1b": dict(rows=1, seq_len=256, steps=3, warmup=1, prompt_len=128, new_tokens=16, repeats=2,
+               sequential=True),
+}
+QUICK = dict(steps=2, warmup=1, repeats=1)
+
+
+def _load() -> list[float]:
+  return [round(x, 2) for x in os.getloadavg()]
+
+
+def _median(xs):
+  return float(statistics.median(xs))
+
+
+def _progress(msg: str):
+  print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation.
+
+
+def bench_generate(jax_model, torch_model, s: dict) -> dict:
+  from generate_speed import _prompts, jax_runner, torch_runner
+  from qwenvl_jax.infer.generate import Generator
+
+  cfg = jax_model.cfg
+  gen = Generator(jax_model, pad_id=0, stop_ids=(), valid_vocab=cfg.llm.vocab_size)
+  ids, images = _prompts(cfg, 1, s["prompt_len"])
+  t0 = time.perf_counter()
+  jrun = jax_runner(gen, ids, images, s["new_tokens"])  # compiles prefill + decode loop
+  compile_s = time.perf_counter() - t0
+  trun = torch_runner(torch_model, ids, images, s["new_tokens"])
+  j, t = [], []
+  for r in range(s["repeats"]):
+    _progress(f"generate repeat {r + 1}/{s['repeats']}")
+    j.append(jrun())
+    t.append(trun())
+  row = dict(prompt_len=s["prompt_len"], new_tokens=s["new_tokens"], batch=1,
+             prefill_s_jax=_median([x[0] for x in j]), prefill_s_torch=_median([x[0] for x in t]),
+             decode_tok_s_jax=_median([x[1] for x in j]), decode_tok_s_torch=_median([x[1] for x in t]),
+             jax_compile_s=compile_s, tokens_equal=j[-1][2] == t[-1][2])
+  row["prefill_ratio"] = row["prefill_s_torch"] / row["prefill_s_jax"]
+  row["decode_ratio"] = row["decode_tok_s_jax"] / row["decode_tok_s_torch"]
+  return row
+
+
+# --------------------------------------------------------------------------------------------
+# Train step.
+
+
+def _timed(fn, batch):
+  t = time.perf_counter()
+  loss = fn(batch)
+  return time.perf_counter() - t, loss
+
+
+def bench_train(make_jax, make_torch, cfg, s: dict) -> dict:
+  """make_jax / make_torch: () -> a trainer (built lazily so the sequential mode holds one)."""
+  import harness
+
+  batch = harness.train_batch(cfg, s["rows"], s["seq_len"])
+  jt = make_jax()
+  compile_s = jt.compile(batch)
+  _progress(f"JAX train step compiled in {compile_s:.1f}s")
+  sequential = s.get("sequential", False)
+  j_times, t_times, j_loss, t_loss = [], [], [], []
+  tt = None if sequential else make_torch()
+  for i in range(s["warmup"] + s["steps"]):
+    _progress(f"train step {i + 1}/{s['warmup'] + s['steps']}")
+    dj, lj = _timed(jt.step, batch)
+    j_loss.append(lj)
+    if i >= s["warmup"]:
+      j_times.append(dj)
+    if not sequential:
+      dt, lt = _timed(tt.step, batch)
+      t_loss.append(lt)
+      if i >= s["warmup"]:
+        t_times.append(dt)
+  if sequential:
+    del jt
+    harness.free_memory()
+    tt = make_torch()
+    for i in range(s["warmup"] + s["steps"]):
+      _progress(f"torch train step {i + 1}/{s['warmup'] + s['steps']}")
+      dt, lt = _timed(tt.step, batch)
+      t_loss.append(lt)
+      if i >= s["warmup"]:
+        t_times.append(dt)
+  del tt
+  tokens = s["rows"] * s["seq_len"]
+  row = dict(rows=s["rows"], seq_len=s["seq_len"], steps=s["steps"], warmup=s["warmup"],
+             interleaved=not sequential, jax_compile_s=compile_s,
+             step_s_jax=_median(j_times), step_s_torch=_median(t_times),
+             losses_jax=j_loss, losses_torch=t_loss,
+             max_loss_diff=max(abs(a - b) for a, b in zip(j_loss, t_loss)))
+  row["tokens_s_jax"] = tokens / row["step_s_jax"]
+  row["tokens_s_torch"] = tokens / row["step_s_torch"]
+  row["ratio"] = row["step_s_torch"] / row["step_s_jax"]
+  return row
+
+
+def bench_config(name: str, s: dict, workdir: pathlib.Path) -> dict:
+  import harness
+  from qwenvl_jax.config import load_model_config
+  from qwenvl_jax.model.params import count_parameters
+
+  cfg = load_model_config(CONFIG_FILES[name])
+  _progress(f"{name}: writing the random HF checkpoint and converting it")
+  ck = harness.write_checkpoints(cfg, workdir, name)
+  out = dict(config=name, config_file=f"configs/{CONFIG_FILES[name]}.py",
+             params=count_parameters(cfg)["total"], load_before=_load())
+  jax_model, torch_model = harness.load_jax(ck), harness.load_torch(ck)
+  out["generate"] = bench_generate(jax_model, torch_model, s)
+  del torch_model
+  harness.free_memory()
+  # The JAX trainer takes the loaded model's arrays (donated to the step): no second copy.
+  holder = [jax_model]
+  del jax_model
+
+  def make_jax():
+    return harness.JaxTrainer(holder.pop())
+
+  out["train"] = bench_train(make_jax, lambda: harness.TorchTrainer(harness.load_torch(ck)), cfg, s)
+  harness.free_memory()
+  out["load_after"] = _load()
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# 7B AOT compile for a TPU topology (libtpu; in a child process: it needs its own platform setup).
+
+
+def compile_7b(topology: str, timeout: int) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TPU_WORKER_HOSTNAMES="localhost",
+             ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  cmd = [sys.executable, str(HERE / "compile_7b.py"), "--topology", topology, "--json"]
+  t = time.perf_counter()
+  try:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  except subprocess.TimeoutExpired:
+    return dict(topology=topology, error=f"timed out after {timeout}s")
+  if res.returncode:
+    return dict(topology=topology, error=res.stderr.strip().splitlines()[-1][-300:])
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  out["wall_s"] = time.perf_counter() - t
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report.
+
+
+def table(results: list[dict]) -> str:
+  head = (f"{'config':<6}{'params':>8} | {'train s/step jax':>16}{'torch':>8}{'ratio':>7}"
+          f"{'compile s':>10}{'loss diff':>10} | {'prefill ms jax':>14}{'torch':>8}{'ratio':>7} | "
+          f"{'decode tok/s jax':>16}{'torch':>8}{'ratio':>7} same tokens")
+  lines = [head, "-" * len(head)]
+  for r in results:
+    tr, g = r["train"], r["generate"]
+    mode = "" if tr["interleaved"] else "*"
+    lines.append(
+        f"{r['config']:<6}{r['params'] / 1e6:>7.1f}M | {tr['step_s_jax']:>16.3f}{tr['step_s_torch']:>8.3f}"
+        f"{tr['ratio']:>6.2f}x{mode}{tr['jax_compile_s']:>{10 - len(mode)}.1f}{tr['max_loss_diff']:>10.1e} | "
+        f"{1e3 * g['prefill_s_jax']:>14.1f}{1e3 * g['prefill_s_torch']:>8.1f}{g['prefill_ratio']:>6.2f}x | "
+        f"{g['decode_tok_s_jax']:>16.1f}{g['decode_tok_s_torch']:>8.1f}{g['decode_ratio']:>6.2f}x "
+        f"{'yes' if g['tokens_equal'] else 'NO'}")
+  lines.append("ratio = JAX speed-up (torch time / JAX time; > 1: JAX faster). "
+               "* = sides run one after the other (memory), not interleaved.")
+  return "\n".join(lines)
+
+
+def plot(results: list[dict], path: pathlib.Path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  names = [r["config"] for r in results]
+  series = {"train step": [r["train"]["ratio"] for r in results],
+            "prefill": [r["generate"]["prefill_ratio"] for r in results],
+            "decode": [r["generate"]["decode_ratio"] for r in results]}
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for i, (label, vals) in enumerate(series.items()):
+    bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
+    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+  ax.axhline(1.0, color="k", lw=0.8)
+  ax.set_xticks(x, names)
+  ax.set_ylabel("JAX speed-up over PyTorch (x)")
+  ax.set_title("JAX vs PyTorch, fp32 on CPU (higher = JAX faster)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--configs", default="tiny,small,1b", help="comma list of " + ",".join(CONFIG_FILES))
+  p.add_argument("--quick", action="store_true", help=f"fewer steps/repeats: {QUICK}")
+  p.add_argument("--steps", type=int, help="timed train steps (overrides the per-config default)")
+  p.add_argument("--threads", type=int, default=1,
+                 help="intra-op threads of both sides (torch.set_num_threads; XLA's CPU client is "
+                      "made single-threaded for 1, else it uses one thread per core)")
+  p.add_argument("--with-7b-compile", action="store_true")
+  p.add_argument("--topology", default="v5p:2x2x1")
+  p.add_argument("--out", default=str(ROOT / "experiments/results/benchmarks.json"))
+  p.add_argument("--workdir", help="checkpoint directory (default: a temporary one)")
+  args = p.parse_args(argv)
+  names = [c.strip() for c in args.configs.split(",") if c.strip()]
+  unknown = [c for c in names if c not in CONFIG_FILES]
+  if unknown:
+    p.error(f"unknown config(s) {unknown}; known: {sorted(CONFIG_FILES)}")
+
+  if args.threads == 1:  # before jax is imported
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                               " intra_op_parallelism_threads=1")
+  import jax
+  import torch
+
+  torch.set_num_threads(args.threads)
+  machine = dict(host=platform.node(), cpu=platform.processor() or platform.machine(),
+                 cores=os.cpu_count(), torch_threads=torch.get_num_threads(), jax=jax.__version__,
+                 torch=torch.__version__, jax_device=str(jax.devices()[0].device_kind),
+                 mem_gb=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
+                 xla_flags=os.environ.get("XLA_FLAGS", ""), dtype="float32", quick=args.quick,
+                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+  print(f"# {machine['host']}: {machine['cores']} cores, {machine['mem_gb']} GiB | jax {machine['jax']} "
+        f"({machine['jax_device']}) | torch {machine['torch']}, {machine['torch_threads']} threads | "
+        f"fp32 | load {_load()}", flush=True)
+  results = []
+  with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+    workdir = pathlib.Path(args.workdir or tmp)
+    for name in names:
+      s = dict(SETTINGS[name], **(QUICK if args.quick else {}))
+      if args.steps:
+        s["steps"] = args.steps
+      results.append(bench_config(name, s, workdir))
+      print(table(results[-1:]).splitlines()[2], flush=True)
+  report = dict(machine=machine, settings={n: SETTINGS[n] for n in names}, results=results)
+  if args.with_7b_compile:
+    _progress(f"7B stage-2 train step: AOT compile for {args.topology}")
+    report["compile_7b"] = compile_7b(args.topology, timeout=1800)
+  print()
+  print(table(results))
+  if "compile_7b" in report:
+    c = report["compile_7b"]
+    print(f"7B stage-2 train step on {c['topology']}: " +
+          (c["error"] if "error" in c else f"compile {c['compile_s']:.1f}s (lower {c['lower_s']:.1f}s), "
+           f"{c.get('summary', '')}"))
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=1) + "\n")
+  plot(results, out.with_suffix(".png"))
+  print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+  main()

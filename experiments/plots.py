@@ -1,0 +1,111 @@
+"""PNG plots of the experiments (matplotlib, Agg): loss curves, stage-over-stage metric bars, and
+held-out images with the predicted (red) and true (green) boxes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import common  # noqa: E402
+
+METRIC_LABELS = {"synth_grounding": "grounding acc\n(IoU>=0.5)", "synth_ocr": "OCR word acc",
+                 "synth_caption": "caption CIDEr", "synth_vqa": "VQA acc"}
+
+
+def loss_curves(workdirs: dict[str, pathlib.Path], path: pathlib.Path, title: str, k: int = 10,
+                x_offset: bool = True):
+  """One line per run (smoothed over k steps); with x_offset the runs follow each other (stages)."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  start = 0
+  for label, wd in workdirs.items():
+    m = common.read_metrics(wd)
+    if not m:
+      continue
+    steps = [r["step"] + (start if x_offset else 0) for r in m]
+    ax.plot(steps, common.smooth([r["loss"] for r in m], k), label=label)
+    if x_offset:
+      start = steps[-1]
+  ax.set_xlabel("step (stages back to back)" if x_offset else "step")
+  ax.set_ylabel(f"training loss (moving average of {k})")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def metric_bars(stages: dict, path: pathlib.Path):
+  tasks = list(METRIC_LABELS)
+  fig, ax = plt.subplots(figsize=(8, 4))
+  width = 0.8 / max(1, len(stages))
+  for i, (stage, info) in enumerate(sorted(stages.items())):
+    vals = [(info["metrics"].get(t) or {}).get("score") or 0.0 for t in tasks]
+    xs = [j + i * width for j in range(len(tasks))]
+    bars = ax.bar(xs, vals, width, label=f"after stage {stage}")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+  ax.set_xticks([j + width * (len(stages) - 1) / 2 for j in range(len(tasks))])
+  ax.set_xticklabels([METRIC_LABELS[t] for t in tasks])
+  ax.set_ylabel("score (%; CIDEr x100)")
+  ax.set_title("Held-out synthetic metrics after each stage")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+UPSCALE = 3  # the 96 px pictures are too small to see boxes on
+
+
+def draw_pred_true(image_path, pred_boxes, true_box):
+  """The picture upscaled, the true box in green and the predicted pixel boxes in red."""
+  from PIL import Image, ImageDraw
+
+  img = Image.open(image_path).convert("RGB")
+  img = img.resize((img.width * UPSCALE, img.height * UPSCALE), Image.NEAREST)
+  d = ImageDraw.Draw(img)
+  d.rectangle([v * UPSCALE for v in true_box], outline=(0, 170, 0), width=2)
+  for b in pred_boxes:
+    x1, y1, x2, y2 = (v * UPSCALE for v in b)
+    if x2 >= x1 and y2 >= y1:
+      d.rectangle([x1, y1, x2, y2], outline=(220, 0, 0), width=2)
+  return img
+
+
+def grounding_examples(eval_dir: pathlib.Path, heldout: pathlib.Path, path: pathlib.Path, n: int = 12):
+  """Held-out grounding items with the model's box (red) and the true one (green)."""
+  from qwenvl_jax.data import draw
+  from qwenvl_jax.evals.metrics.grounding import parse_box, to_pixels
+
+  files = sorted(pathlib.Path(eval_dir).glob("synth_grounding*.predictions.jsonl"))
+  if not files:
+    return None
+  preds = [json.loads(line) for line in files[0].read_text().splitlines() if line.strip()]
+  preds = [p for p in preds if "question_id" in p][:n]
+  records = {}
+  for line in heldout.read_text().splitlines():
+    rec = json.loads(line)
+    records[rec["id"]] = rec
+  tiles = []
+  for p in preds:
+    rid, _, obj = p["question_id"].rpartition("/obj")
+    rec = records[rid]
+    o = rec["objects"][int(obj)]
+    box = to_pixels(parse_box(p["answer"]), rec["width"], rec["height"])
+    tiles.append(draw_pred_true(heldout.parent / rec["image"], [box], o["box"]))
+  draw.grid(tiles, cols=4).save(path)
+  return path
+
+
+def three_stage_plots(work: pathlib.Path, results: pathlib.Path, report: dict):
+  work, results = pathlib.Path(work), pathlib.Path(results)
+  loss_curves({f"stage {s}": work / f"stage{s}" for s in (1, 2, 3)}, results / "loss_curves.png",
+              "Three-stage training on synthetic data")
+  metric_bars({int(k): v for k, v in report["stages"].items()}, results / "stage_metrics.png")
+  grounding_examples(work / "eval_stage3", work / "data" / "heldout" / "shapes.jsonl",
+                     results / "grounding_examples.png")

@@ -1,0 +1,153 @@
+"""The issue-11 reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
+
+  python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
+      [--steps 1:400,2:900,3:250] [--eval-limit 150]
+
+1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
+   seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
+2. Stage 1 (captions, 64 px, unpacked), stage 2 (7 pre-training tasks, 96 px, packed rows), stage 3
+   (ChatML, 96 px, ViT frozen), each initialised from the previous one (`--init`), with
+   `configs/experiments.py:stageN` via `experiments.train_stage` (= `qwenvl-jax train` + tokenizer).
+3. After every stage `qwenvl-jax eval --task all` on the held-out sets: synth_grounding
+   (accuracy at IoU >= 0.5), synth_ocr (exact match of one word = word accuracy), synth_caption
+   (CIDEr), synth_vqa (exact match).
+4. After stage 3 a chat turn asking for a box (`experiments.chat_demo`), drawn on the picture.
+5. RESULTS/three_stage.json (commands, timings, load, metrics per stage) and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+from experiments import common
+
+TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl",
+              "synth_vqa": "shapes.jsonl", "synth_ocr": "words.jsonl"}
+DEFAULT_STEPS = {1: 400, 2: 900, 3: 250}
+
+
+def stage_paths(data: pathlib.Path, stage: int) -> tuple[str, ...]:
+  train = data / "train"
+  names = {1: ("shapes.jsonl",), 2: ("shapes.jsonl", "words.jsonl"),
+           3: ("chat_shapes.jsonl", "chat_words.jsonl")}[stage]
+  return tuple(str(train / n) for n in names)
+
+
+def eval_root(data: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
+  """ROOT/{task}/test.jsonl for `qwenvl-jax eval --task all`, image paths made absolute."""
+  for task, name in TASK_FILES.items():
+    src = data / "heldout" / name
+    (root / task).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for line in src.read_text().splitlines():
+      rec = json.loads(line)
+      rec["image"] = str((src.parent / rec["image"]).resolve())
+      lines.append(json.dumps(rec))
+    (root / task / "test.jsonl").write_text("\n".join(lines) + "\n")
+  return root
+
+
+def parse_steps(text: str) -> dict[int, int]:
+  out = dict(DEFAULT_STEPS)
+  for part in filter(None, text.split(",")):
+    k, _, v = part.partition(":")
+    out[int(k)] = int(v)
+  return out
+
+
+def train_cmd(stage: int, workdir: pathlib.Path, data: pathlib.Path, manifest: dict, steps: int,
+              init: pathlib.Path | None, extra: list[str]) -> list[str]:
+  sets = common.tokenizer_overrides(manifest) + [
+      f"data.paths={stage_paths(data, stage)!r}", f"steps={steps}",
+      f"optim.warmup_steps={min(steps, max(1, steps // 15))}", f"checkpoint_every={steps}"] + extra
+  cmd = ["--config", f"{common.CONFIG}:stage{stage}", "--workdir", str(workdir)]
+  if init is not None:
+    cmd += ["--init", str(init)]
+  for s in sets:
+    cmd += ["--set", s]
+  return common.python_module("experiments.train_stage", *cmd)
+
+
+def eval_cmd(ckpt: pathlib.Path, root: pathlib.Path, out: pathlib.Path, limit: int) -> list[str]:
+  return ["qwenvl-jax", "eval", "--task", "all", "--data", str(root), "--ckpt", str(ckpt),
+          "--limit", str(limit), "--batch-size", "16", "--out", str(out), "--no-progress"]
+
+
+def scores(last_line: str) -> dict:
+  results = json.loads(last_line)
+  return {r["task"]: {"metric": r["metric"], "score": r["score"], "n": r["n"],
+                      **({"anls": r["details"].get("anls")} if "anls" in (r.get("details") or {}) else {})}
+          for r in results}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--work", default="runs/exp11/full")
+  p.add_argument("--results", default="experiments/results/three_stage")
+  p.add_argument("--steps", default="", help="per stage, e.g. 1:400,2:900,3:250")
+  p.add_argument("--eval-limit", type=int, default=150)
+  p.add_argument("--data-args", default="", help="extra flags for experiments.prepare_data")
+  p.add_argument("--set", dest="overrides", action="append", default=[],
+                 help="extra config override for every stage")
+  p.add_argument("--no-chat", action="store_true")
+  args = p.parse_args(argv)
+
+  work, results = pathlib.Path(args.work), pathlib.Path(args.results)
+  results.mkdir(parents=True, exist_ok=True)
+  data = work / "data"
+  steps = parse_steps(args.steps)
+  report = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": steps,
+            "cpu_count": __import__("os").cpu_count(), "commands": [], "stages": {}}
+  t_start = time.perf_counter()
+  logs = work / "logs"
+
+  def record(name, res):
+    report["commands"].append({"name": name, **res})
+    (results / "three_stage.json").write_text(json.dumps(report, indent=2) + "\n")
+
+  if not (data / "manifest.json").is_file():
+    record("prepare_data", common.run(common.python_module(
+        "experiments.prepare_data", "--out", str(data), *args.data_args.split()), logs / "prepare.log"))
+  manifest = json.loads((data / "manifest.json").read_text())
+  root = eval_root(data, work / "evaldata")
+
+  init = None
+  for stage in (1, 2, 3):
+    wd = work / f"stage{stage}"
+    if (wd / "checkpoints" / str(steps[stage])).is_dir():  # finished before: rerunning resumes here
+      print(f"stage {stage}: using the finished {wd}")
+    else:
+      record(f"train_stage{stage}", common.run(
+          train_cmd(stage, wd, data, manifest, steps[stage], init, args.overrides),
+          logs / f"train_stage{stage}.log"))
+    ev = common.run(eval_cmd(wd, root, work / f"eval_stage{stage}", args.eval_limit),
+                    logs / f"eval_stage{stage}.log")
+    record(f"eval_stage{stage}", ev)
+    metrics = common.read_metrics(wd)
+    report["stages"][stage] = {
+        "metrics": scores(ev["last_line"]), "steps": steps[stage],
+        "final_loss_avg10": sum(m["loss"] for m in metrics[-10:]) / max(1, len(metrics[-10:])),
+        "median_step_s": sorted(m["step_time_s"] for m in metrics)[len(metrics) // 2] if metrics else None}
+    init = wd
+    print(json.dumps({stage: report["stages"][stage]["metrics"]}), flush=True)
+
+  if not args.no_chat:
+    record("chat_demo", common.run(common.python_module(
+        "experiments.chat_demo", "--ckpt", str(work / "stage3"), "--data", str(data / "heldout"),
+        "--out", str(results)), logs / "chat.log"))
+  report["wall_minutes"] = round((time.perf_counter() - t_start) / 60, 1)
+  report["load_avg_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+  (results / "three_stage.json").write_text(json.dumps(report, indent=2) + "\n")
+
+  from experiments import plots
+  plots.three_stage_plots(work, results, report)
+  print(f"done in {report['wall_minutes']} min; results in {results}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

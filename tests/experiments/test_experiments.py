@@ -1,0 +1,151 @@
+"""The issue-11 experiment code: data generators, data prep, stage commands -> valid configs and batches,
+and (slow) the whole three-stage driver end to end at a trivial size."""
+
+import json
+import pathlib
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import common, easy_text, prepare_data, three_stage
+
+SMALL = prepare_data.DataSettings(n_shapes=12, n_words=12, n_heldout_shapes=3, n_heldout_words=3,
+                                  sp_vocab=400)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("exp_data")
+  prepare_data.prepare(out, SMALL, log=lambda *_: None)
+  return out
+
+
+def _decode(rec):
+  import io
+  return np.asarray(Image.open(io.BytesIO(rec["image"])).convert("L"), np.float32)
+
+
+def test_easy_text_ink_lies_inside_the_word_box():
+  for i in range(5):
+    rec = easy_text.generate(i, seed=3, size=96, n_words=20)
+    word = rec["words"][0]
+    assert word["text"] in easy_text.word_list(20)
+    assert rec["qa"] == [{"question": easy_text.READ_QUESTION, "answer": word["text"]}]
+    x1, y1, x2, y2 = word["box"]
+    assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+    grey = _decode(rec)
+    dark = grey < 100  # ink is drawn at <= 80 on a >= 150 background
+    assert dark.any()
+    ys, xs = np.nonzero(dark)
+    assert xs.min() >= x1 - 1 and xs.max() <= x2 and ys.min() >= y1 - 1 and ys.max() <= y2
+
+
+def test_easy_text_is_a_pure_function_of_seed_and_index():
+  a, b = easy_text.generate(7, seed=1), easy_text.generate(7, seed=1)
+  assert a == b
+  assert easy_text.generate(7, seed=2)["image"] != a["image"]
+  with pytest.raises(ValueError, match="n_words"):
+    easy_text.word_list(0)
+
+
+def test_prepare_writes_disjoint_train_and_heldout_sets(data_dir):
+  manifest = json.loads((data_dir / "manifest.json").read_text())
+  train = [json.loads(x) for x in (data_dir / "train" / "shapes.jsonl").read_text().splitlines()]
+  held = [json.loads(x) for x in (data_dir / "heldout" / "shapes.jsonl").read_text().splitlines()]
+  assert len(train) == 12 and len(held) == 3
+  train_png = {(data_dir / "train" / r["image"]).read_bytes() for r in train}
+  assert not train_png & {(data_dir / "heldout" / r["image"]).read_bytes() for r in held}
+  assert all(1 <= len(r["objects"]) <= SMALL.max_objects for r in train)
+  # ChatML records: at most chat_turns turns, picture introduced in the first user turn only.
+  for line in (data_dir / "train" / "chat_words.jsonl").read_text().splitlines():
+    conv = json.loads(line)["conversations"]
+    assert 2 <= len(conv) <= 2 * SMALL.chat_turns
+    assert conv[0]["value"].startswith("Picture 1: <img>images/word-")
+    assert all("<img>" not in m["value"] for m in conv[1:])
+  from qwenvl_jax.text.tokenizer import load_tokenizer
+  tok = load_tokenizer(manifest["tokenizer"])
+  assert tok.vocab_size == manifest["vocab_size"] <= manifest["padded_vocab_size"]
+  caption = train[0]["caption"]
+  assert tok.decode(tok.encode(caption)) == caption
+  assert (data_dir / "preview.png").is_file()
+
+
+def _config_from_cmd(cmd):
+  from qwenvl_jax.config import apply_overrides, load_config_dict
+  argv = cmd[cmd.index("--config"):]
+  sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+  return apply_overrides(load_config_dict(argv[1]), sets)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_commands_give_valid_configs_that_agree_with_the_vocabulary(data_dir, tmp_path, stage):
+  from qwenvl_jax.config import model_config_from_dict, train_config_from_dict
+  from qwenvl_jax.infer.api import check_tokenizer
+  from qwenvl_jax.text.tokenizer import load_tokenizer
+
+  manifest = json.loads((data_dir / "manifest.json").read_text())
+  init = tmp_path / "prev" if stage > 1 else None
+  cmd = three_stage.train_cmd(stage, tmp_path / "wd", data_dir, manifest, 30, init, [])
+  assert ("--init" in cmd) == (stage > 1)
+  config = _config_from_cmd(cmd)
+  train_cfg = train_config_from_dict(config)
+  assert (train_cfg.stage, train_cfg.steps, train_cfg.optim.warmup_steps) == (stage, 30, 2)
+  model = model_config_from_dict(config.model)
+  check_tokenizer(model, load_tokenizer(manifest["tokenizer"]))
+  assert all(pathlib.Path(p).is_file() for p in config.data.paths)
+  assert ("llm" in train_cfg.optim.frozen) is False  # from scratch: the LLM always trains
+  assert ("visual" in train_cfg.optim.frozen) == (stage == 3)
+  shlex.join(cmd)  # printable as the exact command
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_data_become_contract_batches(data_dir, tmp_path, stage):
+  from experiments import data_iter
+  from qwenvl_jax.config import model_config_from_dict
+  from qwenvl_jax.train.batch import validate_batch
+
+  manifest = json.loads((data_dir / "manifest.json").read_text())
+  config = _config_from_cmd(three_stage.train_cmd(stage, tmp_path, data_dir, manifest, 5, None,
+                                                  ["batch_size=2"]))
+  model = model_config_from_dict(config.model)
+  batch = next(data_iter.make_iterator(config))
+  validate_batch(batch, 2, config.seq_len, model, check_spans=True)
+  assert batch["loss_mask"].any(axis=1).all()
+  if stage == 2:  # packed rows hold several samples
+    assert batch["segment_ids"].max() >= 2
+
+
+def test_eval_root_has_absolute_images_for_every_task(data_dir, tmp_path):
+  from qwenvl_jax.evals.tasks import get_task
+
+  root = three_stage.eval_root(data_dir, tmp_path / "eval")
+  counts = {}
+  for task in three_stage.TASK_FILES:
+    items = get_task(task).read(root / task)
+    assert items and all(pathlib.Path(it["image"]).is_file() for it in items)
+    counts[task] = len(items)
+  assert counts["synth_ocr"] == 3  # one word per image
+  assert counts["synth_caption"] == 3
+
+
+def test_smooth_is_a_trailing_mean():
+  assert common.smooth([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+
+
+@pytest.mark.slow
+def test_three_stage_driver_end_to_end(tmp_path):
+  """Data, three stages, evals, chat and plots at a trivial size (a few minutes on 2 cores)."""
+  results = tmp_path / "results"
+  rc = three_stage.main(["--work", str(tmp_path / "work"), "--results", str(results),
+                         "--steps", "1:2,2:2,3:2", "--eval-limit", "2", "--set", "batch_size=4",
+                         "--data-args", "--n-shapes 12 --n-words 12 --n-heldout-shapes 2 "
+                                        "--n-heldout-words 2 --sp-vocab 400"])
+  assert rc == 0
+  report = json.loads((results / "three_stage.json").read_text())
+  assert sorted(report["stages"]) == ["1", "2", "3"]
+  for stage in report["stages"].values():
+    assert set(stage["metrics"]) == set(three_stage.TASK_FILES)
+  for png in ("loss_curves.png", "stage_metrics.png", "grounding_examples.png", "chat_boxes.png"):
+    assert (results / png).is_file()
