@@ -47,7 +47,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-CONFIG_FILES = {"tiny": "tiny", "small": "small", "1b": "bench_1b"}
+CONFIG_FILES = {"tiny": "tiny", "small": "small", "1b": "bench_1b"}  # "1b:8" = bench_1b.py:8
+
+
+def config_spec(name: str) -> tuple[str, str]:
+  """'1b:8' -> ('1b', 'bench_1b:8'): the SETTINGS key and the config spec."""
+  base, _, variant = name.partition(":")
+  return base, CONFIG_FILES[base] + (f":{variant}" if variant else "")
 # rows x seq_len of the train batch, steps, prompt tokens (one image), new tokens, gen repeats.
 SETTINGS = {
     "tiny": dict(rows=4, seq_len=64, steps=10, warmup=2, prompt_len=64, new_tokens=32, repeats=5),
@@ -64,6 +70,23 @@ def _load() -> list[float]:
 
 def _median(xs):
   return float(statistics.median(xs))
+
+
+def _available_gib() -> float:
+  with open("/proc/meminfo") as f:
+    info = {line.split(":")[0]: line.split()[1] for line in f}
+  return int(info["MemAvailable"]) / 2 ** 20
+
+
+def check_memory(n_params: int, what: str, bytes_per_param: int = 16):
+  """fp32 training holds ~16 bytes per parameter (weights, gradients, Adam moments) + activations;
+  refuse to start (clear error) rather than push a shared machine into the OOM killer."""
+  need = bytes_per_param * n_params / 2 ** 30 + 1.5
+  have = _available_gib()
+  if have < need:
+    raise MemoryError(f"{what}: needs ~{need:.1f} GiB, only {have:.1f} GiB available "
+                      f"(/proc/meminfo MemAvailable); free memory or use a smaller config")
+  _progress(f"{what}: ~{need:.1f} GiB needed, {have:.1f} GiB available")
 
 
 def _progress(msg: str):
@@ -113,11 +136,16 @@ def bench_train(make_jax, make_torch, cfg, s: dict) -> dict:
   """make_jax / make_torch: () -> a trainer (built lazily so the sequential mode holds one)."""
   import harness
 
+  from qwenvl_jax.model.params import count_parameters
+
   batch = harness.train_batch(cfg, s["rows"], s["seq_len"])
+  n_params = count_parameters(cfg)["total"]
+  sequential = s.get("sequential", False)
+  if sequential:
+    check_memory(n_params, "JAX train state", 12)  # the loaded weights are already resident
   jt = make_jax()
   compile_s = jt.compile(batch)
   _progress(f"JAX train step compiled in {compile_s:.1f}s")
-  sequential = s.get("sequential", False)
   j_times, t_times, j_loss, t_loss = [], [], [], []
   tt = None if sequential else make_torch()
   for i in range(s["warmup"] + s["steps"]):
@@ -134,6 +162,7 @@ def bench_train(make_jax, make_torch, cfg, s: dict) -> dict:
   if sequential:
     del jt
     harness.free_memory()
+    check_memory(n_params, "PyTorch train state")
     tt = make_torch()
     for i in range(s["warmup"] + s["steps"]):
       _progress(f"torch train step {i + 1}/{s['warmup'] + s['steps']}")
@@ -159,10 +188,10 @@ def bench_config(name: str, s: dict, workdir: pathlib.Path) -> dict:
   from qwenvl_jax.config import load_model_config
   from qwenvl_jax.model.params import count_parameters
 
-  cfg = load_model_config(CONFIG_FILES[name])
+  cfg = load_model_config(config_spec(name)[1])
   _progress(f"{name}: writing the random HF checkpoint and converting it")
   ck = harness.write_checkpoints(cfg, workdir, name)
-  out = dict(config=name, config_file=f"configs/{CONFIG_FILES[name]}.py",
+  out = dict(config=name, config_spec=f"configs/{config_spec(name)[1]}",
              params=count_parameters(cfg)["total"], load_before=_load())
   jax_model, torch_model = harness.load_jax(ck), harness.load_torch(ck)
   out["generate"] = bench_generate(jax_model, torch_model, s)
@@ -175,19 +204,24 @@ def bench_config(name: str, s: dict, workdir: pathlib.Path) -> dict:
   def make_jax():
     return harness.JaxTrainer(holder.pop())
 
-  out["train"] = bench_train(make_jax, lambda: harness.TorchTrainer(harness.load_torch(ck)), cfg, s)
+  try:
+    out["train"] = bench_train(make_jax, lambda: harness.TorchTrainer(harness.load_torch(ck)), cfg, s)
+  except MemoryError as e:  # keep the generation figures; the table says why train is missing
+    _progress(str(e))
+    out["train"] = dict(skipped=str(e))
+  holder.clear()
   harness.free_memory()
   out["load_after"] = _load()
   return out
 
 
 # --------------------------------------------------------------------------------------------
-# 7B AOT compile for a TPU topology (libtpu; in a child process: it needs its own platform setup).
+# 7B AOT compile for a TPU topology (`perf.aot` via compile_7b.py; a child process, as it
+# initialises libtpu and holds the 7B abstract state).
 
 
 def compile_7b(topology: str, timeout: int) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TPU_WORKER_HOSTNAMES="localhost",
-             ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, str(HERE / "compile_7b.py"), "--topology", topology, "--json"]
   t = time.perf_counter()
   try:
@@ -212,10 +246,14 @@ def table(results: list[dict]) -> str:
   lines = [head, "-" * len(head)]
   for r in results:
     tr, g = r["train"], r["generate"]
-    mode = "" if tr["interleaved"] else "*"
+    if "skipped" in tr:
+      train = f"{'(not run: memory)':>51}"
+    else:
+      mode = "" if tr["interleaved"] else "*"
+      train = (f"{tr['step_s_jax']:>16.3f}{tr['step_s_torch']:>8.3f}{tr['ratio']:>6.2f}x{mode}"
+               f"{tr['jax_compile_s']:>{10 - len(mode)}.1f}{tr['max_loss_diff']:>10.1e}")
     lines.append(
-        f"{r['config']:<6}{r['params'] / 1e6:>7.1f}M | {tr['step_s_jax']:>16.3f}{tr['step_s_torch']:>8.3f}"
-        f"{tr['ratio']:>6.2f}x{mode}{tr['jax_compile_s']:>{10 - len(mode)}.1f}{tr['max_loss_diff']:>10.1e} | "
+        f"{r['config']:<6}{r['params'] / 1e6:>7.1f}M | {train} | "
         f"{1e3 * g['prefill_s_jax']:>14.1f}{1e3 * g['prefill_s_torch']:>8.1f}{g['prefill_ratio']:>6.2f}x | "
         f"{g['decode_tok_s_jax']:>16.1f}{g['decode_tok_s_torch']:>8.1f}{g['decode_ratio']:>6.2f}x "
         f"{'yes' if g['tokens_equal'] else 'NO'}")
@@ -232,7 +270,7 @@ def plot(results: list[dict], path: pathlib.Path):
   import numpy as np
 
   names = [r["config"] for r in results]
-  series = {"train step": [r["train"]["ratio"] for r in results],
+  series = {"train step": [r["train"].get("ratio", np.nan) for r in results],
             "prefill": [r["generate"]["prefill_ratio"] for r in results],
             "decode": [r["generate"]["decode_ratio"] for r in results]}
   x = np.arange(len(names))
@@ -264,7 +302,7 @@ def main(argv=None):
   p.add_argument("--workdir", help="checkpoint directory (default: a temporary one)")
   args = p.parse_args(argv)
   names = [c.strip() for c in args.configs.split(",") if c.strip()]
-  unknown = [c for c in names if c not in CONFIG_FILES]
+  unknown = [c for c in names if c.partition(":")[0] not in CONFIG_FILES]
   if unknown:
     p.error(f"unknown config(s) {unknown}; known: {sorted(CONFIG_FILES)}")
 
@@ -288,12 +326,16 @@ def main(argv=None):
   with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
     workdir = pathlib.Path(args.workdir or tmp)
     for name in names:
-      s = dict(SETTINGS[name], **(QUICK if args.quick else {}))
+      s = dict(SETTINGS[config_spec(name)[0]], **(QUICK if args.quick else {}))
       if args.steps:
         s["steps"] = args.steps
       results.append(bench_config(name, s, workdir))
       print(table(results[-1:]).splitlines()[2], flush=True)
-  report = dict(machine=machine, settings={n: SETTINGS[n] for n in names}, results=results)
+      partial = pathlib.Path(args.out).with_suffix(".partial.json")
+      partial.parent.mkdir(parents=True, exist_ok=True)
+      partial.write_text(json.dumps(dict(machine=machine, results=results), indent=1) + "\n")
+  report = dict(machine=machine, settings={n: SETTINGS[config_spec(n)[0]] for n in names},
+                results=results)
   if args.with_7b_compile:
     _progress(f"7B stage-2 train step: AOT compile for {args.topology}")
     report["compile_7b"] = compile_7b(args.topology, timeout=1800)
@@ -308,6 +350,7 @@ def main(argv=None):
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=1) + "\n")
   plot(results, out.with_suffix(".png"))
+  out.with_suffix(".partial.json").unlink(missing_ok=True)
   print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

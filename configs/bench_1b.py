@@ -4,18 +4,19 @@ Same architecture as the 7B model at reduced size: a ViT-B/14-sized tower (768 w
 224px -> 16x16 patches), 64 adapter queries, and a 16-layer LLM of width 2048 (16 heads of 128,
 SwiGLU 5504) over a 32k vocabulary. Parameters: ViT 86M, adapter 23M, LLM 943M (embed + lm_head
 131M). fp32 training holds ~16 bytes per parameter (weights, gradients, two Adam moments), ~17 GB,
-so the benchmark runs one framework at a time at this size.
+so the benchmark runs one framework at a time at this size. The variant sets the LLM depth for
+machines with less free memory: `bench_1b:8` is the same model with 8 LLM layers (~0.65B).
 """
 
 import ml_collections
 
 
-def model_config(vocab_size: int = 32000) -> ml_collections.ConfigDict:
+def model_config(vocab_size: int = 32000, llm_layers: int = 16) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       vision=dict(image_size=224, patch_size=14, width=768, layers=12, heads=12, mlp_dim=3072,
                   pos_grid=16, ln_eps=1e-6, window_patches=0, global_every=4),
       adapter=dict(n_queries=64, heads=16, ln_eps=1e-6),
-      llm=dict(vocab_size=vocab_size, hidden=2048, layers=16, heads=16, head_dim=128, mlp_dim=5504,
+      llm=dict(vocab_size=vocab_size, hidden=2048, layers=llm_layers, heads=16, head_dim=128, mlp_dim=5504,
                rope_base=10000.0, rms_eps=1e-6, seq_length=2048, use_dynamic_ntk=True,
                use_logn_attn=True),
       image_start_id=vocab_size - 3, image_end_id=vocab_size - 2, image_pad_id=vocab_size - 1,
@@ -24,5 +25,7 @@ def model_config(vocab_size: int = 32000) -> ml_collections.ConfigDict:
 
 
 def get_config(variant=None):
-  del variant
-  return ml_collections.ConfigDict(dict(model=model_config(), mesh=dict(data=1, fsdp=-1, tensor=1)))
+  if variant is not None and not str(variant).isdigit():
+    raise ValueError(f"configs/bench_1b.py: variant {variant!r} must be an LLM layer count, e.g. 8")
+  model = model_config(llm_layers=int(variant) if variant else 16)
+  return ml_collections.ConfigDict(dict(model=model, mesh=dict(data=1, fsdp=-1, tensor=1)))

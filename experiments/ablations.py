@@ -1,15 +1,15 @@
 """The paper's two ViT/adapter ablations at small scale, one command each.
 
-  python -m experiments.ablations queries [--queries 4,16,64] [--steps 150]
-      Appendix E.2 / Figure 7: stage-1 training (captions, 64 px = 8x8 = 64 ViT tokens) with the
-      adapter compressing them to 4 / 16 / 64 queries; loss within the first 50 steps and to the end.
+  python -m experiments.ablations queries [--queries 4,16,36] [--steps 150]
+      Appendix E.2 / Figure 7: stage-1 training (captions, 72 px = 6x6 = 36 ViT tokens) with the
+      adapter compressing them to 4 / 16 / 36 queries; loss within the first 50 steps and to the end.
   python -m experiments.ablations window [--sizes 96,192] [--steps 80]
       Appendix E.3 / Figure 8 / Table 10: stage-2 training (multi-task, packed) with global ViT
-      attention vs window attention (6x6-patch = 48 px windows in 3 of the 4 ViT layers, the 4th
+      attention vs window attention (4x4-patch = 48 px windows in 3 of the 4 ViT layers, the 4th
       global, as the paper's 224 px windows with 1 global layer in 4) at two resolutions;
       loss curves and seconds per step.
 
-Each run trains from scratch with `configs/experiments.py` (`experiments.train_stage`) on the data of
+Each run trains from scratch with `qwenvl-jax train --config configs/experiments.py:...` on the data of
 `experiments.prepare_data` (made if missing; the window ablation uses its own set generated at 192
 px, so the higher resolution carries more detail), then plots to RESULTS/ and writes JSON.
 """
@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import common  # noqa: E402
 
-WINDOW_PATCHES = 6  # 48 px windows (patch 8): 2x2 windows at 96 px, 4x4 at 192 px
+WINDOW_PATCHES = 4  # 48 px windows (patch 12): 2x2 windows at 96 px, 4x4 at 192 px
 
 
 def ensure_data(data: pathlib.Path, extra: list[str], logs: pathlib.Path) -> dict:
@@ -49,7 +49,7 @@ def train(stage: str, workdir: pathlib.Path, manifest: dict, paths, steps: int, 
       f"optim.warmup_steps={max(1, steps // 15)}", f"checkpoint_every={steps}",
       "async_checkpoint=False"] + sets:
     cmd += ["--set", s]
-  return common.run(common.python_module("experiments.train_stage", *cmd), logs / f"{workdir.name}.log")
+  return common.run(["qwenvl-jax", "train", *cmd], logs / f"{workdir.name}.log")
 
 
 def summary(workdir: pathlib.Path) -> dict:
@@ -73,7 +73,7 @@ def plot_queries(runs: dict, path: pathlib.Path, early: int = 50):
     ax.set_ylabel("training loss (smoothed)")
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.suptitle("Adapter query count (paper Fig. 7), stage-1 captions, 64 ViT tokens")
+  fig.suptitle("Adapter query count (paper Fig. 7), stage-1 captions, 36 ViT tokens")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -106,7 +106,7 @@ def main(argv=None):
   p.add_argument("--work", default="runs/exp11/ablations")
   p.add_argument("--results", default="experiments/results/ablations")
   p.add_argument("--steps", type=int, default=None)
-  p.add_argument("--queries", default="4,16,64")
+  p.add_argument("--queries", default="4,16,36")
   p.add_argument("--sizes", default="96,192")
   p.add_argument("--batch-size", type=int, default=None)
   p.add_argument("--data-args", default="", help="extra flags for experiments.prepare_data")

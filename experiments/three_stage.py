@@ -1,13 +1,14 @@
 """The issue-11 reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
 
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
-      [--steps 1:400,2:900,3:250] [--eval-limit 150]
+      [--steps 1:120,2:450,3:120] [--eval-limit 150]
 
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
 2. Stage 1 (captions, 64 px, unpacked), stage 2 (7 pre-training tasks, 96 px, packed rows), stage 3
    (ChatML, 96 px, ViT frozen), each initialised from the previous one (`--init`), with
-   `configs/experiments.py:stageN` via `experiments.train_stage` (= `qwenvl-jax train` + tokenizer).
+   `qwenvl-jax train --config configs/experiments.py:stageN` (data via the grain pipeline's
+   `make_train_iterator`; the tokenizer is copied into each workdir for eval / chat).
 3. After every stage `qwenvl-jax eval --task all` on the held-out sets: synth_grounding
    (accuracy at IoU >= 0.5), synth_ocr (exact match of one word = word accuracy), synth_caption
    (CIDEr), synth_vqa (exact match).
@@ -27,7 +28,7 @@ from experiments import common
 
 TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl",
               "synth_vqa": "shapes.jsonl", "synth_ocr": "words.jsonl"}
-DEFAULT_STEPS = {1: 400, 2: 900, 3: 250}
+DEFAULT_STEPS = {1: 120, 2: 450, 3: 120}
 
 
 def stage_paths(data: pathlib.Path, stage: int) -> tuple[str, ...]:
@@ -69,7 +70,7 @@ def train_cmd(stage: int, workdir: pathlib.Path, data: pathlib.Path, manifest: d
     cmd += ["--init", str(init)]
   for s in sets:
     cmd += ["--set", s]
-  return common.python_module("experiments.train_stage", *cmd)
+  return ["qwenvl-jax", "train", *cmd]
 
 
 def eval_cmd(ckpt: pathlib.Path, root: pathlib.Path, out: pathlib.Path, limit: int) -> list[str]:
@@ -88,7 +89,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--work", default="runs/exp11/full")
   p.add_argument("--results", default="experiments/results/three_stage")
-  p.add_argument("--steps", default="", help="per stage, e.g. 1:400,2:900,3:250")
+  p.add_argument("--steps", default="", help="per stage, e.g. 1:120,2:450,3:120")
   p.add_argument("--eval-limit", type=int, default=150)
   p.add_argument("--data-args", default="", help="extra flags for experiments.prepare_data")
   p.add_argument("--set", dest="overrides", action="append", default=[],

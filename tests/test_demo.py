@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end(tmp_path):
   assert "round trip: all" in proc.stdout
   assert list((out / "run" / "checkpoints").iterdir())
   assert (out / "run" / "tokenizer" / "tokenizer.model").is_file()
-  assert list((out / "chat").glob("*.png"))
+  assert "Assistant: " in proc.stdout  # a box is drawn only if the tiny model wrote a well-formed one
   (metrics,) = (out / "eval").glob("*.metrics.json")
   result = json.loads(metrics.read_text())
   assert result["n"] > 0 and 0 <= result["score"] <= 100

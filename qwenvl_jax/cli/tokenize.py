@@ -48,14 +48,21 @@ def run(args):
       if not pathlib.Path(corpus).is_file():
         raise FileNotFoundError(f"corpus file not found: {corpus}")
     texts = [line for corpus in args.train_sp for line in corpus_texts(corpus)]
-    tok = SentencePieceTokenizer.train(
-        texts, args.vocab_size, args.out, n_extra=SP_N_EXTRA if args.n_extra is None else args.n_extra)
+
+    def train(n_extra):
+      try:
+        return SentencePieceTokenizer.train(texts, args.vocab_size, args.out, n_extra=n_extra)
+      except RuntimeError as e:  # SentencePiece's own checks, e.g. a --vocab-size below the alphabet
+        raise UserError(f"SentencePiece training failed: {str(e).splitlines()[0]}") from None
+
+    tok = train(SP_N_EXTRA if args.n_extra is None else args.n_extra)
     if args.model_vocab is not None:
       n_extra = args.model_vocab - (tok.vocab_size - SP_N_EXTRA)
       if n_extra < 0:
         raise UserError(f"--model-vocab {args.model_vocab} is smaller than the trained tokenizer "
                         f"({tok.vocab_size - SP_N_EXTRA} ids without extras): lower --vocab-size")
-      tok = SentencePieceTokenizer.train(texts, args.vocab_size, args.out, n_extra=n_extra)
+      if n_extra != SP_N_EXTRA:
+        tok = train(n_extra)
       if tok.vocab_size != args.model_vocab:  # SentencePiece training is deterministic
         raise UserError(f"retraining gave {tok.vocab_size} ids, not {args.model_vocab}")
     info = {"model": f"{args.out}.model", "vocab_size": tok.vocab_size, **tok.model_config_ids()}

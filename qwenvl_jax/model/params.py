@@ -41,7 +41,9 @@ def paper_rounding(n: int) -> str:
 
 
 def format_counts(counts: dict[str, int]) -> str:
-  total_floor = math.floor(counts["total"] / 1e8) / 10
+  # Table 1's 9.6B is the exact 9.657B truncated, not rounded; models under 1B use the row rounding.
+  total = counts["total"]
+  total_text = f"{math.floor(total / 1e8) / 10:.1f}B" if total >= 1e9 else paper_rounding(total)
   rows = [
       ("ViT (incl. ln_post + proj, as Table 1)", counts["paper_vit"], "1.9B"),
       ("Adapter (cross-attention layer)", counts["paper_adapter"], "0.08B"),
@@ -50,8 +52,8 @@ def format_counts(counts: dict[str, int]) -> str:
   lines = [f"{'component':<42}{'parameters':>16}{'rounded':>10}{'Table 1 (7B)':>14}"]
   for name, n, paper in rows:
     lines.append(f"{name:<42}{n:>16,}{paper_rounding(n):>10}{paper:>14}")
-  lines.append(f"{'Total':<42}{counts['total']:>16,}{total_floor:>9.1f}B{'9.6B':>14}")
+  lines.append(f"{'Total':<42}{total:>16,}{total_text:>10}{'9.6B':>14}")
   lines.append(f"(module split: visual {counts['vit']:,}, adapter {counts['adapter']:,}; "
-               f"the total is truncated to one decimal as the paper's 9.6B is: exact "
-               f"{counts['total'] / 1e9:.3f}B)")
+               f"a total >= 1B is truncated to one decimal as the paper's 9.6B is: exact "
+               f"{total / 1e9:.3f}B)")
   return "\n".join(lines)

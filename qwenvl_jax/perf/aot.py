@@ -133,16 +133,18 @@ def _memory(compiled, hbm: float | None) -> dict:
   return out
 
 
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+_OOM_TEMPS = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
 
 
 def _oom_memory(message: str, hbm: float | None) -> dict:
-  """XLA's RESOURCE_EXHAUSTED message -> the memory part of a report."""
+  """XLA's RESOURCE_EXHAUSTED message -> the memory part of a report (XLA stops at the first
+  figure over the limit, so the temporaries it names are a lower bound of the total)."""
   out = dict(fits=False, hbm=hbm, xla_message=message.strip().splitlines()[0][:500])
-  m = _OOM.search(message)
+  m = _OOM_TEMPS.search(message)
   if m:
     scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    out["total"] = float(m.group(1)) * scale[m.group(2)]
+    out["temporaries_at_least"] = float(m.group(1)) * scale[m.group(2)]
+    out["hbm_available"] = float(m.group(3)) * scale[m.group(4)]
   return out
 
 
@@ -270,7 +272,7 @@ def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None
       device_kind=target.device_kind, chips=target.chips, mesh=mesh_shape,
       remat=model_cfg.remat, scan_layers=model_cfg.scan_layers, trainable=list(parts),
       global_batch=train_cfg.batch_size, microbatches=train_cfg.grad_accum, microbatch_rows=rows,
-      rows_per_chip=rows / shards, seq_len=train_cfg.seq_len, images_per_row=m_images,
+      rows_per_shard=rows / shards, seq_len=train_cfg.seq_len, images_per_row=m_images,
       image_size=size, memory=memory,
       flops=dict(model=model, program=program.flops,
                  program_unknown_loops=program.unknown_trip_counts,
@@ -403,8 +405,8 @@ def format_report(r: dict) -> str:
   if r["kind"] == "train":
     rows += [("batch", f"global {r['global_batch']} rows x {r['seq_len']} tokens, "
                        f"{r['microbatches']} microbatches of {r['microbatch_rows']} "
-                       f"({r['rows_per_chip']:g} rows per chip), {r['images_per_row']} images/row "
-                       f"at {r['image_size']}px"),
+                       f"({r['rows_per_shard']:g} rows per data x fsdp shard), "
+                       f"{r['images_per_row']} images/row at {r['image_size']}px"),
              ("memory options", f"remat={r['remat']}, scan_layers={r['scan_layers']}, "
                                 f"trained: {', '.join(r['trainable'])}")]
   else:
@@ -415,7 +417,11 @@ def format_report(r: dict) -> str:
                                f"(aliased {_gib(mem['aliased'])}), temporaries "
                                f"{_gib(mem['temporaries'])}, code {_gib(mem['generated_code'])}")]
   fit = {True: "fits", False: "DOES NOT FIT", None: "no HBM limit"}[mem["fits"]]
-  used = f"{_gib(mem.get('total'))} of {_gib(mem['hbm'])} HBM" if mem["hbm"] else _gib(mem.get("total"))
+  total = mem.get("total")
+  if total is None and "temporaries_at_least" in mem:
+    used = f"temporaries alone > {_gib(mem['temporaries_at_least'])} of {_gib(mem['hbm'])} HBM"
+  else:
+    used = f"{_gib(total)} of {_gib(mem['hbm'])} HBM" if mem["hbm"] else _gib(total)
   rows += [("memory total", f"{used}: {fit}")]
   if mem.get("xla_message"):
     rows += [("XLA", mem["xla_message"])]

@@ -50,7 +50,8 @@ class WorkdirError(ValueError):
 
 
 def make_iterator(config, train_cfg, model_cfg, process_index: int, process_count: int):
-  """The configured data iterator for this process: synthetic, or the grain pipeline's."""
+  """The configured data iterator for this process: synthetic, or the grain pipeline's over the
+  records of `data.paths` (`data.pipeline.make_train_iterator`: a disjoint shard per process)."""
   data = dict(config.get("data") or {})
   if train_cfg.data_source == "synthetic":
     return SyntheticIterator(
@@ -121,6 +122,15 @@ class Preemption:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_context(train_cfg, model_cfg):
+  # Past model.llm.seq_length, inference switches on dynamic NTK and log-n scaling that training never applies:
+  # a model trained on longer rows would be served with positions it never saw.
+  if train_cfg.seq_len > model_cfg.llm.seq_length:
+    raise ConfigError(f"config field 'seq_len': {train_cfg.seq_len} exceeds the model's training context "
+                      f"'model.llm.seq_length' ({model_cfg.llm.seq_length}); raise it with "
+                      f"--set model.llm.seq_length={train_cfg.seq_len}")
+
+
 def _check_mesh(train_cfg, mesh):
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if train_cfg.microbatch % shards:
@@ -149,6 +159,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, res
   model_cfg = model_config_from_dict(config.model)
   mesh = create_mesh(mesh_config_from_dict(config.get("mesh")))
   _check_mesh(train_cfg, mesh)
+  _check_context(train_cfg, model_cfg)
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
 

@@ -9,6 +9,7 @@ from flax import nnx
 
 from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 from tests.ckpt.helpers import load_hf_tensors
+from tests.model.helpers import qwen2_for
 
 transformers = pytest.importorskip("transformers")
 
@@ -17,13 +18,7 @@ def qwen2_from_released_layout(sd: dict, cfg) -> "transformers.Qwen2ForCausalLM"
   """transformer.h.N.attn.c_attn ([q | k | v] rows) -> q/k/v_proj; mlp.w1 -> up, mlp.w2 -> gate (the
   released MLP is c_proj(w1(x) * silu(w2(x)))); ln_1/ln_2 -> input/post_attention_layernorm."""
   llm = cfg.llm
-  hf_cfg = transformers.Qwen2Config(
-      vocab_size=llm.vocab_size, hidden_size=llm.hidden, intermediate_size=llm.mlp_dim,
-      num_hidden_layers=llm.layers, num_attention_heads=llm.heads, num_key_value_heads=llm.heads,
-      head_dim=llm.head_dim, rms_norm_eps=llm.rms_eps, max_position_embeddings=4096,
-      rope_parameters={"rope_type": "default", "rope_theta": llm.rope_base},
-      tie_word_embeddings=False, use_sliding_window=False, attn_implementation="eager")
-  model = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+  model = qwen2_for(llm)
   out = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
          "model.norm.weight": sd["transformer.ln_f.weight"], "lm_head.weight": sd["lm_head.weight"]}
   for n in range(llm.layers):

@@ -150,12 +150,18 @@ def test_unknown_data_field(byte_vocab, shapes_jsonl):
     pipeline.make_train_iterator(config, 0, 1)
 
 
+def test_data_that_never_fits_fails_instead_of_spinning(byte_vocab, shapes_jsonl):
+  it = pipeline.make_train_iterator(stage_config(1, byte_vocab, [shapes_jsonl], "seq_len=16"), 0, 1)
+  with pytest.raises(pipeline.NoUsableSamplesError, match="too_long"):
+    next(it)
+
+
 # ------------------------------------------------------------------------------------------------
 # Real training runs (compile + steps: tens of seconds each on a CPU).
 
 
 def _train_config(byte_vocab, shapes_jsonl, *overrides):
-  return stage_config(2, byte_vocab, [shapes_jsonl], "seq_len=128", "batch_size=16", "grad_accum=2",
+  return stage_config(2, byte_vocab, [shapes_jsonl], "seq_len=128", "model.llm.seq_length=128", "batch_size=16", "grad_accum=2",
                       "optim.warmup_steps=2", "optim.peak_lr=3e-3", "checkpoint_every=2", *overrides)
 
 
@@ -201,3 +207,15 @@ def test_resume_continues_the_data_stream(byte_vocab, shapes_jsonl, tmp_path):
   resumed = train(config, tmp_path / "b", resume=True)
   assert len(resumed["losses"]) == 2
   np.testing.assert_allclose(resumed["losses"], straight[4:], rtol=1e-5)
+
+
+def test_train_command_keeps_the_tokenizer_with_the_checkpoints(byte_vocab, shapes_jsonl, tmp_path):
+  """`qwenvl-jax train` copies data.tokenizer to WORKDIR/tokenizer/, where chat / eval / convert look."""
+  from qwenvl_jax.ckpt.orbax_io import CheckpointRef
+  from qwenvl_jax.cli.train import save_tokenizer
+
+  save_tokenizer(stage_config(1, byte_vocab, [shapes_jsonl]), tmp_path / "run")
+  ref = CheckpointRef(tmp_path / "run", tmp_path / "run" / "checkpoints", tmp_path / "run" / "x.json")
+  assert ref.tokenizer_path.read_bytes() == open(byte_vocab, "rb").read()
+  save_tokenizer(load_config_dict("configs/stage1.py:tiny"), tmp_path / "synthetic")  # no tokenizer
+  assert not (tmp_path / "synthetic").exists()

@@ -102,15 +102,15 @@ def test_stage_commands_give_valid_configs_that_agree_with_the_vocabulary(data_d
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stage_data_become_contract_batches(data_dir, tmp_path, stage):
-  from experiments import data_iter
   from qwenvl_jax.config import model_config_from_dict
+  from qwenvl_jax.data.pipeline import make_train_iterator
   from qwenvl_jax.train.batch import validate_batch
 
   manifest = json.loads((data_dir / "manifest.json").read_text())
   config = _config_from_cmd(three_stage.train_cmd(stage, tmp_path, data_dir, manifest, 5, None,
                                                   ["batch_size=2"]))
   model = model_config_from_dict(config.model)
-  batch = next(data_iter.make_iterator(config))
+  batch = next(make_train_iterator(config, 0, 1))
   validate_batch(batch, 2, config.seq_len, model, check_spans=True)
   assert batch["loss_mask"].any(axis=1).all()
   if stage == 2:  # packed rows hold several samples

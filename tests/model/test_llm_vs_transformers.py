@@ -8,18 +8,13 @@ from flax import nnx
 
 from qwenvl_jax.config import LLMConfig
 from qwenvl_jax.model.llm import QwenLM
+from tests.model.helpers import qwen2_for
 
 transformers = pytest.importorskip("transformers")
 
 
 def qwen2_from_ours(lm: QwenLM, cfg: LLMConfig):
-  hf_cfg = transformers.Qwen2Config(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, intermediate_size=cfg.mlp_dim,
-      num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-      head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_eps, max_position_embeddings=4096,
-      rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
-      tie_word_embeddings=False, use_sliding_window=False, attn_implementation="eager")
-  model = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+  model = qwen2_for(cfg)
   g = lambda v, *i: torch.from_numpy(np.array(np.asarray(v[...])[i] if i else v[...]))
   sd = {"model.embed_tokens.weight": g(lm.embed), "lm_head.weight": g(lm.lm_head).T,
         "model.norm.weight": g(lm.ln_f.scale)}

@@ -59,3 +59,12 @@ def test_flops_per_token_counts_backward_only_where_needed():
   assert s1 < full and s3 < full
   # ~6 x parameters per token for the LLM-dominated stage 2 (7.7B LLM + attention): 45-70 GFLOPs.
   assert 45e9 < full < 70e9
+
+
+def test_training_longer_than_the_model_context_is_refused(tmp_path):
+  from qwenvl_jax.train.loop import train
+  from tests.train.helpers import stage_config
+  config = stage_config(2, "seq_len=128")  # tiny: model.llm.seq_length = 64
+  with pytest.raises(ConfigError, match="'seq_len'.*model.llm.seq_length"):
+    train(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # refused before anything is written

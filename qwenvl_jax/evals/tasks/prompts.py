@@ -12,6 +12,7 @@ import string
 
 from qwenvl_jax.evals.tasks.base import Item, Segment
 from qwenvl_jax.text.interface import merge_text
+from qwenvl_jax.text.tokenizer import BOX_START, REF_END, REF_START
 
 
 def caption(item: Item) -> list[Segment]:
@@ -23,7 +24,9 @@ def vqa(item: Item) -> list[Segment]:
 
 
 def grounding(item: Item) -> list[Segment]:
-  return [{"image": item["image"]}, {"text": f"<ref>{item['expression']}</ref><box>"}]
+  # The released eval writes "<ref>{expr}</ref><box>" as text its tokenizer turns into special ids; ours never
+  # does that to text, so the tags are structured segments and the expression stays plain text.
+  return [{"image": item["image"]}, {"ref": item["expression"]}, {"special": BOX_START}]
 
 
 def _options(choices) -> str:
@@ -46,7 +49,14 @@ def mme(item: Item) -> list[Segment]:
 
 
 def render(segments: list[Segment]) -> str:
-  return "".join(f"<img>{s['image']}</img>" if "image" in s else s["text"] for s in segments)
+  """The prompt as the released eval scripts write it (for logs and golden-string tests)."""
+  def one(s: Segment) -> str:
+    if "image" in s:
+      return f"<img>{s['image']}</img>"
+    if "ref" in s:
+      return f"{REF_START}{s['ref']}{REF_END}"
+    return s.get("special") or s["text"]
+  return "".join(one(s) for s in segments)
 
 
 def shot_answer(item: Item) -> str | None:
