@@ -16,6 +16,11 @@ VALUES = {
     "full": dict(stage=1, image_size=224, seq_len=512, batch_size=30720, grad_accum=6, steps=50_000,
                  peak_lr=2e-4, min_lr=1e-6, warmup_steps=500, frozen=FROZEN,
                  mesh=dict(data=1, fsdp=-1, tensor=1),  # optimizer sharding, no model parallelism
+                 # grad_accum 6 (Table 8) = 5120-row microbatches, for a pod of ~160 chips at 32 rows
+                 # per chip. Smaller slices keep the batch with more microbatches: grad_accum =
+                 # 30720 / (chips x rows per chip), e.g. 240 on a 4-chip v5p (checked with
+                 # `qwenvl-jax aot`, WORKSPACE.md). Full remat (Table 8 has none) and scanned layers.
+                 model=dict(remat="full", scan_layers=True),
                  data=dict(source="array_record", paths=(), tokenizer="", format="pretrain",
                            tasks=("caption",), layout="unpacked", max_images=1, num_workers=8)),
     "tiny": dict(stage=1, image_size=28, seq_len=32, batch_size=16, grad_accum=2, steps=20,

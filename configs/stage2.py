@@ -15,7 +15,13 @@ TASKS = ("caption", "vqa", "grounding", "ref_grounding", "grounded_caption", "oc
 VALUES = {
     "full": dict(stage=2, image_size=448, seq_len=2048, batch_size=4096, grad_accum=8, steps=19_000,
                  peak_lr=5e-5, min_lr=1e-5, warmup_steps=400, frozen=(),
+                 # Table 8: model parallelism 2 (`tensor`), grad_accum 8 = 512-row microbatches, for a
+                 # pod where data x fsdp shards hold 1-2 rows each. Smaller slices keep the batch with
+                 # more microbatches: grad_accum = 4096 / (data x fsdp x rows per shard); a 4-chip v5p
+                 # fits with `--set mesh.tensor=1 --set grad_accum=1024` (1 row per chip, 89.5 of
+                 # 95 GiB: `qwenvl-jax aot`, WORKSPACE.md). Full remat, scanned layers.
                  mesh=dict(data=1, fsdp=-1, tensor=2),
+                 model=dict(remat="full", scan_layers=True),
                  data=dict(source="array_record", paths=(), tokenizer="", format="pretrain",
                            tasks=TASKS, layout="packed", max_images=7, num_workers=8)),
     "tiny": dict(stage=2, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,

@@ -15,7 +15,11 @@ FROZEN = ("visual", "adapter.ln_post", "adapter.proj")
 VALUES = {
     "full": dict(stage=3, image_size=448, seq_len=2048, batch_size=128, grad_accum=8, steps=8000,
                  peak_lr=1e-5, min_lr=1e-6, warmup_steps=3000, frozen=FROZEN,
+                 # Table 8: model parallelism 2, grad_accum 8 = 16-row microbatches. Full remat,
+                 # scanned layers. A 4-chip v5p: `--set mesh.tensor=1` (4 rows per chip per
+                 # microbatch; `qwenvl-jax aot`, WORKSPACE.md).
                  mesh=dict(data=1, fsdp=-1, tensor=2),
+                 model=dict(remat="full", scan_layers=True),
                  data=dict(source="jsonl", paths=(), tokenizer="", format="chatml", layout="unpacked",
                            max_images=4, num_workers=8)),
     "tiny": dict(stage=3, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,

@@ -123,8 +123,10 @@ def main(argv=None):
     steps = args.steps or 150
     for q in (int(x) for x in args.queries.split(",")):
       wd = work / f"queries_L{q}"
+      # The same room for text in every run: the image span grows with the query count.
+      seq = 48 + max(0, q - 16)
       commands[f"L{q}"] = train("stage1", wd, manifest, [data / "train" / "shapes.jsonl"], steps,
-                                [f"model.adapter.n_queries={q}"] + bs, logs)
+                                [f"model.adapter.n_queries={q}", f"seq_len={seq}"] + bs, logs)
       runs[f"L{q}"] = summary(wd)
     plot_queries(runs, results / "queries_loss.png")
   else:

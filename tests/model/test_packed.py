@@ -24,17 +24,22 @@ def test_packed_segments_equal_separate_forwards():
   seg = seg.astype(np.int32)[None]
   pos = np.asarray(segment_positions(jnp.asarray(seg)))
   assert pos[0, len(samples[0])] == 0  # positions restart in every segment
-  packed = np.asarray(model(jnp.asarray(ids), jnp.asarray(images[None]), segment_ids=jnp.asarray(seg),
-                            positions=jnp.asarray(pos)))
+  forward = nnx.jit(lambda m, *a, **kw: m(*a, **kw))
+  packed = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(images[None]),
+                              segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos)))
 
+  # Each sample alone in its own row (right-padded: causal, so padding after it changes nothing).
+  width = max(len(s) for s in samples)
+  rows = np.stack([np.pad(s, (0, width - len(s))) for s in samples])
+  alone_seg = np.stack([np.arange(width) < len(s) for s in samples]).astype(np.int32)
+  row_images = np.stack([images[0], np.zeros_like(images[0]), images[1]])[:, None]
+  alone = np.asarray(forward(model, jnp.asarray(rows), jnp.asarray(row_images),
+                             num_images=jnp.asarray([1, 0, 1]), segment_ids=jnp.asarray(alone_seg)))
   start = 0
-  image_of = {0: images[0], 2: images[1]}
   for k, s in enumerate(samples):
-    imgs = jnp.asarray(image_of[k][None, None]) if k in image_of else None
-    alone = np.asarray(model(jnp.asarray(s[None]), imgs))
-    np.testing.assert_allclose(packed[0, start:start + len(s)], alone[0], atol=1e-5,
+    np.testing.assert_allclose(packed[0, start:start + len(s)], alone[k, :len(s)], atol=1e-5,
                                err_msg=f"segment {k + 1}")
     start += len(s)
   # Sanity: without segment ids the later samples see the earlier ones, so their logits change.
-  leaky = np.asarray(model(jnp.asarray(ids), jnp.asarray(images[None])))
+  leaky = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(images[None])))
   assert np.abs(leaky[0, len(samples[0]):start] - packed[0, len(samples[0]):start]).max() > 1e-3

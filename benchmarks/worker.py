@@ -1,0 +1,97 @@
+"""One side (JAX or PyTorch) of one benchmark, in its own process, driven line by line over stdin.
+
+  python benchmarks/worker.py --side jax|torch --task train|generate --config SPEC --hf DIR
+                              --orbax DIR [--rows R --seq-len T | --prompt-len P --new-tokens N]
+                              [--threads 1]
+
+Prints {"ready": ..., "setup_s": ...} once built (JAX: compiled), then for every "run" line one JSON
+line with wall and CPU seconds (`time.process_time`: all threads of this process, so a busy-waiting
+thread pool counts against its own side) and the result; "quit" ends it. Why a process per side:
+in one process the idle side's thread pools (XLA's spin-waiting workers) would steal CPU from the
+other side's timed run, and memory is returned to the OS when a side is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+
+def _xla_single_thread():
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                             " intra_op_parallelism_threads=1")
+
+
+def build(args):
+  """-> (setup seconds, run() -> dict)."""
+  import harness
+  from qwenvl_jax.config import load_model_config
+
+  cfg = load_model_config(args.config)
+  ck = harness.Checkpoints(cfg, pathlib.Path(args.hf), pathlib.Path(args.orbax))
+  t0 = time.perf_counter()
+  if args.task == "train":
+    batch = harness.train_batch(cfg, args.rows, args.seq_len)
+    if args.side == "jax":
+      trainer = harness.JaxTrainer(harness.load_jax(ck))
+      trainer.compile(batch)
+    else:
+      trainer = harness.TorchTrainer(harness.load_torch(ck))
+    return time.perf_counter() - t0, lambda: dict(loss=trainer.step(batch))
+
+  from generate_speed import _prompts, jax_runner, torch_runner
+
+  ids, images = _prompts(cfg, 1, args.prompt_len)
+  if args.side == "jax":
+    from qwenvl_jax.infer.generate import Generator
+
+    gen = Generator(harness.load_jax(ck), pad_id=0, stop_ids=(), valid_vocab=cfg.llm.vocab_size)
+    runner = jax_runner(gen, ids, images, args.new_tokens)  # compiles
+  else:
+    runner = torch_runner(harness.load_torch(ck), ids, images, args.new_tokens)
+
+  def run():
+    prefill_s, tok_s, tokens = runner()
+    return dict(prefill_s=prefill_s, decode_tok_s=tok_s, tokens=tokens)
+
+  return time.perf_counter() - t0, run
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--side", choices=("jax", "torch"), required=True)
+  p.add_argument("--task", choices=("train", "generate"), required=True)
+  p.add_argument("--config", required=True)
+  p.add_argument("--hf", required=True)
+  p.add_argument("--orbax", required=True)
+  p.add_argument("--rows", type=int, default=1)
+  p.add_argument("--seq-len", type=int, default=64)
+  p.add_argument("--prompt-len", type=int, default=64)
+  p.add_argument("--new-tokens", type=int, default=16)
+  p.add_argument("--threads", type=int, default=1)
+  args = p.parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if args.threads == 1:
+    _xla_single_thread()
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+  import torch
+
+  torch.set_num_threads(args.threads)
+  setup_s, run = build(args)
+  out = sys.stdout
+  print(json.dumps(dict(ready=True, setup_s=setup_s)), file=out, flush=True)
+  for line in sys.stdin:
+    if line.strip() != "run":
+      break
+    c, w = time.process_time(), time.perf_counter()
+    res = run()
+    res.update(wall_s=time.perf_counter() - w, cpu_s=time.process_time() - c)
+    print(json.dumps(res), file=out, flush=True)
+
+
+if __name__ == "__main__":
+  main()
