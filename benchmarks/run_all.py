@@ -1,31 +1,34 @@
 """JAX vs the PyTorch reference on CPU: train step and generation, same weights, same inputs, one run.
 
-  python benchmarks/run_all.py [--configs tiny,small,1b] [--quick] [--with-7b-compile]
+  python benchmarks/run_all.py [--configs tiny,small,1b] [--quick] [--threads 1] [--with-7b-compile]
                                [--out experiments/results/benchmarks.json]
 
-Per config (tiny = configs/tiny.py, small = configs/small.py, 1b = configs/bench_1b.py), one random
-HF-layout checkpoint is written and converted; JAX loads the conversion, PyTorch (`TorchQwenVL`) the
-HF files (see `harness.py`). Everything is fp32 on both sides.
+Per config (tiny = configs/tiny.py, small = configs/small.py, 1b = configs/bench_1b.py, 1b:8 = its
+8-LLM-layer variant), one random HF-layout checkpoint is written and converted; JAX loads the
+conversion, PyTorch (`TorchQwenVL`) the HF files (see `harness.py`). fp32 on both sides.
 
   train     forward + backward + AdamW update (global-norm clip, weight-decay mask, ViT layer-wise
             LR decay, identical rule) on the same batch; median seconds per step after warm-up
-            steps, JAX compile time (lower + compile) reported apart. The losses of both sides are
-            printed: they agree step by step (same weights, same batch, same optimizer).
+            steps; JAX compile time (lower + compile) apart. The losses of both sides are recorded
+            step by step; they agree (same weights, batch and optimizer): "loss diff" is the largest gap.
   generate  greedy decode with KV cache of the same prompt + image, same number of new tokens:
             prefill (time to first-token logits) and decode tokens/s (medians); the new tokens of
             both sides are compared.
 
-Ratios are JAX's speed-up: torch time / JAX time (> 1: JAX is faster). The sides alternate step by
-step (ABAB) so both see the same machine load; the load average is recorded. Threads: both sides
-get `--threads` intra-op threads (default 1: on this shared 2-core machine the load average is
-often 10+, and 2-thread OpenMP/Eigen barriers then wait on descheduled threads, which made
-PyTorch's tiny decode 30x slower than with 1 thread; pass --threads 2 on a quiet machine).
-At 1b the two train states (~17 GB each) do not fit together in memory: the JAX steps run first, then the PyTorch ones
-(noted as "sequential" in the table).
+Each side runs in its own process (`worker.py`) and the parent alternates them run by run (ABAB),
+so both see the same machine load while only one works at a time (in one process XLA's idle
+worker threads took CPU from PyTorch's timed steps). Besides wall-clock time each run reports its
+process CPU seconds: on this shared 2-core machine (load average often 10+) CPU time is the steadier
+measure of work, wall time the one a user sees. Ratios are JAX's speed-up: torch / JAX (> 1: JAX
+faster). Threads: both sides get `--threads` intra-op threads (default 1: with 2 threads on an
+oversubscribed machine OpenMP barriers wait for descheduled threads, which made PyTorch's tiny
+decode 30x slower than with 1 thread). At 1b the two train states (~17 GB each) do not fit together
+in memory: the JAX steps run first, then the PyTorch ones ("*" in the table), and the run refuses
+(with the reason, keeping the generation figures) when MemAvailable is short.
 
 `--with-7b-compile` also times the AOT compile of the 7B stage-2 train step for a TPU topology
-(`--topology`, libtpu, no TPU needed) in a subprocess. Writes the JSON and a PNG bar chart of the
-ratios next to it.
+(`--topology`; `perf.aot` through compile_7b.py). Writes the JSON and a PNG bar chart of the ratios
+next to it.
 """
 
 from __future__ import annotations
@@ -94,123 +97,138 @@ def _progress(msg: str):
 
 
 # --------------------------------------------------------------------------------------------
-# Generation.
+# Workers: each side in its own process (worker.py), driven run by run.
 
 
-def bench_generate(jax_model, torch_model, s: dict) -> dict:
-  from generate_speed import _prompts, jax_runner, torch_runner
-  from qwenvl_jax.infer.generate import Generator
+class Worker:
+  """A worker.py process; `run()` -> its JSON result for one timed run."""
 
-  cfg = jax_model.cfg
-  gen = Generator(jax_model, pad_id=0, stop_ids=(), valid_vocab=cfg.llm.vocab_size)
-  ids, images = _prompts(cfg, 1, s["prompt_len"])
-  t0 = time.perf_counter()
-  jrun = jax_runner(gen, ids, images, s["new_tokens"])  # compiles prefill + decode loop
-  compile_s = time.perf_counter() - t0
-  trun = torch_runner(torch_model, ids, images, s["new_tokens"])
-  j, t = [], []
-  for r in range(s["repeats"]):
-    _progress(f"generate repeat {r + 1}/{s['repeats']}")
-    j.append(jrun())
-    t.append(trun())
+  def __init__(self, side: str, task: str, spec: str, ck, s: dict, threads: int, log_dir: pathlib.Path):
+    self.what = f"{side} {task}"
+    cmd = [sys.executable, str(HERE / "worker.py"), "--side", side, "--task", task, "--config", spec,
+           "--hf", str(ck.hf_dir), "--orbax", str(ck.orbax_dir), "--rows", str(s["rows"]),
+           "--seq-len", str(s["seq_len"]), "--prompt-len", str(s["prompt_len"]),
+           "--new-tokens", str(s["new_tokens"]), "--threads", str(threads)]
+    self.log = log_dir / f"{side}_{task}.log"
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=self.log.open("w"), text=True, cwd=ROOT)
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith("{"):
+        return json.loads(line)
+    tail = self.log.read_text()[-1500:]
+    raise RuntimeError(f"{self.what} worker exited with {self.proc.wait()}:\n{tail}")
+
+  def run(self) -> dict:
+    self.proc.stdin.write("run\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.proc.stdin.write("quit\n")
+      self.proc.stdin.close()
+      self.proc.wait()
+
+
+def alternate(workers: list[Worker], n: int, label: str) -> list[list[dict]]:
+  """n runs of each worker, interleaved ABAB; -> per worker, its results."""
+  out = [[] for _ in workers]
+  for i in range(n):
+    _progress(f"{label} {i + 1}/{n}")
+    for r, w in zip(out, workers):
+      r.append(w.run())
+  return out
+
+
+def _side_stats(runs: list[dict], skip: int) -> dict:
+  timed = runs[skip:]
+  return dict(wall_s=_median([r["wall_s"] for r in timed]), cpu_s=_median([r["cpu_s"] for r in timed]))
+
+
+def bench_generate(spec: str, ck, s: dict, threads: int, workdir: pathlib.Path) -> dict:
+  n_params = count_params(ck.cfg)
+  check_memory(n_params, "generation (both models)", 8)
+  sides = [Worker(side, "generate", spec, ck, s, threads, workdir) for side in ("jax", "torch")]
+  try:
+    j, t = alternate(sides, s["repeats"], "generate")
+  finally:
+    for w in sides:
+      w.close()
+  med = lambda runs, k: _median([r[k] for r in runs])
   row = dict(prompt_len=s["prompt_len"], new_tokens=s["new_tokens"], batch=1,
-             prefill_s_jax=_median([x[0] for x in j]), prefill_s_torch=_median([x[0] for x in t]),
-             decode_tok_s_jax=_median([x[1] for x in j]), decode_tok_s_torch=_median([x[1] for x in t]),
-             jax_compile_s=compile_s, tokens_equal=j[-1][2] == t[-1][2])
+             prefill_s_jax=med(j, "prefill_s"), prefill_s_torch=med(t, "prefill_s"),
+             decode_tok_s_jax=med(j, "decode_tok_s"), decode_tok_s_torch=med(t, "decode_tok_s"),
+             request_cpu_s_jax=med(j, "cpu_s"), request_cpu_s_torch=med(t, "cpu_s"),
+             request_wall_s_jax=med(j, "wall_s"), request_wall_s_torch=med(t, "wall_s"),
+             jax_compile_s=sides[0].info["compile_s"], tokens_equal=j[-1]["tokens"] == t[-1]["tokens"])
   row["prefill_ratio"] = row["prefill_s_torch"] / row["prefill_s_jax"]
   row["decode_ratio"] = row["decode_tok_s_jax"] / row["decode_tok_s_torch"]
+  row["request_cpu_ratio"] = row["request_cpu_s_torch"] / row["request_cpu_s_jax"]
   return row
 
 
-# --------------------------------------------------------------------------------------------
-# Train step.
-
-
-def _timed(fn, batch):
-  t = time.perf_counter()
-  loss = fn(batch)
-  return time.perf_counter() - t, loss
-
-
-def bench_train(make_jax, make_torch, cfg, s: dict) -> dict:
-  """make_jax / make_torch: () -> a trainer (built lazily so the sequential mode holds one)."""
-  import harness
-
-  from qwenvl_jax.model.params import count_parameters
-
-  batch = harness.train_batch(cfg, s["rows"], s["seq_len"])
-  n_params = count_parameters(cfg)["total"]
-  sequential = s.get("sequential", False)
-  if sequential:
-    check_memory(n_params, "JAX train state", 12)  # the loaded weights are already resident
-  jt = make_jax()
-  compile_s = jt.compile(batch)
-  _progress(f"JAX train step compiled in {compile_s:.1f}s")
-  j_times, t_times, j_loss, t_loss = [], [], [], []
-  tt = None if sequential else make_torch()
-  for i in range(s["warmup"] + s["steps"]):
-    _progress(f"train step {i + 1}/{s['warmup'] + s['steps']}")
-    dj, lj = _timed(jt.step, batch)
-    j_loss.append(lj)
-    if i >= s["warmup"]:
-      j_times.append(dj)
-    if not sequential:
-      dt, lt = _timed(tt.step, batch)
-      t_loss.append(lt)
-      if i >= s["warmup"]:
-        t_times.append(dt)
-  if sequential:
-    del jt
-    harness.free_memory()
-    check_memory(n_params, "PyTorch train state")
-    tt = make_torch()
-    for i in range(s["warmup"] + s["steps"]):
-      _progress(f"torch train step {i + 1}/{s['warmup'] + s['steps']}")
-      dt, lt = _timed(tt.step, batch)
-      t_loss.append(lt)
-      if i >= s["warmup"]:
-        t_times.append(dt)
-  del tt
+def bench_train(spec: str, ck, s: dict, threads: int, workdir: pathlib.Path) -> dict:
+  n_params = count_params(ck.cfg)
+  n = s["warmup"] + s["steps"]
+  if s.get("sequential"):  # one train state at a time
+    runs, workers = [], []
+    for side in ("jax", "torch"):
+      check_memory(n_params, f"{side} train state")
+      workers.append(Worker(side, "train", spec, ck, s, threads, workdir))
+      try:
+        runs.append(alternate(workers[-1:], n, f"{side} train step")[0])
+      finally:
+        workers[-1].close()
+    j, t = runs
+    info = workers[0].info
+  else:
+    check_memory(n_params, "train (both states)", 32)
+    sides = [Worker(side, "train", spec, ck, s, threads, workdir) for side in ("jax", "torch")]
+    try:
+      j, t = alternate(sides, n, "train step")
+    finally:
+      for w in sides:
+        w.close()
+    info = sides[0].info
+  js, ts = _side_stats(j, s["warmup"]), _side_stats(t, s["warmup"])
   tokens = s["rows"] * s["seq_len"]
   row = dict(rows=s["rows"], seq_len=s["seq_len"], steps=s["steps"], warmup=s["warmup"],
-             interleaved=not sequential, jax_compile_s=compile_s,
-             step_s_jax=_median(j_times), step_s_torch=_median(t_times),
-             losses_jax=j_loss, losses_torch=t_loss,
-             max_loss_diff=max(abs(a - b) for a, b in zip(j_loss, t_loss)))
+             interleaved=not s.get("sequential"), jax_compile_s=info["compile_s"],
+             step_s_jax=js["wall_s"], step_s_torch=ts["wall_s"],
+             step_cpu_s_jax=js["cpu_s"], step_cpu_s_torch=ts["cpu_s"],
+             losses_jax=[r["loss"] for r in j], losses_torch=[r["loss"] for r in t])
+  row["max_loss_diff"] = max(abs(a - b) for a, b in zip(row["losses_jax"], row["losses_torch"]))
   row["tokens_s_jax"] = tokens / row["step_s_jax"]
   row["tokens_s_torch"] = tokens / row["step_s_torch"]
   row["ratio"] = row["step_s_torch"] / row["step_s_jax"]
+  row["cpu_ratio"] = row["step_cpu_s_torch"] / row["step_cpu_s_jax"]
   return row
 
 
-def bench_config(name: str, s: dict, workdir: pathlib.Path) -> dict:
-  import harness
-  from qwenvl_jax.config import load_model_config
+def count_params(cfg) -> int:
   from qwenvl_jax.model.params import count_parameters
 
-  cfg = load_model_config(config_spec(name)[1])
+  return count_parameters(cfg)["total"]
+
+
+def bench_config(name: str, s: dict, workdir: pathlib.Path, threads: int) -> dict:
+  import harness
+  from qwenvl_jax.config import load_model_config
+
+  spec = config_spec(name)[1]
+  cfg = load_model_config(spec)
   _progress(f"{name}: writing the random HF checkpoint and converting it")
-  ck = harness.write_checkpoints(cfg, workdir, name)
-  out = dict(config=name, config_spec=f"configs/{config_spec(name)[1]}",
-             params=count_parameters(cfg)["total"], load_before=_load())
-  jax_model, torch_model = harness.load_jax(ck), harness.load_torch(ck)
-  out["generate"] = bench_generate(jax_model, torch_model, s)
-  del torch_model
-  harness.free_memory()
-  # The JAX trainer takes the loaded model's arrays (donated to the step): no second copy.
-  holder = [jax_model]
-  del jax_model
-
-  def make_jax():
-    return harness.JaxTrainer(holder.pop())
-
+  ck = harness.write_checkpoints(cfg, workdir, name.replace(":", "_"))
+  out = dict(config=name, config_spec=f"configs/{spec}", params=count_params(cfg), load_before=_load())
+  out["generate"] = bench_generate(spec, ck, s, threads, workdir)
   try:
-    out["train"] = bench_train(make_jax, lambda: harness.TorchTrainer(harness.load_torch(ck)), cfg, s)
+    out["train"] = bench_train(spec, ck, s, threads, workdir)
   except MemoryError as e:  # keep the generation figures; the table says why train is missing
     _progress(str(e))
     out["train"] = dict(skipped=str(e))
-  holder.clear()
-  harness.free_memory()
   out["load_after"] = _load()
   return out
 
@@ -240,25 +258,26 @@ def compile_7b(topology: str, timeout: int) -> dict:
 
 
 def table(results: list[dict]) -> str:
-  head = (f"{'config':<6}{'params':>8} | {'train s/step jax':>16}{'torch':>8}{'ratio':>7}"
+  head = (f"{'config':<6}{'params':>8} | {'train s/step jax':>16}{'torch':>8}{'ratio':>7}{'cpu ratio':>10}"
           f"{'compile s':>10}{'loss diff':>10} | {'prefill ms jax':>14}{'torch':>8}{'ratio':>7} | "
-          f"{'decode tok/s jax':>16}{'torch':>8}{'ratio':>7} same tokens")
+          f"{'decode tok/s jax':>16}{'torch':>8}{'ratio':>7}{'cpu ratio':>10} same tokens")
   lines = [head, "-" * len(head)]
   for r in results:
     tr, g = r["train"], r["generate"]
     if "skipped" in tr:
-      train = f"{'(not run: memory)':>51}"
+      train = f"{'(not run: memory)':>61}"
     else:
       mode = "" if tr["interleaved"] else "*"
       train = (f"{tr['step_s_jax']:>16.3f}{tr['step_s_torch']:>8.3f}{tr['ratio']:>6.2f}x{mode}"
-               f"{tr['jax_compile_s']:>{10 - len(mode)}.1f}{tr['max_loss_diff']:>10.1e}")
+               f"{tr['cpu_ratio']:>{9 - len(mode)}.2f}x{tr['jax_compile_s']:>10.1f}{tr['max_loss_diff']:>10.1e}")
     lines.append(
         f"{r['config']:<6}{r['params'] / 1e6:>7.1f}M | {train} | "
         f"{1e3 * g['prefill_s_jax']:>14.1f}{1e3 * g['prefill_s_torch']:>8.1f}{g['prefill_ratio']:>6.2f}x | "
-        f"{g['decode_tok_s_jax']:>16.1f}{g['decode_tok_s_torch']:>8.1f}{g['decode_ratio']:>6.2f}x "
-        f"{'yes' if g['tokens_equal'] else 'NO'}")
-  lines.append("ratio = JAX speed-up (torch time / JAX time; > 1: JAX faster). "
-               "* = sides run one after the other (memory), not interleaved.")
+        f"{g['decode_tok_s_jax']:>16.1f}{g['decode_tok_s_torch']:>8.1f}{g['decode_ratio']:>6.2f}x"
+        f"{g['request_cpu_ratio']:>9.2f}x {'yes' if g['tokens_equal'] else 'NO'}")
+  lines.append("ratio = JAX speed-up (torch / JAX; > 1: JAX faster), wall-clock medians; cpu ratio = the same "
+               "for CPU seconds of the step / of the whole request (prefill + decode).\n"
+               "* = the sides ran one after the other (memory), not interleaved.")
   return "\n".join(lines)
 
 
@@ -329,7 +348,7 @@ def main(argv=None):
       s = dict(SETTINGS[config_spec(name)[0]], **(QUICK if args.quick else {}))
       if args.steps:
         s["steps"] = args.steps
-      results.append(bench_config(name, s, workdir))
+      results.append(bench_config(name, s, workdir, args.threads))
       print(table(results[-1:]).splitlines()[2], flush=True)
       partial = pathlib.Path(args.out).with_suffix(".partial.json")
       partial.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
                               --orbax DIR [--rows R --seq-len T | --prompt-len P --new-tokens N]
                               [--threads 1]
 
-Prints {"ready": ..., "setup_s": ...} once built (JAX: compiled), then for every "run" line one JSON
+Prints {"ready": true, "setup_s": ..., "compile_s": ...} once built (JAX: compiled), then for every "run" line one JSON
 line with wall and CPU seconds (`time.process_time`: all threads of this process, so a busy-waiting
 thread pool counts against its own side) and the result; "quit" ends it. Why a process per side:
 in one process the idle side's thread pools (XLA's spin-waiting workers) would steal CPU from the
@@ -27,7 +27,7 @@ def _xla_single_thread():
 
 
 def build(args):
-  """-> (setup seconds, run() -> dict)."""
+  """-> (info dict, run() -> dict)."""
   import harness
   from qwenvl_jax.config import load_model_config
 
@@ -41,7 +41,8 @@ def build(args):
       trainer.compile(batch)
     else:
       trainer = harness.TorchTrainer(harness.load_torch(ck))
-    return time.perf_counter() - t0, lambda: dict(loss=trainer.step(batch))
+    info = dict(setup_s=time.perf_counter() - t0, compile_s=getattr(trainer, "compile_s", None))
+    return info, lambda: dict(loss=trainer.step(batch))
 
   from generate_speed import _prompts, jax_runner, torch_runner
 
@@ -50,15 +51,18 @@ def build(args):
     from qwenvl_jax.infer.generate import Generator
 
     gen = Generator(harness.load_jax(ck), pad_id=0, stop_ids=(), valid_vocab=cfg.llm.vocab_size)
-    runner = jax_runner(gen, ids, images, args.new_tokens)  # compiles
+    t1 = time.perf_counter()
+    runner = jax_runner(gen, ids, images, args.new_tokens)  # compiles (one warm-up request)
+    compile_s = time.perf_counter() - t1
   else:
     runner = torch_runner(harness.load_torch(ck), ids, images, args.new_tokens)
+    compile_s = None
 
   def run():
     prefill_s, tok_s, tokens = runner()
     return dict(prefill_s=prefill_s, decode_tok_s=tok_s, tokens=tokens)
 
-  return time.perf_counter() - t0, run
+  return dict(setup_s=time.perf_counter() - t0, compile_s=compile_s), run
 
 
 def main(argv=None):
@@ -81,9 +85,9 @@ def main(argv=None):
   import torch
 
   torch.set_num_threads(args.threads)
-  setup_s, run = build(args)
+  info, run = build(args)
   out = sys.stdout
-  print(json.dumps(dict(ready=True, setup_s=setup_s)), file=out, flush=True)
+  print(json.dumps(dict(ready=True, **info)), file=out, flush=True)
   for line in sys.stdin:
     if line.strip() != "run":
       break

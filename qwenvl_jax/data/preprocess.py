@@ -27,7 +27,8 @@ class CorruptImageError(ValueError):
   """An image is missing, unreadable, corrupt or truncated; `name` says which one."""
 
   def __init__(self, name: str, reason: str):
-    super().__init__(f"corrupt image {name}: {reason}")
+    what = "missing image" if reason == "file not found" else "corrupt image"
+    super().__init__(f"{what} {name}: {reason}")
     self.name = name
     self.reason = reason
 

@@ -76,7 +76,7 @@ def test_interactive_chat_two_images_two_turns(ckpt_dir, picture_paths, tmp_path
   assert re.search(r"Assistant: ", first), first
   term.send(f"/image {tmp_path / 'missing.png'}")  # an error is one line and the chat goes on
   err = term.expect(r"User> ")
-  assert "error: corrupt image" in err and "missing.png" in err and "Traceback" not in err
+  assert "error: missing image" in err and "missing.png" in err and "Traceback" not in err
   term.send(f"/image {b}")
   assert f"Picture 2: {b}" in term.expect(r"User> ")  # numbering continues across turns
   term.send("and in this one?")
