@@ -29,6 +29,16 @@ BENCH_OPTIM = OptimConfig(peak_lr=1e-3, min_lr=0.0, warmup_steps=0, weight_decay
 BENCH_STEPS = 10 ** 6
 
 
+def pin_to_one_core():
+  """One core for this process, before jax / torch are imported: XLA sizes its intra-op pool (the
+  `outer_dimension_partitions` of its CPU kernels) by the schedulable CPUs, so this is what makes it
+  single-threaded like `torch.set_num_threads(1)`; both sides get the same core."""
+  import os
+
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+
+
 def train_batch(cfg: ModelConfig, rows: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
   """Full rows (no padding, one segment) with one image each: `<img> pad*Q </img>` after 3 text
   tokens; targets are the text tokens. Follows the contract of `train/batch.py`."""

@@ -118,12 +118,12 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=1)
   p.add_argument("--top", type=int, default=12)
   args = p.parse_args(argv)
+  import harness
+
   if args.threads == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                               " intra_op_parallelism_threads=1")
+    harness.pin_to_one_core()
   import torch
 
-  import harness
   from run_all import config_spec
   from qwenvl_jax.config import load_model_config
 

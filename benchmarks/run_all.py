@@ -20,7 +20,8 @@ so both see the same machine load while only one works at a time (in one process
 worker threads took CPU from PyTorch's timed steps). Besides wall-clock time each run reports its
 process CPU seconds: on this shared 2-core machine (load average often 10+) CPU time is the steadier
 measure of work, wall time the one a user sees. Ratios are JAX's speed-up: torch / JAX (> 1: JAX
-faster). Threads: both sides get `--threads` intra-op threads (default 1: with 2 threads on an
+faster). Threads: both sides get `--threads` intra-op threads (default 1, each worker pinned to the
+same core, which is also what makes XLA single-threaded: with 2 threads on an
 oversubscribed machine OpenMP barriers wait for descheduled threads, which made PyTorch's tiny
 decode 30x slower than with 1 thread). At 1b the two train states (~17 GB each) do not fit together
 in memory: the JAX steps run first, then the PyTorch ones ("*" in the table), and the run refuses
@@ -313,8 +314,8 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true", help=f"fewer steps/repeats: {QUICK}")
   p.add_argument("--steps", type=int, help="timed train steps (overrides the per-config default)")
   p.add_argument("--threads", type=int, default=1,
-                 help="intra-op threads of both sides (torch.set_num_threads; XLA's CPU client is "
-                      "made single-threaded for 1, else it uses one thread per core)")
+                 help="intra-op threads of both sides (1: each worker is pinned to the same single "
+                      "core, which also makes XLA single-threaded; else XLA uses every core)")
   p.add_argument("--with-7b-compile", action="store_true")
   p.add_argument("--topology", default="v5p:2x2x1")
   p.add_argument("--out", default=str(ROOT / "experiments/results/benchmarks.json"))
@@ -325,21 +326,17 @@ def main(argv=None):
   if unknown:
     p.error(f"unknown config(s) {unknown}; known: {sorted(CONFIG_FILES)}")
 
-  if args.threads == 1:  # before jax is imported
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                               " intra_op_parallelism_threads=1")
   import jax
   import torch
 
-  torch.set_num_threads(args.threads)
   machine = dict(host=platform.node(), cpu=platform.processor() or platform.machine(),
-                 cores=os.cpu_count(), torch_threads=torch.get_num_threads(), jax=jax.__version__,
+                 cores=os.cpu_count(), threads=args.threads, jax=jax.__version__,
                  torch=torch.__version__, jax_device=str(jax.devices()[0].device_kind),
                  mem_gb=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
-                 xla_flags=os.environ.get("XLA_FLAGS", ""), dtype="float32", quick=args.quick,
+                 dtype="float32", quick=args.quick,
                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
   print(f"# {machine['host']}: {machine['cores']} cores, {machine['mem_gb']} GiB | jax {machine['jax']} "
-        f"({machine['jax_device']}) | torch {machine['torch']}, {machine['torch_threads']} threads | "
+        f"({machine['jax_device']}) | torch {machine['torch']}, {machine['threads']} thread(s) per side | "
         f"fp32 | load {_load()}", flush=True)
   results = []
   with tempfile.TemporaryDirectory(prefix="bench_") as tmp:

@@ -21,11 +21,6 @@ import sys
 import time
 
 
-def _xla_single_thread():
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                             " intra_op_parallelism_threads=1")
-
-
 def build(args):
   """-> (info dict, run() -> dict)."""
   import harness
@@ -79,9 +74,11 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=1)
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  if args.threads == 1:
-    _xla_single_thread()
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+  if args.threads == 1:
+    import harness
+
+    harness.pin_to_one_core()
   import torch
 
   torch.set_num_threads(args.threads)

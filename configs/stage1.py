@@ -21,17 +21,17 @@ VALUES = {
                  # 30720 / (chips x rows per chip), e.g. 240 on a 4-chip v5p (checked with
                  # `qwenvl-jax aot`, WORKSPACE.md). Full remat (Table 8 has none) and scanned layers.
                  model=dict(remat="full", scan_layers=True),
-                 data=dict(source="array_record", paths=(), tokenizer="", format="pretrain",
+                 data=dict(source="array_record", paths=(), tokenizer="", tfds_dir="", format="pretrain",
                            tasks=("caption",), layout="unpacked", max_images=1, num_workers=8)),
     "tiny": dict(stage=1, image_size=28, seq_len=32, batch_size=16, grad_accum=2, steps=20,
                  peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=FROZEN, checkpoint_every=10,
                  log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
-                 data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                 data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="pretrain",
                            tasks=("caption",), layout="unpacked", max_images=1, num_workers=0)),
     "small": dict(stage=1, image_size=112, seq_len=128, batch_size=32, grad_accum=2, steps=1000,
                   peak_lr=1e-3, min_lr=1e-5, warmup_steps=50, frozen=FROZEN, checkpoint_every=200,
                   mesh=dict(data=1, fsdp=-1, tensor=1),
-                  data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                  data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="pretrain",
                             tasks=("caption",), layout="unpacked", max_images=1, num_workers=0)),
 }
 

@@ -22,17 +22,17 @@ VALUES = {
                  # 95 GiB: `qwenvl-jax aot`, WORKSPACE.md). Full remat, scanned layers.
                  mesh=dict(data=1, fsdp=-1, tensor=2),
                  model=dict(remat="full", scan_layers=True),
-                 data=dict(source="array_record", paths=(), tokenizer="", format="pretrain",
+                 data=dict(source="array_record", paths=(), tokenizer="", tfds_dir="", format="pretrain",
                            tasks=TASKS, layout="packed", max_images=7, num_workers=8)),
     "tiny": dict(stage=2, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,
                  peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=(), checkpoint_every=10,
                  log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
-                 data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                 data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="pretrain",
                            tasks=TASKS, layout="packed", max_images=2, num_workers=0)),
     "small": dict(stage=2, image_size=224, seq_len=256, batch_size=32, grad_accum=2, steps=1000,
                   peak_lr=5e-4, min_lr=1e-5, warmup_steps=50, frozen=(), checkpoint_every=200,
                   mesh=dict(data=1, fsdp=-1, tensor=1),
-                  data=dict(source="synthetic", paths=(), tokenizer="", format="pretrain",
+                  data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="pretrain",
                             tasks=TASKS, layout="packed", max_images=2, num_workers=0)),
 }
 

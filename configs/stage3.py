@@ -20,17 +20,17 @@ VALUES = {
                  # microbatch; `qwenvl-jax aot`, WORKSPACE.md).
                  mesh=dict(data=1, fsdp=-1, tensor=2),
                  model=dict(remat="full", scan_layers=True),
-                 data=dict(source="jsonl", paths=(), tokenizer="", format="chatml", layout="unpacked",
+                 data=dict(source="jsonl", paths=(), tokenizer="", tfds_dir="", format="chatml", layout="unpacked",
                            max_images=4, num_workers=8)),
     "tiny": dict(stage=3, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,
                  peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=FROZEN, checkpoint_every=10,
                  log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
-                 data=dict(source="synthetic", paths=(), tokenizer="", format="chatml",
+                 data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="chatml",
                            layout="unpacked", max_images=2, num_workers=0)),
     "small": dict(stage=3, image_size=224, seq_len=256, batch_size=32, grad_accum=2, steps=500,
                   peak_lr=1e-4, min_lr=1e-6, warmup_steps=50, frozen=FROZEN, checkpoint_every=100,
                   mesh=dict(data=1, fsdp=-1, tensor=1),
-                  data=dict(source="synthetic", paths=(), tokenizer="", format="chatml",
+                  data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="chatml",
                             layout="unpacked", max_images=2, num_workers=0)),
 }
 

@@ -104,7 +104,7 @@ def grounding_examples(eval_dir: pathlib.Path, heldout: pathlib.Path, path: path
 
 def three_stage_plots(work: pathlib.Path, results: pathlib.Path, report: dict):
   work, results = pathlib.Path(work), pathlib.Path(results)
-  loss_curves({f"stage {s}": work / f"stage{s}" for s in (1, 2, 3)}, results / "loss_curves.png",
+  loss_curves({f"stage {s}": work / f"stage{s}" for s in (0, 1, 2, 3)}, results / "loss_curves.png",
               "Three-stage training on synthetic data")
   metric_bars({int(k): v for k, v in report["stages"].items()}, results / "stage_metrics.png")
   grounding_examples(work / "eval_stage3", work / "data" / "heldout" / "shapes.jsonl",

@@ -5,7 +5,8 @@
 Writes under OUT:
   train/shapes.jsonl     shapes scenes (qwenvl_jax/data/synth/shapes.py, at most `max_objects` shapes)
   train/words.jsonl      one-word text images (experiments/easy_text.py)
-  train/chat.jsonl       short ChatML conversations about both (stage 3), 1-2 turns each
+  train/chat_*.jsonl     short ChatML conversations about both (stage 3), 1-2 turns each
+  train/text.jsonl       the training records' task texts without images (stage 0: the LLM)
   heldout/shapes.jsonl   a different seed: synth_grounding / synth_caption / synth_vqa
   heldout/words.jsonl    a different seed: synth_ocr (exact match on one word = word accuracy)
   corpus.txt, tokenizer/sp.model   the vocabulary, trained on the training text only
@@ -69,6 +70,16 @@ def short_conversations(record: dict, image_rel: str, turns: int, rng: np.random
   return {"id": record["id"], "conversations": out}
 
 
+def text_only(record: dict) -> list[str]:
+  """The record's task texts without the image (prompt after `</img>`, then the target, markup kept):
+  stage 0 pre-trains the LLM on them, standing in for the paper's pre-trained Qwen-7B."""
+  out = []
+  for _, prompt, target in tasks.examples(record):
+    prompt = prompt.split("</img>", 1)[-1]
+    out.append(f"{prompt}{target}")
+  return out
+
+
 def corpus_lines(record: dict):
   """The text the model will see for a record: task prompts and targets with the markup removed."""
   for _, prompt, target in tasks.examples(record):
@@ -85,8 +96,9 @@ def corpus_lines(record: dict):
 
 
 def write_set(records, path: pathlib.Path, chat_path=None, turns=2, seed=0, corpus=None,
-              progress=None) -> list[dict]:
-  """Writes raw records (images as files next to the JSONL); returns the first few for previews."""
+              progress=None, texts=None) -> list[dict]:
+  """Writes raw records (images as files next to the JSONL); returns the first few for previews.
+  `texts` (a list) collects the image-free task texts of every record."""
   rng = np.random.default_rng(seed)
   kept, chats = [], []
 
@@ -96,6 +108,8 @@ def write_set(records, path: pathlib.Path, chat_path=None, turns=2, seed=0, corp
         kept.append(dict(rec))
       if corpus is not None:
         corpus.extend(corpus_lines(rec))
+      if texts is not None:
+        texts.extend({"id": f"{rec['id']}/t{i}", "text": t} for i, t in enumerate(text_only(rec)))
       if chat_path is not None:
         chats.append(short_conversations(rec, f"images/{rec['id']}.png", turns, rng))
       if progress:
@@ -122,12 +136,15 @@ def prepare(out, settings: DataSettings = DataSettings(), log=print) -> dict:
   s = settings
   total = s.n_shapes + s.n_words + s.n_heldout_shapes + s.n_heldout_words
   corpus: list[str] = []
+  texts: list[dict] = []
   previews = []
   with tqdm(total=total, desc="synthetic data", unit="img", disable=None) as bar:
     previews += write_set(shapes_records(s.n_shapes, TRAIN_SEED, s), out / "train" / "shapes.jsonl",
-                          out / "train" / "chat_shapes.jsonl", s.chat_turns, 0, corpus, bar)
+                          out / "train" / "chat_shapes.jsonl", s.chat_turns, 0, corpus, bar, texts)
     previews += write_set(word_records(s.n_words, TRAIN_SEED, s), out / "train" / "words.jsonl",
-                          out / "train" / "chat_words.jsonl", s.chat_turns, 1, corpus, bar)
+                          out / "train" / "chat_words.jsonl", s.chat_turns, 1, corpus, bar, texts)
+  with (out / "train" / "text.jsonl").open("w", encoding="utf-8") as f:
+    f.writelines(json.dumps(t) + "\n" for t in texts)
     write_set(shapes_records(s.n_heldout_shapes, HELDOUT_SEED, s), out / "heldout" / "shapes.jsonl",
               progress=bar)
     write_set(word_records(s.n_heldout_words, HELDOUT_SEED, s), out / "heldout" / "words.jsonl",

@@ -1,12 +1,14 @@
 """The issue-11 reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
 
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
-      [--steps 1:120,2:450,3:120] [--eval-limit 150]
+      [--steps 0:300,1:200,2:800,3:150] [--eval-limit 150]
 
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
-2. Stage 1 (captions, 64 px, unpacked), stage 2 (7 pre-training tasks, 96 px, packed rows), stage 3
-   (ChatML, 96 px, ViT frozen), each initialised from the previous one (`--init`), with
+2. Stage 0 (the LLM alone on the task texts without images: there is no pre-trained Qwen-7B),
+   stage 1 (captions, 72 px, LLM frozen as in the paper), stage 2 (the pre-training tasks, 96 px,
+   packed rows, all trained), stage 3 (ChatML, 96 px, ViT frozen), each initialised from the
+   previous one (`--init`), with
    `qwenvl-jax train --config configs/experiments.py:stageN` (data via the grain pipeline's
    `make_train_iterator`; the tokenizer is copied into each workdir for eval / chat).
 3. After every stage `qwenvl-jax eval --task all` on the held-out sets: synth_grounding
@@ -28,12 +30,12 @@ from experiments import common
 
 TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl",
               "synth_vqa": "shapes.jsonl", "synth_ocr": "words.jsonl"}
-DEFAULT_STEPS = {1: 120, 2: 450, 3: 120}
+DEFAULT_STEPS = {0: 300, 1: 200, 2: 800, 3: 150}
 
 
 def stage_paths(data: pathlib.Path, stage: int) -> tuple[str, ...]:
   train = data / "train"
-  names = {1: ("shapes.jsonl",), 2: ("shapes.jsonl", "words.jsonl"),
+  names = {0: ("text.jsonl",), 1: ("shapes.jsonl",), 2: ("shapes.jsonl", "words.jsonl"),
            3: ("chat_shapes.jsonl", "chat_words.jsonl")}[stage]
   return tuple(str(train / n) for n in names)
 
@@ -89,7 +91,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--work", default="runs/exp11/full")
   p.add_argument("--results", default="experiments/results/three_stage")
-  p.add_argument("--steps", default="", help="per stage, e.g. 1:120,2:450,3:120")
+  p.add_argument("--steps", default="", help="per stage, e.g. 0:300,1:200,2:800,3:150")
   p.add_argument("--eval-limit", type=int, default=150)
   p.add_argument("--data-args", default="", help="extra flags for experiments.prepare_data")
   p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -117,7 +119,7 @@ def main(argv=None):
   root = eval_root(data, work / "evaldata")
 
   init = None
-  for stage in (1, 2, 3):
+  for stage in (0, 1, 2, 3):
     wd = work / f"stage{stage}"
     if (wd / "checkpoints" / str(steps[stage])).is_dir():  # finished before: rerunning resumes here
       print(f"stage {stage}: using the finished {wd}")
@@ -125,6 +127,9 @@ def main(argv=None):
       record(f"train_stage{stage}", common.run(
           train_cmd(stage, wd, data, manifest, steps[stage], init, args.overrides),
           logs / f"train_stage{stage}.log"))
+    init = wd
+    if stage == 0:  # the text-only LLM: nothing to evaluate on images
+      continue
     ev = common.run(eval_cmd(wd, root, work / f"eval_stage{stage}", args.eval_limit),
                     logs / f"eval_stage{stage}.log")
     record(f"eval_stage{stage}", ev)
@@ -133,7 +138,6 @@ def main(argv=None):
         "metrics": scores(ev["last_line"]), "steps": steps[stage],
         "final_loss_avg10": sum(m["loss"] for m in metrics[-10:]) / max(1, len(metrics[-10:])),
         "median_step_s": sorted(m["step_time_s"] for m in metrics)[len(metrics) // 2] if metrics else None}
-    init = wd
     print(json.dumps({stage: report["stages"][stage]["metrics"]}), flush=True)
 
   if not args.no_chat:

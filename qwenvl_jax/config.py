@@ -346,7 +346,7 @@ class OptimConfig:
     return self
 
 
-_DATA_SOURCES = ("synthetic", "jsonl", "array_record")
+_DATA_SOURCES = ("synthetic", "jsonl", "array_record", "tfds")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,6 +75,7 @@ class DataConfig:
   drop_remainder: bool = True
   layout: str = "unpacked"  # or "packed" (stage 2: several samples per row)
   pack_window: int = 64  # samples packed together; larger packs tighter, costs memory and latency
+  tfds_dir: str | None = None  # data_dir of prepared TFDS datasets named in `paths` as "tfds:NAME:SPLIT"
 
   def __post_init__(self):
     if isinstance(self.paths, (str, pathlib.Path)):
@@ -90,9 +91,31 @@ class DataConfig:
       raise ValueError("seq_len >= 8, batch_size >= 1, max_images >= 0 and pack_window >= 1 are required")
 
 
-def open_source(paths: Sequence[str]):
-  """A random-access record source: ArrayRecord files, or JSONL/JSON files read into memory."""
+class _ConcatRecords:
+  """Several random-access record sources read as one."""
+
+  def __init__(self, parts: Sequence):
+    self.parts = list(parts)
+    self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def __getitem__(self, i: int):
+    k = int(np.searchsorted(self.starts, i, side="right")) - 1
+    return self.parts[k][int(i) - int(self.starts[k])]
+
+
+def open_source(paths: Sequence[str], tfds_dir: str | None = None):
+  """A random-access record source: ArrayRecord files, prepared TFDS splits ("tfds:NAME:SPLIT"), or
+  JSONL/JSON files read into memory."""
   paths = [str(p) for p in paths]
+  if all(p.startswith(TFDS_PREFIX) for p in paths):
+    from qwenvl_jax.data.tfds_source import TfdsRecords
+    parts = [TfdsRecords(*p[len(TFDS_PREFIX):].split(":", 1), data_dir=tfds_dir or None) for p in paths]
+    return parts[0] if len(parts) == 1 else _ConcatRecords(parts)
+  if any(p.startswith(TFDS_PREFIX) for p in paths):
+    raise ValueError("mixing TFDS and file sources is not supported")
   if all(p.endswith(".array_record") for p in paths):
     return sources.ArrayRecordSource(paths)
   if any(p.endswith(".array_record") for p in paths):
@@ -318,7 +341,7 @@ def _shard(cfg: DataConfig) -> tuple[int, int]:
 
 def make_pipeline(cfg: DataConfig, source=None) -> Pipeline:
   """Builds the pipeline of the module docstring; `source` overrides `cfg.paths` (any sequence of records)."""
-  source = open_source(cfg.paths) if source is None else source
+  source = open_source(cfg.paths, cfg.tfds_dir) if source is None else source
   index, count = _shard(cfg)
   ds = grain.MapDataset.source(source).seed(cfg.seed)
   ds = ds[index::count]
@@ -349,8 +372,9 @@ def make_pipeline(cfg: DataConfig, source=None) -> Pipeline:
 # The `data` keys a stage config may hold for a record source. `fixed` belongs to the synthetic source.
 TRAIN_DATA_FIELDS = ("source", "paths", "tokenizer", "format", "tasks", "ocr_max_regions", "layout",
                      "pack_window", "max_images", "seed", "shuffle", "num_epochs", "num_workers",
-                     "read_threads", "read_prefetch", "worker_buffer", "fixed")
-_SOURCE_SUFFIX = {"jsonl": (".jsonl", ".json"), "array_record": (".array_record",)}
+                     "read_threads", "read_prefetch", "worker_buffer", "tfds_dir", "fixed")
+_SOURCE_SUFFIX = {"jsonl": (".jsonl", ".json"), "array_record": (".array_record",), "tfds": ()}
+TFDS_PREFIX = "tfds:"
 
 
 def _config_error(field: str, msg: str):
@@ -396,7 +420,9 @@ def data_config_for_training(config, process_index: int = 0, process_count: int 
   if not paths:
     raise _config_error("paths", f"no files given for source {source!r} (e.g. --set "
                                  f"\"data.paths=('train.jsonl',)\")")
-  for p in paths:
+  if source == "tfds":  # paths name prepared datasets: "NAME" or "NAME:SPLIT"
+    paths = tuple(TFDS_PREFIX + (p if ":" in p else f"{p}:train") for p in paths)
+  for p in paths if source != "tfds" else ():
     if not p.endswith(_SOURCE_SUFFIX[source]):
       raise _config_error("paths", f"{p} is not a {source} file ({' / '.join(_SOURCE_SUFFIX[source])})")
     if not pathlib.Path(p).is_file():
@@ -481,4 +507,7 @@ def make_train_iterator(config, process_index: int, process_count: int) -> Train
   of the records (record i goes to process i % process_count) and yields batch_size / process_count
   rows per step."""
   cfg = data_config_for_training(config, process_index, process_count)
-  return TrainIterator(make_pipeline(cfg))
+  try:
+    return TrainIterator(make_pipeline(cfg))
+  except FileNotFoundError as e:  # a TFDS dataset that is not prepared (files were checked above)
+    raise _config_error("paths", str(e)) from None

@@ -100,9 +100,10 @@ def read_raw(path) -> Iterator[dict]:
   """Raw records (schema in `data.synth`) from JSONL; "image" resolved to an absolute path."""
   path = pathlib.Path(path)
   for n, rec in _read_json_records(path):
-    if "id" not in rec or "image" not in rec:
-      raise SourceError(f"{path}:{n}: a raw record needs 'id' and 'image'")
-    rec["image"] = _resolve(path.parent, rec["image"])
+    if "id" not in rec or ("image" not in rec and "text" not in rec):
+      raise SourceError(f"{path}:{n}: a raw record needs 'id' and 'image' (or 'text': text only)")
+    if rec.get("image") is not None:
+      rec["image"] = _resolve(path.parent, rec["image"])
     yield rec
 
 
@@ -297,7 +298,7 @@ def image_sources(rec: dict) -> list:
   """The record's images as paths or bytes, in order: raw records have one, conversations a list."""
   if "conversations" in rec:
     return list(rec.get("images") or [])
-  return [rec["image"]]
+  return [rec["image"]] if rec.get("image") is not None else []  # text-only records (pure_text)
 
 
 def load_images(rec: dict):

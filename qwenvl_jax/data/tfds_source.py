@@ -115,30 +115,76 @@ def from_example(ex: dict) -> dict:
   }
 
 
+def _prepared_record(ex: dict, rid: str, image_key: str, text_keys: tuple[str, ...]) -> dict:
+  """A prepared TFDS example with an image feature -> a minimal raw record: the first of `text_keys`
+  present (nested dicts are searched one level) becomes the caption."""
+  from PIL import Image
+
+  if image_key not in ex:
+    raise KeyError(f"TFDS example {rid} has no image feature {image_key!r} (features: {sorted(ex)})")
+  arr = np.asarray(ex[image_key])
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+  caption = None
+  for scope in [ex] + [v for v in ex.values() if isinstance(v, dict)]:
+    for k in text_keys:
+      if k in scope:
+        v = scope[k]
+        v = v[0] if isinstance(v, (list, np.ndarray)) and len(v) else v
+        caption = _text(v)
+        break
+    if caption is not None:
+      break
+  return {"id": rid, "image": buf.getvalue(), "width": int(arr.shape[1]), "height": int(arr.shape[0]),
+          "caption": caption, "objects": [], "words": [], "qa": []}
+
+
+class TfdsRecords:
+  """Random access to a prepared TFDS split as raw records, for the grain pipeline.
+
+  The project's synthetic builders (`make_builder`) keep every field (boxes, words, QA); any other
+  dataset with an image feature gives caption records. The TFDS source is opened lazily so the object
+  pickles cheaply into grain worker processes.
+  """
+
+  def __init__(self, name: str, split: str = "train", data_dir: str | None = None, image_key: str = "image",
+               text_keys: tuple[str, ...] = ("caption", "text")):
+    self.name, self.split, self.data_dir = name, split, data_dir
+    self.image_key, self.text_keys = image_key, tuple(text_keys)
+    self._src = None
+    self._len = len(self._source())  # fails here, naming the dataset, if it is not prepared
+
+  def _source(self):
+    if self._src is None:
+      import tensorflow_datasets as tfds
+      try:
+        self._src = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir)
+      except Exception as e:  # TFDS raises several types for "not prepared" / "no such split"
+        raise FileNotFoundError(f"TFDS dataset {self.name}:{self.split} in {self.data_dir or 'the default dir'}"
+                                f" cannot be opened ({type(e).__name__}: {e})") from None
+    return self._src
+
+  def __getstate__(self):
+    return {**self.__dict__, "_src": None}
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> dict:
+    ex = self._source()[int(i)]
+    if "objects" in ex and "words" in ex:
+      return from_example(ex)
+    return _prepared_record(ex, f"{self.name}-{self.split}-{int(i)}", self.image_key, self.text_keys)
+
+
 def read_prepared(name: str, split: str = "train", data_dir: str | None = None, image_key: str = "image",
                   text_keys: tuple[str, ...] = ("caption", "text")) -> Iterator[dict]:
   """Any prepared TFDS dataset with an image feature -> minimal raw records {id, image, width, height,
   caption}: the first of `text_keys` present becomes the caption (nested dicts are searched one level)."""
   import tensorflow_datasets as tfds
-  from PIL import Image
 
   source = tfds.data_source(name, split=split, data_dir=data_dir)
   for i in range(len(source)):
-    ex = source[i]
-    arr = np.asarray(ex[image_key])
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-      arr = arr[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
-    caption = None
-    for scope in [ex] + [v for v in ex.values() if isinstance(v, dict)]:
-      for k in text_keys:
-        if k in scope:
-          v = scope[k]
-          v = v[0] if isinstance(v, (list, np.ndarray)) and len(v) else v
-          caption = _text(v)
-          break
-      if caption is not None:
-        break
-    yield {"id": f"{name}-{split}-{i}", "image": buf.getvalue(), "width": int(arr.shape[1]),
-           "height": int(arr.shape[0]), "caption": caption, "objects": [], "words": [], "qa": []}
+    yield _prepared_record(source[i], f"{name}-{split}-{i}", image_key, text_keys)

@@ -25,14 +25,14 @@ The TPU backend is initialised in compile-only mode; the local backend may stay 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 import os
 import re
 import time
 from typing import Any, Mapping
 
-from qwenvl_jax.config import ConfigError, MeshConfig, MESH_AXES
+from qwenvl_jax.config import MESH_AXES, MeshConfig
 from qwenvl_jax.perf import flops as perf_flops
 
 
@@ -187,15 +187,16 @@ def _check_mesh(mesh_shape: Mapping[str, int], target: Target, rows: int, what: 
 
 
 def _load(config) -> Any:
+  """A spec -> its ConfigDict; a ConfigDict -> a copy (overrides never leak to the caller's)."""
   from qwenvl_jax.config import load_config_dict
-  return load_config_dict(config) if isinstance(config, str) else config
+  return load_config_dict(config) if isinstance(config, str) else copy.deepcopy(config)
 
 
 # --------------------------------------------------------------------------------------------
 # Training.
 
 
-def abstract_train_batch(setup, rows: int, seq_len: int, images_per_row: int, image_size: int,
+def abstract_train_batch(rows: int, seq_len: int, images_per_row: int, image_size: int,
                          batch_shardings) -> dict:
   """The batch contract of `train/batch.py` as ShapeDtypeStructs with the step's shardings."""
   import jax
@@ -222,8 +223,6 @@ def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None
   batch is the config's `batch_size` (the paper's) unless given; `microbatches` overrides its
   `grad_accum`; `images_per_row` defaults to the data section's `max_images`.
   """
-  import jax
-
   from qwenvl_jax.config import model_config_from_dict, mesh_config_from_dict, train_config_from_dict
   from qwenvl_jax.sharding import create_mesh
   from qwenvl_jax.train import step as step_lib
@@ -251,7 +250,7 @@ def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None
 
   setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh_obj)
   train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
-  batch = abstract_train_batch(setup, train_cfg.batch_size, train_cfg.seq_len, m_images, size,
+  batch = abstract_train_batch(train_cfg.batch_size, train_cfg.seq_len, m_images, size,
                                train_step.batch_shardings)
   t0 = time.perf_counter()
   lowered = train_step.lower(setup.abs_params, setup.abs_opt, setup.abs_buffers, batch)

@@ -219,3 +219,26 @@ def test_train_command_keeps_the_tokenizer_with_the_checkpoints(byte_vocab, shap
   assert ref.tokenizer_path.read_bytes() == open(byte_vocab, "rb").read()
   save_tokenizer(load_config_dict("configs/stage1.py:tiny"), tmp_path / "synthetic")  # no tokenizer
   assert not (tmp_path / "synthetic").exists()
+
+
+def test_prepared_tfds_datasets_feed_training(byte_vocab, tmp_path):
+  from qwenvl_jax.data import tfds_source
+  tfds_source.make_builder("shapes", 6, 0, seed=3, size=64, data_dir=str(tmp_path)).download_and_prepare()
+  tfds_source.make_builder("text", 4, 0, seed=3, size=64, data_dir=str(tmp_path)).download_and_prepare()
+  config = stage_config(1, byte_vocab, ["qwenvl_synth_shapes:train", "qwenvl_synth_text"],
+                        "data.source=tfds", f"data.tfds_dir={str(tmp_path)!r}", "data.tasks=('caption',)")
+  source = pipeline.open_source(pipeline.data_config_for_training(config).paths, str(tmp_path))
+  assert len(source) == 10
+  want = {r["id"]: r for r in list(synth.generate("shapes", 6, seed=3, size=64)) +
+          list(synth.generate("text", 4, seed=3, size=64))}
+  got = [source[i] for i in range(len(source))]
+  assert sorted(r["id"] for r in got) == sorted(want)
+  assert all(r["caption"] == want[r["id"]]["caption"] for r in got)
+  it = pipeline.make_train_iterator(config, 0, 1)
+  cfg = model_config_from_dict(config.model)
+  for batch in take(it, 3):
+    validate_batch(batch, 4, 128, cfg, check_spans=True)
+
+  missing = apply_overrides(config, ["data.paths=('qwenvl_synth_docs:train',)"])
+  with pytest.raises(ConfigError, match="data.paths.*qwenvl_synth_docs"):
+    pipeline.make_train_iterator(missing, 0, 1)

@@ -79,28 +79,28 @@ def _config_from_cmd(cmd):
   return apply_overrides(load_config_dict(argv[1]), sets)
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_stage_commands_give_valid_configs_that_agree_with_the_vocabulary(data_dir, tmp_path, stage):
   from qwenvl_jax.config import model_config_from_dict, train_config_from_dict
   from qwenvl_jax.infer.api import check_tokenizer
   from qwenvl_jax.text.tokenizer import load_tokenizer
 
   manifest = json.loads((data_dir / "manifest.json").read_text())
-  init = tmp_path / "prev" if stage > 1 else None
+  init = tmp_path / "prev" if stage > 0 else None
   cmd = three_stage.train_cmd(stage, tmp_path / "wd", data_dir, manifest, 30, init, [])
-  assert ("--init" in cmd) == (stage > 1)
+  assert ("--init" in cmd) == (stage > 0)
   config = _config_from_cmd(cmd)
   train_cfg = train_config_from_dict(config)
-  assert (train_cfg.stage, train_cfg.steps, train_cfg.optim.warmup_steps) == (stage, 30, 2)
+  assert (train_cfg.stage, train_cfg.steps, train_cfg.optim.warmup_steps) == (max(stage, 1), 30, 2)
   model = model_config_from_dict(config.model)
   check_tokenizer(model, load_tokenizer(manifest["tokenizer"]))
   assert all(pathlib.Path(p).is_file() for p in config.data.paths)
-  assert ("llm" in train_cfg.optim.frozen) is False  # from scratch: the LLM always trains
+  assert ("llm" in train_cfg.optim.frozen) == (stage == 1)  # frozen in stage 1, as in the paper
   assert ("visual" in train_cfg.optim.frozen) == (stage == 3)
   shlex.join(cmd)  # printable as the exact command
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_stage_data_become_contract_batches(data_dir, tmp_path, stage):
   from qwenvl_jax.config import model_config_from_dict
   from qwenvl_jax.data.pipeline import make_train_iterator
@@ -113,7 +113,8 @@ def test_stage_data_become_contract_batches(data_dir, tmp_path, stage):
   batch = next(make_train_iterator(config, 0, 1))
   validate_batch(batch, 2, config.seq_len, model, check_spans=True)
   assert batch["loss_mask"].any(axis=1).all()
-  if stage == 2:  # packed rows hold several samples
+  assert ("images" in batch) == (stage > 0)  # stage 0 is text only
+  if stage in (0, 2):  # packed rows hold several samples
     assert batch["segment_ids"].max() >= 2
 
 
@@ -139,12 +140,12 @@ def test_three_stage_driver_end_to_end(tmp_path):
   """Data, three stages, evals, chat and plots at a trivial size (a few minutes on 2 cores)."""
   results = tmp_path / "results"
   rc = three_stage.main(["--work", str(tmp_path / "work"), "--results", str(results),
-                         "--steps", "1:2,2:2,3:2", "--eval-limit", "2", "--set", "batch_size=4",
+                         "--steps", "0:2,1:2,2:2,3:2", "--eval-limit", "2", "--set", "batch_size=4",
                          "--data-args", "--n-shapes 12 --n-words 12 --n-heldout-shapes 2 "
                                         "--n-heldout-words 2 --sp-vocab 400"])
   assert rc == 0
   report = json.loads((results / "three_stage.json").read_text())
-  assert sorted(report["stages"]) == ["1", "2", "3"]
+  assert sorted(report["stages"]) == ["1", "2", "3"]  # stage 0 (text only) is not evaluated
   for stage in report["stages"].values():
     assert set(stage["metrics"]) == set(three_stage.TASK_FILES)
   for png in ("loss_curves.png", "stage_metrics.png", "grounding_examples.png", "chat_boxes.png"):

@@ -4,7 +4,6 @@ Default tests compile the tiny config for local CPU devices; compiling for a TPU
 libtpu, and the 7B model, are slow-marked.
 """
 
-import dataclasses
 
 import pytest
 
