@@ -3,10 +3,14 @@
 One conversation per image: the picture is introduced in the first user turn ("Picture 1: <img>..</img>\\n"),
 then its caption, questions, grounding requests and text reading follow as turns. The wording of the
 grounding and reading requests is ours (the paper does not publish its instructions); answers use the
-same markup as pre-training (`<ref>..</ref><box>..</box>`).
+same markup as pre-training (`<ref>..</ref><box>..</box>`). The turn order is rotated by a hash of the
+record id, so every kind of request also opens a conversation (a one-shot grounding question is then
+something the model has seen).
 """
 
 from __future__ import annotations
+
+import zlib
 
 from qwenvl_jax.data import tasks
 from qwenvl_jax.text import boxes as box_lib
@@ -33,6 +37,8 @@ def to_conversation(record: dict, image_path: str | None = None, max_words: int 
   turns = _turns(record, max_words)
   if not turns:
     raise tasks.TaskNotApplicable(f"record {record.get('id')}: nothing to converse about")
+  first = zlib.crc32(str(record["id"]).encode()) % len(turns)  # stable across runs, unlike hash()
+  turns = turns[first:] + turns[:first]
   path = image_path if image_path is not None else tasks.image_ref(record)
   conv = []
   for i, (q, a) in enumerate(turns):
