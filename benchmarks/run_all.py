@@ -23,9 +23,10 @@ measure of work, wall time the one a user sees. Ratios are JAX's speed-up: torch
 faster). Threads: both sides get `--threads` intra-op threads (default 1, each worker pinned to the
 same core, which is also what makes XLA single-threaded: with 2 threads on an
 oversubscribed machine OpenMP barriers wait for descheduled threads, which made PyTorch's tiny
-decode 30x slower than with 1 thread). At 1b the two train states (~17 GB each) do not fit together
-in memory: the JAX steps run first, then the PyTorch ones ("*" in the table), and the run refuses
-(with the reason, keeping the generation figures) when MemAvailable is short.
+decode 30x slower than with 1 thread). At 1b sizes the two train states (16 B/param + temporaries;
+the JAX step peaked at 21.7 GB for 1.05B) do not fit together: the JAX steps run first, then the
+PyTorch ones ("*" in the table); a phase is refused when MemAvailable is short, and a refused or
+killed train phase is recorded with its reason while the generation figures are kept.
 
 `--with-7b-compile` also times the AOT compile of the 7B stage-2 train step for a TPU topology
 (`--topology`; `perf.aot` through compile_7b.py). Writes the JSON and a PNG bar chart of the ratios
@@ -82,9 +83,10 @@ def _available_gib() -> float:
   return int(info["MemAvailable"]) / 2 ** 20
 
 
-def check_memory(n_params: int, what: str, bytes_per_param: int = 16):
-  """fp32 training holds ~16 bytes per parameter (weights, gradients, Adam moments) + activations;
-  refuse to start (clear error) rather than push a shared machine into the OOM killer."""
+def check_memory(n_params: int, what: str, bytes_per_param: int = 21):
+  """fp32 training holds 16 bytes per parameter (weights, gradients, Adam moments) plus XLA's
+  temporaries: the JAX step peaked at 21.7 GB RSS for 1.05B parameters (~21 B/param) when the OOM
+  killer stopped it. Refuse to start (clear error) rather than push a shared machine into it."""
   need = bytes_per_param * n_params / 2 ** 30 + 1.5
   have = _available_gib()
   if have < need:
@@ -186,7 +188,7 @@ def bench_train(spec: str, ck, s: dict, threads: int, workdir: pathlib.Path) -> 
     j, t = runs
     info = workers[0].info
   else:
-    check_memory(n_params, "train (both states)", 32)
+    check_memory(n_params, "train (both states)", 2 * 21)
     sides = [Worker(side, "train", spec, ck, s, threads, workdir) for side in ("jax", "torch")]
     try:
       j, t = alternate(sides, n, "train step")
@@ -227,9 +229,9 @@ def bench_config(name: str, s: dict, workdir: pathlib.Path, threads: int) -> dic
   out["generate"] = bench_generate(spec, ck, s, threads, workdir)
   try:
     out["train"] = bench_train(spec, ck, s, threads, workdir)
-  except MemoryError as e:  # keep the generation figures; the table says why train is missing
-    _progress(str(e))
-    out["train"] = dict(skipped=str(e))
+  except (MemoryError, RuntimeError) as e:  # refused, or a worker died (OOM killer): keep the
+    _progress(str(e))                        # generation figures; the table says why
+    out["train"] = dict(skipped=str(e)[:500])
   out["load_after"] = _load()
   return out
 
@@ -266,7 +268,7 @@ def table(results: list[dict]) -> str:
   for r in results:
     tr, g = r["train"], r["generate"]
     if "skipped" in tr:
-      train = f"{'(not run: memory)':>61}"
+      train = f"{'(not run: memory, see JSON)':>61}"
     else:
       mode = "" if tr["interleaved"] else "*"
       train = (f"{tr['step_s_jax']:>16.3f}{tr['step_s_torch']:>8.3f}{tr['ratio']:>6.2f}x{mode}"
@@ -299,8 +301,9 @@ def plot(results: list[dict], path: pathlib.Path):
     bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
     ax.bar_label(bars, fmt="%.2f", fontsize=7)
   ax.axhline(1.0, color="k", lw=0.8)
+  ax.set_yscale("log")  # ratios span 0.3x .. 40x
   ax.set_xticks(x, names)
-  ax.set_ylabel("JAX speed-up over PyTorch (x)")
+  ax.set_ylabel("JAX speed-up over PyTorch (x, log)")
   ax.set_title("JAX vs PyTorch, fp32 on CPU (higher = JAX faster)")
   ax.legend(fontsize=8)
   fig.tight_layout()

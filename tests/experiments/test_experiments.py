@@ -150,3 +150,12 @@ def test_three_stage_driver_end_to_end(tmp_path):
     assert set(stage["metrics"]) == set(three_stage.TASK_FILES)
   for png in ("loss_curves.png", "stage_metrics.png", "grounding_examples.png", "chat_boxes.png"):
     assert (results / png).is_file()
+
+
+def test_probe_spread_separates_image_independent_features():
+  from experiments.probe_vision import spread
+  rng = np.random.default_rng(0)
+  same = np.broadcast_to(rng.normal(size=(1, 16, 8)), (4, 16, 8))  # every image gives the same features
+  varied = rng.normal(size=(4, 16, 8))
+  assert spread(same)["across"] == 0 and spread(same)["overall"] > 0.5
+  assert abs(spread(varied)["across"] - 1.0) < 0.3
