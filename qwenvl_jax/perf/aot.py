@@ -59,6 +59,7 @@ class Target:
   device_kind: str
   peak_flops: float | None
   hbm_bytes: float | None
+  hbm_bandwidth: float | None = None
 
   @property
   def chips(self) -> int:
@@ -100,7 +101,7 @@ def resolve_target(topology: str, hbm_bytes: float | None = None) -> Target:
     raise AOTError(f"libtpu cannot build topology '{topology}': {e}") from e
   spec = perf_flops.TPU_SPECS[kind]
   return Target(topology, tuple(devices), kind, spec["peak_flops"],
-                hbm_bytes if hbm_bytes is not None else spec["hbm_bytes"])
+                hbm_bytes if hbm_bytes is not None else spec["hbm_bytes"], spec["hbm_bandwidth"])
 
 
 def parse_mesh(text: str) -> MeshConfig:
@@ -168,15 +169,21 @@ def _xla_flops(compiled, chips: int) -> float | None:
   return None if per_chip is None else per_chip * chips  # per-chip program, summed over chips
 
 
-def _prediction(model: float, program: float, target: Target, assumed_mfu: float) -> dict:
+def _prediction(model: float, program: float, target: Target, assumed_mfu: float,
+                memory: dict | None = None) -> dict:
+  """FLOP-based bound and estimate; plus, where the chip's HBM bandwidth is known, the time to read
+  every argument byte once (weights, optimizer state, KV cache), which bounds decode steps."""
   peak = target.peak_flops
   if not peak:
     return dict(peak_flops_per_chip=None, assumed_mfu=assumed_mfu)
   total_peak = peak * target.chips
-  return dict(peak_flops_per_chip=peak, assumed_mfu=assumed_mfu,
-              time_bound_s=program / total_peak,
-              mfu_at_bound=model / program if program else None,
-              time_estimate_s=model / (total_peak * assumed_mfu))
+  out = dict(peak_flops_per_chip=peak, assumed_mfu=assumed_mfu,
+             time_bound_s=program / total_peak,
+             mfu_at_bound=model / program if program else None,
+             time_estimate_s=model / (total_peak * assumed_mfu))
+  if target.hbm_bandwidth and memory and memory.get("arguments"):
+    out["time_memory_bound_s"] = memory["arguments"] / target.hbm_bandwidth
+  return out
 
 
 def _check_mesh(mesh_shape: Mapping[str, int], target: Target, rows: int, what: str):
@@ -276,7 +283,7 @@ def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None
       flops=dict(model=model, program=program.flops,
                  program_unknown_loops=program.unknown_trip_counts,
                  xla_cost_analysis=_xla_flops(compiled, target.chips)),
-      prediction=_prediction(model, program.flops, target, assumed_mfu),
+      prediction=_prediction(model, program.flops, target, assumed_mfu, memory),
       tokens_per_step=train_cfg.batch_size * train_cfg.seq_len,
       seconds=dict(lower=lower_s, compile=compile_s))
 
@@ -337,7 +344,7 @@ def compile_inference(config, topology: str, *, mesh: MeshConfig | str | None = 
         flops=dict(model=model_flops, program=program.flops,
                    program_unknown_loops=program.unknown_trip_counts,
                    xla_cost_analysis=_xla_flops(compiled, target.chips)),
-        prediction=_prediction(model_flops, program.flops, target, assumed_mfu),
+        prediction=_prediction(model_flops, program.flops, target, assumed_mfu, memory),
         tokens_per_step=tokens, seconds=dict(compile=compile_s)))
     log(f"{name}: compiled in {compile_s:.1f}s")
 
@@ -430,13 +437,17 @@ def format_report(r: dict) -> str:
            ("XLA cost analysis", f"{_num(fl['xla_cost_analysis'], 'FLOP')} (counts each loop body "
                                  f"once)")]
   if pred.get("peak_flops_per_chip"):
+    slowest = max(pred["time_estimate_s"], pred.get("time_memory_bound_s") or 0)
     rows += [("peak", f"{_num(pred['peak_flops_per_chip'], 'FLOP/s')} bf16 per chip"),
              ("step time bound", f"{_seconds(pred['time_bound_s'])} (program FLOPs at 100% of peak;"
                                  f" MFU there = {pred['mfu_at_bound']:.0%})"),
+             *([("HBM read bound", f"{_seconds(pred['time_memory_bound_s'])} (every argument byte "
+                                   f"read once at the chip's HBM bandwidth)")]
+               if pred.get("time_memory_bound_s") else []),
              ("step time estimate", f"{_seconds(pred['time_estimate_s'])} (model FLOPs at "
                                     f"{pred['assumed_mfu']:.0%} MFU, assumed)"),
-             ("throughput estimate", f"{r['tokens_per_step'] / pred['time_estimate_s']:,.0f} "
-                                     f"tokens/s")]
+             ("throughput estimate", f"{r['tokens_per_step'] / slowest:,.0f} tokens/s (the "
+                                     f"slower of the estimate and the HBM read bound)")]
   secs = r["seconds"]
   rows += [("compile time", (f"lower {secs['lower']:.1f}s, " if "lower" in secs else "")
                             + f"compile {secs['compile']:.1f}s")]

@@ -186,9 +186,10 @@ def program_matmul_flops(stablehlo_text: str) -> ProgramFlops:
 # Peak dense bf16 FLOP/s per chip (vendors' published specifications) and the HBM per chip a program may
 # use: what libtpu's compiler reports as available (its out-of-memory messages: 30.75G on v4, 95.74G on
 # v5p, 15.75G on v5e, i.e. the HBM less a reserve); v6e's is the published 32 GiB, not yet checked.
+# HBM bandwidth per chip (published) bounds steps that read more bytes than they compute (decode).
 TPU_SPECS = {
-    "TPU v4": dict(peak_flops=275e12, hbm_bytes=30.75 * 2**30),
-    "TPU v5 lite": dict(peak_flops=197e12, hbm_bytes=15.75 * 2**30),
-    "TPU v5": dict(peak_flops=459e12, hbm_bytes=95.74 * 2**30),
-    "TPU v6 lite": dict(peak_flops=918e12, hbm_bytes=32 * 2**30),
+    "TPU v4": dict(peak_flops=275e12, hbm_bytes=30.75 * 2**30, hbm_bandwidth=1.2e12),
+    "TPU v5 lite": dict(peak_flops=197e12, hbm_bytes=15.75 * 2**30, hbm_bandwidth=819e9),
+    "TPU v5": dict(peak_flops=459e12, hbm_bytes=95.74 * 2**30, hbm_bandwidth=2.765e12),
+    "TPU v6 lite": dict(peak_flops=918e12, hbm_bytes=32 * 2**30, hbm_bandwidth=1.64e12),
 }

@@ -129,6 +129,7 @@ def test_tiny_compiles_for_a_tpu_topology():
   pred = r["prediction"]
   assert pred["time_bound_s"] == pytest.approx(r["flops"]["program"] / (4 * 459e12))
   assert pred["time_estimate_s"] == pytest.approx(r["flops"]["model"] / (4 * 459e12 * 0.4))
+  assert pred["time_memory_bound_s"] == pytest.approx(r["memory"]["arguments"] / 2.765e12)
 
 
 @pytest.mark.slow
