@@ -24,6 +24,7 @@ banner "2/7 synthetic data: shapes (captions, grounding, VQA), rendered text (OC
 qwenvl-jax data synth --kind shapes --n 200 --size 112 --seed 0 --out "$OUT/data/shapes"
 qwenvl-jax data synth --kind text --n 100 --size 112 --seed 0 --out "$OUT/data/text"
 qwenvl-jax data synth --kind shapes --n 20 --size 112 --seed 1 --out "$OUT/data/heldout"
+qwenvl-jax data synth --kind text --n 20 --size 112 --seed 1 --out "$OUT/data/heldout_text"
 
 banner "3/7 tokenizer: SentencePiece trained on the records' texts, sized to the tiny model (512 ids)"
 qwenvl-jax tokenize --train-sp "$OUT/data/shapes/shapes.jsonl" --train-sp "$OUT/data/text/text.jsonl" \
@@ -74,8 +75,12 @@ else
   echo "(the answer held no well-formed box, so nothing was drawn: the tiny model needs far more training)"
 fi
 
-banner "7/7 eval: VQA exact match on the held-out set"
-qwenvl-jax eval --task synth_vqa --data "$OUT/data/heldout" --ckpt "$OUT/run" --limit 40 \
+banner "7/7 eval: grounding (IoU >= 0.5), OCR and VQA exact match on the held-out sets"
+for task in synth_grounding synth_vqa; do
+  qwenvl-jax eval --task "$task" --data "$OUT/data/heldout" --ckpt "$OUT/run" --limit 40 \
+    --out "$OUT/eval" --no-progress
+done
+qwenvl-jax eval --task synth_ocr --data "$OUT/data/heldout_text" --ckpt "$OUT/run" --limit 40 \
   --out "$OUT/eval" --no-progress
 ls "$OUT"/eval/*.metrics.json
 

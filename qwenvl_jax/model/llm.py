@@ -139,6 +139,7 @@ class QwenLM(nnx.Module):
     q_scale = self.logn_scale(positions) if logn else None
     if cache is None:
       mask = attention_mask(segment_ids, segment_ids, positions, positions)
+      kv_seg = kv_pos = None
     else:
       t = x.shape[1]
       kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids.astype(jnp.int32),
@@ -147,6 +148,8 @@ class QwenLM(nnx.Module):
                                             (0, cache.index))
       mask = attention_mask(segment_ids, kv_seg, positions, kv_pos)
 
+    if isinstance(self.blocks, nnx.List):
+      return self._run_unstacked(x, cos, sin, mask, q_scale, cache, kv_seg, kv_pos)
     if cache is None:
       def body(x, block):
         return block(x, cos, sin, mask, q_scale)[0]
@@ -163,3 +166,29 @@ class QwenLM(nnx.Module):
                                    scan=self.scan, n_layers=cfg.layers, has_ys=True)
     new_cache = KVCache(k, v, kv_seg, kv_pos, cache.index + t)
     return self.ln_f(x), new_cache
+
+  def _run_unstacked(self, x, cos, sin, mask, q_scale, cache, kv_seg, kv_pos):
+    """The blocks as an unrolled loop over per-layer modules (see `unstack_layers`)."""
+    if cache is None:
+      for block in self.blocks:
+        x = block(x, cos, sin, mask, q_scale)[0]
+      return self.ln_f(x), None
+    k, v = cache.k, cache.v
+    for i, block in enumerate(self.blocks):
+      x, (k_i, v_i) = block(x, cos, sin, mask, q_scale, (k[i], v[i]), cache.index)
+      k, v = k.at[i].set(k_i), v.at[i].set(v_i)
+    new_cache = KVCache(k, v, kv_seg, kv_pos, cache.index + x.shape[1])
+    return self.ln_f(x), new_cache
+
+  def unstack_layers(self) -> None:
+    """Replaces the stacked blocks by a list of per-layer blocks holding their own arrays (a copy,
+    made once), for inference. A decode step is memory-bound: under the scan (or with static slices
+    of the stacked arrays) XLA on CPU copies each layer's weights out of the stack before its
+    matrix-vector products, so every weight crossed memory ~3 times per token instead of once.
+    Training keeps the stacked layout (compile time independent of depth)."""
+    if isinstance(self.blocks, nnx.List):
+      return
+    graphdef, state = nnx.split(self.blocks)
+    self.blocks = nnx.List([nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+                            for i in range(self.cfg.layers)])
+
