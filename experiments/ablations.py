@@ -126,7 +126,8 @@ def main(argv=None):
       # The same room for text in every run: the image span grows with the query count.
       seq = 48 + max(0, q - 16)
       commands[f"L{q}"] = train("stage1", wd, manifest, [data / "train" / "shapes.jsonl"], steps,
-                                [f"model.adapter.n_queries={q}", f"seq_len={seq}"] + bs, logs)
+                                [f"model.adapter.n_queries={q}", f"seq_len={seq}",
+                                 "optim.frozen=()"] + bs, logs)  # from scratch: LLM trains too
       runs[f"L{q}"] = summary(wd)
     plot_queries(runs, results / "queries_loss.png")
   else:

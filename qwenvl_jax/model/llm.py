@@ -1,6 +1,7 @@
 """Qwen-7B decoder: RMSNorm, rotary embeddings, fused qkv with bias, SwiGLU MLP, untied LM head.
 
-The blocks run under one `nnx.scan`. Attention masking comes from segment ids and positions
+The blocks run under one `nnx.scan` (inference on CPU unrolls them over per-layer copies:
+`QwenLM.unstack_layers`). Attention masking comes from segment ids and positions
 (`masks.attention_mask`), which covers causal rows, packed rows and KV caches with one rule. The
 KV cache is a plain pytree threaded through the scan (not module state), so generation stays a pure
 jitted function: see `init_cache`.

@@ -127,9 +127,11 @@ class Checkpointer:
 
 # Fields that may differ between the checkpoint's model and ours without any tensor changing:
 # the image size (the ViT's position table is a fixed pos_grid x pos_grid table resized to the input
-# grid on every forward, the adapter's key table likewise), numerics and memory options.
+# grid on every forward, the adapter's key table likewise), numerics, memory options and the ViT's
+# attention pattern (window attention, Appendix E.3, changes no tensor).
 COMPATIBLE_FIELDS = ("vision.image_size", "dtype", "param_dtype", "remat", "scan_layers",
-                     "llm.seq_length", "llm.use_dynamic_ntk", "llm.use_logn_attn")
+                     "llm.seq_length", "llm.use_dynamic_ntk", "llm.use_logn_attn",
+                     "vision.window_patches", "vision.global_every")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -140,3 +140,10 @@ def test_metric_variants_are_selectable(tmp_path):
   assert qwen.variant == "qwenvl" and qwen.details["subsets"]["augmented"] == 100.0
   with pytest.raises(ValueError):
     score_items(task, items, outputs, "official")
+
+
+def test_synthetic_captions_are_asked_with_the_training_prompt():
+  from qwenvl_jax.data.tasks import CAPTION_PROMPT
+  segs = get_task("synth_caption").prompt({"image": "/x.png"})
+  assert segs == [{"image": "/x.png"}, {"text": CAPTION_PROMPT}]
+  assert get_task("nocaps").prompt({"image": "/x.png"})[1] == {"text": "Describe the image in English:"}

@@ -140,7 +140,7 @@ def test_three_stage_driver_end_to_end(tmp_path):
   """Data, three stages, evals, chat and plots at a trivial size (a few minutes on 2 cores)."""
   results = tmp_path / "results"
   rc = three_stage.main(["--work", str(tmp_path / "work"), "--results", str(results),
-                         "--steps", "0:2,1:2,2:2,3:2", "--eval-limit", "2", "--set", "batch_size=4",
+                         "--steps", "0:2,1:2,2:2,3:2", "--eval-limit", "2", "--set", "batch_size=8",
                          "--data-args", "--n-shapes 12 --n-words 12 --n-heldout-shapes 2 "
                                         "--n-heldout-words 2 --sp-vocab 400"])
   assert rc == 0

@@ -68,3 +68,14 @@ def test_training_longer_than_the_model_context_is_refused(tmp_path):
   with pytest.raises(ConfigError, match="'seq_len'.*model.llm.seq_length"):
     train(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_init_compatibility_allows_what_changes_no_tensor():
+  import dataclasses
+  from qwenvl_jax.train.checkpoint import check_compatible
+  base = model_config_from_dict(load_config_dict("tiny").model)
+  windowed = dataclasses.replace(base, vision=dataclasses.replace(base.vision, window_patches=2, global_every=base.vision.global_every + 1))
+  assert check_compatible(base, windowed, "ckpt") == ["vision.global_every", "vision.window_patches"]
+  wider = dataclasses.replace(base, llm=dataclasses.replace(base.llm, mlp_dim=base.llm.mlp_dim * 2))
+  with pytest.raises(ConfigError, match="model.llm.mlp_dim"):
+    check_compatible(base, wider, "ckpt")

@@ -74,7 +74,7 @@ _ALL = [
   Task("synth_ocr", reader=synthetic.reader("ocr"), splits=("test", "train"), shot_split="train",
        max_new_tokens=32, extra_metrics=("anls",), description="synthetic OCR, exact match (+ANLS)", **_EM),
   Task("synth_caption", reader=synthetic.reader("caption"), splits=("test", "train"), shot_split="train",
-       description="synthetic captions, CIDEr", **_CAPTION),
+       description="synthetic captions, CIDEr (training prompt)", **{**_CAPTION, "prompt": prompts.pretrain_caption}),
   Task("synth_vqa", reader=synthetic.reader("vqa"), splits=("test", "train"), shot_split="train",
        description="synthetic VQA, exact match", **_EM),
 ]
