@@ -150,18 +150,8 @@ def loss_sums(model: QwenVL, batch: dict) -> tuple[jax.Array, jax.Array]:
   return jnp.sum(jnp.where(w, ce, 0.0)), jnp.sum(w, dtype=jnp.int32)
 
 
-def to_microbatches(batch: dict, n: int) -> dict:
-  """[B, ...] -> [n, B/n, ...] with microbatch a = rows a, a+n, ... (even over the batch shards)."""
-
-  def split(x):
-    y = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-    return jax.lax.with_sharding_constraint(y, P(None, BATCH_AXES, *([None] * (x.ndim - 1))))
-
-  return jax.tree.map(split, batch)
-
-
 def microbatch(batch: dict, n: int, a: jax.Array) -> dict:
-  """Microbatch `a` of `n` (rows a, a+n, ..., as `to_microbatches`) sliced out of the batch in place.
+  """Microbatch `a` of `n` (rows a, a+n, ...: even over the batch shards) sliced out of the batch in place.
 
   [B, ...] -> [B/n, n, ...] is a free reshape that keeps each device's contiguous row block, and
   the dynamic index on axis 1 reads only this microbatch's rows; the [n, B/n, ...] transpose would

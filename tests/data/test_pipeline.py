@@ -7,6 +7,7 @@ import pytest
 
 from qwenvl_jax.data import pipeline, synth
 from qwenvl_jax.text.tokenizer import load_tokenizer
+from tests.data.helpers import assert_same, take
 
 
 def cfg(vocab, **kw):
@@ -18,18 +19,6 @@ def cfg(vocab, **kw):
 @pytest.fixture(scope="module")
 def records():
   return list(synth.generate("shapes", 12, seed=0, size=64)) + list(synth.generate("text", 4, seed=0, size=96))
-
-
-def take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def assert_same(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k])
 
 
 def test_same_seed_same_batches(byte_vocab, records):

@@ -12,6 +12,7 @@ from qwenvl_jax.config import ConfigError, apply_overrides, load_config_dict, mo
 from qwenvl_jax.data import pipeline, sources, synth
 from qwenvl_jax.text.tokenizer import load_tokenizer
 from qwenvl_jax.train.batch import validate_batch
+from tests.data.helpers import assert_same, take
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +43,6 @@ def stage_config(stage, vocab, paths, *overrides, variant="tiny"):
           "seq_len=128", "batch_size=4", "grad_accum=1"]
   base += [f"model.{k}={v}" for k, v in tok.model_config_ids().items()]
   return apply_overrides(config, base + list(overrides))
-
-
-def take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def assert_same(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
