@@ -35,10 +35,11 @@ def _font_paths() -> list[str]:
 
 
 def generate(index: int, seed: int = 0, size: int = 96, n_words: int = 100,
-             font_px: tuple[int, int] = (16, 24)) -> dict:
-  """One record: a single word at a random position, its box/quad, and the reading question."""
+             font_px: tuple[int, int] = (16, 24), jitter: int | None = None, n_fonts: int = len(FONTS)) -> dict:
+  """One record: a single word, its box/quad, and the reading question. The word sits anywhere
+  (`jitter` None) or centred up to `jitter` px off; it is set in one of the first `n_fonts` fonts."""
   r = common.rng(seed, index)
-  words, fonts = word_list(n_words), _font_paths()
+  words, fonts = word_list(n_words), _font_paths()[:max(1, n_fonts)]
   text = words[int(r.integers(len(words)))]
   img = Image.fromarray(common.noise_texture(r, size, size, base=r.uniform(200, 250, size=3),
                                              contrast=10, grain=0))
@@ -49,8 +50,12 @@ def generate(index: int, seed: int = 0, size: int = 96, n_words: int = 100,
       break
     font_px = (max(8, font_px[0] - 2), max(8, font_px[1] - 2))
   w, h = x1 - x0, y1 - y0
-  ox = int(r.integers(2, max(3, size - w - 2)))
-  oy = int(r.integers(2, max(3, size - h - 2)))
+  if jitter is None:
+    ox = int(r.integers(2, max(3, size - w - 2)))
+    oy = int(r.integers(2, max(3, size - h - 2)))
+  else:
+    ox = int(np.clip((size - w) // 2 + r.integers(-jitter, jitter + 1), 0, max(0, size - w)))
+    oy = int(np.clip((size - h) // 2 + r.integers(-jitter, jitter + 1), 0, max(0, size - h)))
   ink = tuple(int(v) for v in r.uniform(0, 80, size=3))
   ImageDraw.Draw(img).text((ox - x0, oy - y0), text, font=font, fill=ink)
   box = common.clip_box((ox, oy, ox + w, oy + h), size, size)

@@ -40,20 +40,25 @@ class DataSettings:
   n_heldout_words: int = 200
   size: int = 96  # generated at the highest resolution the stages use; lower ones are resized
   max_objects: int = 3
+  shape_radius: tuple[float, float] = (0.12, 0.2)  # fractions of the side: 23-38 px shapes at 96 px
   vocab_words: int = 100
-  font_px: tuple[int, int] = (16, 24)
+  font_px: tuple[int, int] = (20, 20)
+  word_jitter: int = 2  # the word is centred up to this many px off (-1: anywhere)
+  n_fonts: int = 2
   sp_vocab: int = 800
   chat_turns: int = 2
 
 
 def shapes_records(n: int, seed: int, s: DataSettings):
   for i in range(n):
-    yield shapes.generate(i, seed=seed, size=s.size, max_objects=s.max_objects, n_questions=3)
+    yield shapes.generate(i, seed=seed, size=s.size, max_objects=s.max_objects, n_questions=3,
+                          radius=tuple(s.shape_radius))
 
 
 def word_records(n: int, seed: int, s: DataSettings):
   for i in range(n):
-    yield easy_text.generate(i, seed=seed, size=s.size, n_words=s.vocab_words, font_px=tuple(s.font_px))
+    yield easy_text.generate(i, seed=seed, size=s.size, n_words=s.vocab_words, font_px=tuple(s.font_px),
+                             jitter=None if s.word_jitter < 0 else s.word_jitter, n_fonts=s.n_fonts)
 
 
 def short_conversations(record: dict, image_rel: str, turns: int, rng: np.random.Generator) -> dict:
@@ -168,9 +173,11 @@ def main(argv=None):
     if f.type in ("int", int):
       p.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default)
   p.add_argument("--font-px", type=int, nargs=2, default=DataSettings.font_px)
+  p.add_argument("--shape-radius", type=float, nargs=2, default=DataSettings.shape_radius)
   args = p.parse_args(argv)
   values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataSettings)}
-  prepare(args.out, DataSettings(**{**values, "font_px": tuple(values["font_px"])}))
+  prepare(args.out, DataSettings(**{**values, "font_px": tuple(values["font_px"]),
+                                    "shape_radius": tuple(values["shape_radius"])}))
   return 0
 
 

@@ -74,6 +74,11 @@ class AdapterConfig:
   n_queries: int = 256
   heads: int = 32
   ln_eps: float = 1e-6
+  # Initialisation only (no tensor shape depends on it; converted checkpoints overwrite it). 0: the
+  # released random init, under which every query starts by averaging all patches. a > 0: "local"
+  # init: the queries start as their 2D positions alone and the q/k projections as a * identity, so
+  # each query first attends to the patches around its grid point (see Adapter.local_init).
+  local_init: float = 0.0
 
   @property
   def grid(self) -> int:
@@ -86,6 +91,7 @@ class AdapterConfig:
     _check(embed % self.heads == 0, f"{prefix}.heads",
            f"adapter width {embed} is not divisible by heads {self.heads}")
     _check(embed % 4 == 0, f"{prefix}.heads", "adapter width must be divisible by 4 (2D sin-cos)")
+    _check(self.local_init >= 0, f"{prefix}.local_init", f"must be >= 0, got {self.local_init}")
 
 
 @dataclasses.dataclass(frozen=True)

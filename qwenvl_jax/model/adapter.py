@@ -4,12 +4,19 @@ One cross-attention layer: `n_queries` learnable queries attend over the ViT fea
 the LLM width. A fixed 2D sin-cos table is added to the queries (as is) and to the keys (bicubically
 resized from the query grid to the patch grid, exactly as the reference does); values get no
 position term. Output: ln_post then `x @ proj` -> [B, n_queries, llm_hidden].
+
+Training from scratch (`cfg.local_init > 0`) starts from a local attention pattern instead of the
+released random init: under random q/k projections every query averages all patches, the output
+carries no "where", and a small model needs thousands of steps to learn it (measured in WORKSPACE.md).
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from qwenvl_jax.config import AdapterConfig, VisionConfig
@@ -43,6 +50,31 @@ class Adapter(nnx.Module):
     self.ln_post = LayerNorm(embed, cfg.ln_eps, ("embed",), param_dtype=param_dtype)
     self.proj = layers.param(rngs, layers.normal(embed ** -0.5), (embed, embed), ("embed", "proj_out"),
                              param_dtype)
+    if cfg.local_init:
+      self.local_init(cfg.local_init)
+
+  def local_init(self, scale: float, max_period: float = 2 * math.pi):
+    """Makes each query start by attending to the patches around its own grid point.
+
+    q/k projections pick, for every head alike, the sin and cos dims of both axes at the table's
+    frequencies with period >= `max_period` (in query-grid units; the faster ones alias), times
+    `scale`, and the queries start as their positions alone (ln_q's scale 0). Query i's logit for
+    patch j is then ~ scale^2 / sqrt(head_dim) * (sum_f [cos(w_f dx) + cos(w_f dy)] + pos_i .
+    feature_j) over the picked frequencies: a bump around i, perturbed by the patch content. Only
+    the starting point changes; nothing is frozen.
+    """
+    kernel = self.in_proj.kernel
+    embed, _, heads, head_dim = kernel.shape
+    quarter = embed // 4  # per axis: quarter sin dims then quarter cos dims (posemb.sincos_2d)
+    omega = 1.0 / 10000 ** (np.arange(quarter) / quarter)
+    freqs = np.flatnonzero(omega <= 2 * math.pi / max_period)[: head_dim // 4]
+    picked = np.concatenate([freqs + off for off in (0, quarter, 2 * quarter, 3 * quarter)])
+    select = np.zeros((embed, heads, head_dim), np.float32)
+    for slot, dim in enumerate(picked):  # the same picked dims fill the first slots of every head
+      select[dim, :, slot] = scale
+    select = jnp.asarray(select, kernel.dtype)
+    kernel.value = kernel.value.at[:, 0].set(select).at[:, 1].set(select)
+    self.ln_q.scale.value = jnp.zeros_like(self.ln_q.scale.value)
 
   def _project(self, x, i):
     """The i-th (q, k, v) slice of the fused input projection."""
@@ -50,8 +82,7 @@ class Adapter(nnx.Module):
     bias = self.in_proj.bias[...][i].astype(self.dtype)
     return jnp.einsum("bne,ehd->bnhd", x.astype(self.dtype), kernel) + bias
 
-  def __call__(self, features: jax.Array) -> jax.Array:
-    """features [B, N, vit_width] on a sqrt(N) x sqrt(N) grid -> [B, n_queries, embed]."""
+  def _qkv(self, features: jax.Array):
     b, n, _ = features.shape
     grid = int(round(n ** 0.5))
     kv = self.ln_kv(self.kv_proj(features))
@@ -59,7 +90,17 @@ class Adapter(nnx.Module):
     pos = self.pos_embed[...]
     q = jnp.broadcast_to((q + pos.astype(q.dtype))[None], (b, *q.shape))
     k = kv + resize_grid_table(pos, grid).astype(kv.dtype)[None]
-    q, k, v = self._project(q, 0), self._project(k, 1), self._project(kv, 2)
+    return self._project(q, 0), self._project(k, 1), self._project(kv, 2)
+
+  def attention_map(self, features: jax.Array) -> jax.Array:
+    """Where each query looks: softmax weights [B, heads, n_queries, N] (inspection and tests)."""
+    q, k, _ = self._qkv(features)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(scores * self.head_dim ** -0.5, axis=-1)
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    """features [B, N, vit_width] on a sqrt(N) x sqrt(N) grid -> [B, n_queries, embed]."""
+    q, k, v = self._qkv(features)
     q = constrain(q, ("act_batch", None, "act_heads", None))
     out = layers.dot_product_attention(q, k, v, None, self.head_dim ** -0.5)
     x = self.out_proj(out)

@@ -128,10 +128,10 @@ class Checkpointer:
 # Fields that may differ between the checkpoint's model and ours without any tensor changing:
 # the image size (the ViT's position table is a fixed pos_grid x pos_grid table resized to the input
 # grid on every forward, the adapter's key table likewise), numerics, memory options and the ViT's
-# attention pattern (window attention, Appendix E.3, changes no tensor).
+# attention pattern (window attention, Appendix E.3, changes no tensor) and initialisation choices.
 COMPATIBLE_FIELDS = ("vision.image_size", "dtype", "param_dtype", "remat", "scan_layers",
                      "llm.seq_length", "llm.use_dynamic_ntk", "llm.use_logn_attn",
-                     "vision.window_patches", "vision.global_every")
+                     "vision.window_patches", "vision.global_every", "adapter.local_init")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -42,6 +42,23 @@ def test_easy_text_ink_lies_inside_the_word_box():
     assert xs.min() >= x1 - 1 and xs.max() <= x2 and ys.min() >= y1 - 1 and ys.max() <= y2
 
 
+def test_easy_text_jitter_keeps_the_word_centred():
+  for i in range(8):
+    rec = easy_text.generate(i, seed=4, size=96, n_words=50, font_px=(20, 20), jitter=2, n_fonts=2)
+    x1, y1, x2, y2 = rec["words"][0]["box"]
+    # centred up to 2 px off, plus <= 1 px from halving an odd leftover and from box clipping
+    assert abs((x1 + x2) / 2 - 48) <= 3.5 and abs((y1 + y2) / 2 - 48) <= 3.5, rec["words"][0]
+
+
+def test_shape_radius_range_bounds_the_boxes():
+  from qwenvl_jax.data.synth import shapes
+  sides = [max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1])
+           for i in range(20) for o in shapes.generate(i, seed=2, size=96, max_objects=3,
+                                                       radius=(0.12, 0.2))["objects"]]
+  # a shape of radius r spans 2r at its widest (circle, square 1.7r, hexagon 2r): 2 * 0.12 * 96 * 0.8
+  assert min(sides) >= 18 and max(sides) <= 2 * 0.2 * 96 + 1, sides
+
+
 def test_easy_text_is_a_pure_function_of_seed_and_index():
   a, b = easy_text.generate(7, seed=1), easy_text.generate(7, seed=1)
   assert a == b

@@ -67,7 +67,8 @@ def _draw(draw: ImageDraw.ImageDraw, shape, cx, cy, r, rot, fill) -> list[float]
   return [min(xs), min(ys), max(xs), max(ys)]
 
 
-def _sample_objects(r: np.random.Generator, size: int, max_objects: int) -> list[dict]:
+def _sample_objects(r: np.random.Generator, size: int, max_objects: int,
+                    radius: tuple[float, float] = (0.06, 0.15)) -> list[dict]:
   n = int(r.integers(1, max_objects + 1))
   placed, counts = [], {}
   for _ in range(n * 30):
@@ -77,7 +78,7 @@ def _sample_objects(r: np.random.Generator, size: int, max_objects: int) -> list
     shape = SHAPES[int(r.integers(len(SHAPES)))]
     if counts.get((color, shape), 0) >= 2:
       continue
-    rad = float(r.uniform(0.06, 0.15) * size)
+    rad = float(r.uniform(*radius) * size)
     cx, cy = (float(v) for v in r.uniform(rad + 2, size - rad - 2, size=2))
     footprint = (cx - rad, cy - rad, cx + rad, cy + rad)
     if any(common.boxes_overlap(footprint, o["footprint"], margin=3) for o in placed):
@@ -164,15 +165,17 @@ def _questions(objs, phrases, r: np.random.Generator, size: int, n_questions: in
   return [cands[int(i)] for i in sorted(picks)]
 
 
-def generate(index: int, seed: int = 0, size: int = 224, max_objects: int = 5, n_questions: int = 3) -> dict:
-  """One shapes record (schema in `qwenvl_jax.data.synth`)."""
+def generate(index: int, seed: int = 0, size: int = 224, max_objects: int = 5, n_questions: int = 3,
+             radius: tuple[float, float] = (0.06, 0.15)) -> dict:
+  """One shapes record (schema in `qwenvl_jax.data.synth`); `radius` is the range of shape radii as
+  fractions of the image side."""
   r = common.rng(seed, index)
   plain = r.random() < 0.5
   tex = common.noise_texture(r, size, size, base=r.uniform(170, 245, size=3), contrast=8 if plain else 25,
                              grain=0)
   img = Image.fromarray(tex)
   draw = ImageDraw.Draw(img)
-  objs = _sample_objects(r, size, max_objects)
+  objs = _sample_objects(r, size, max_objects, radius)
   phrases = _referring(objs, r, size)
   caption, spans = _caption(objs, r, "plain" if plain else "textured")
   objects = []
