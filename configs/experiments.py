@@ -54,13 +54,14 @@ VALUES = {
                    peak_lr=1e-3, min_lr=1e-5, warmup_steps=10, frozen=("llm",),
                    data=dict(_DATA, format="pretrain", tasks=("caption",), layout="unpacked",
                              max_images=1)),
-    "stage2": dict(stage=2, image_size=96, seq_len=128, batch_size=12, grad_accum=1, steps=2800,
+    "stage2": dict(stage=2, image_size=96, seq_len=128, batch_size=12, grad_accum=1, steps=5000,
                    peak_lr=1e-3, min_lr=1e-5, warmup_steps=30, frozen=(),
                    data=dict(_DATA, format="pretrain", layout="packed", max_images=3,
                              tasks=("caption", "vqa", "grounding", "ref_grounding", "grounded_caption",
                                     "ocr"))),
     "stage3": dict(stage=3, image_size=96, seq_len=176, batch_size=8, grad_accum=1, steps=150,
-                   peak_lr=3e-4, min_lr=1e-6, warmup_steps=10,
+                   # peak 1/5 of stage 2's: the paper's ratio (Table 8: 5e-5 -> 1e-5)
+                   peak_lr=2e-4, min_lr=1e-6, warmup_steps=10,
                    frozen=("visual", "adapter.ln_post", "adapter.proj"),
                    data=dict(_DATA, format="chatml", layout="unpacked", max_images=1)),
 }

@@ -34,8 +34,8 @@ TRAIN_SEED, HELDOUT_SEED = 11, 911  # disjoint (seed, index) streams: held-out i
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
-  n_shapes: int = 6000
-  n_words: int = 4000
+  n_shapes: int = 12000  # ~12 passes over each image in stage 2 (5000 steps of ~30 images)
+  n_words: int = 8000
   n_heldout_shapes: int = 150
   n_heldout_words: int = 200
   size: int = 96  # generated at the highest resolution the stages use; lower ones are resized

@@ -1,7 +1,7 @@
 """The issue-11 reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
 
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
-      [--steps 0:300,1:200,2:2800,3:150] [--eval-limit 150]
+      [--steps 0:300,1:200,2:5000,3:150] [--eval-limit 150]
 
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
@@ -91,7 +91,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--work", default="runs/exp11/full")
   p.add_argument("--results", default="experiments/results/three_stage")
-  p.add_argument("--steps", default="", help="per stage, e.g. 0:300,1:200,2:2800,3:150")
+  p.add_argument("--steps", default="", help="per stage, e.g. 0:300,1:200,2:5000,3:150")
   p.add_argument("--eval-limit", type=int, default=150)
   p.add_argument("--data-args", default="", help="extra flags for experiments.prepare_data")
   p.add_argument("--set", dest="overrides", action="append", default=[],
