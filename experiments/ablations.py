@@ -74,7 +74,7 @@ def plot_queries(runs: dict, path: pathlib.Path, early: int = 50):
     ax.set_ylabel("training loss (smoothed)")
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.suptitle("Adapter query count (paper Fig. 7), stage-1 captions, 36 ViT tokens")
+  fig.suptitle("Adapter query count (paper Fig. 7): stage-2 tasks from scratch, 64 ViT tokens (96 px)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
