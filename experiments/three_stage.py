@@ -30,7 +30,7 @@ from experiments import common
 
 TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl",
               "synth_vqa": "shapes.jsonl", "synth_ocr": "words.jsonl"}
-DEFAULT_STEPS = {0: 300, 1: 200, 2: 2800, 3: 150}
+DEFAULT_STEPS = {0: 300, 1: 200, 2: 5000, 3: 150}
 
 
 def stage_paths(data: pathlib.Path, stage: int) -> tuple[str, ...]:
