@@ -59,7 +59,7 @@ VALUES = {
                    data=dict(_DATA, format="pretrain", layout="packed", max_images=3,
                              tasks=("caption", "vqa", "grounding", "ref_grounding", "grounded_caption",
                                     "ocr"))),
-    "stage3": dict(stage=3, image_size=96, seq_len=176, batch_size=8, grad_accum=1, steps=150,
+    "stage3": dict(stage=3, image_size=96, seq_len=176, batch_size=8, grad_accum=1, steps=600,
                    # peak 1/5 of stage 2's: the paper's ratio (Table 8: 5e-5 -> 1e-5)
                    peak_lr=2e-4, min_lr=1e-6, warmup_steps=10,
                    frozen=("visual", "adapter.ln_post", "adapter.proj"),

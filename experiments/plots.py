@@ -102,10 +102,32 @@ def grounding_examples(eval_dir: pathlib.Path, heldout: pathlib.Path, path: path
   return path
 
 
+def warmup_curve(result_json: pathlib.Path, path: pathlib.Path):
+  """Held-out accuracies of the stage-V heads (experiments.vision_warmup) against the step."""
+  if not result_json.is_file():
+    return None
+  curve = json.loads(result_json.read_text())["curve"]
+  fig, ax = plt.subplots(figsize=(7, 4))
+  steps = [c["step"] for c in curve]
+  for key in curve[0]["heldout"]:
+    ax.plot(steps, [c["heldout"][key] for c in curve], marker=".", label=key)
+  ax.set_xlabel("warm-up step")
+  ax.set_ylabel("held-out accuracy")
+  ax.set_ylim(0, 1.02)
+  ax.set_title("Stage V: ViT + adapter through auxiliary heads")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def three_stage_plots(work: pathlib.Path, results: pathlib.Path, report: dict):
   work, results = pathlib.Path(work), pathlib.Path(results)
   loss_curves({f"stage {s}": work / f"stage{s}" for s in (0, 1, 2, 3)}, results / "loss_curves.png",
               "Three-stage training on synthetic data")
   metric_bars({int(k): v for k, v in report["stages"].items()}, results / "stage_metrics.png")
+  warmup_curve(results / "vision_warmup.json", results / "vision_warmup.png")
   grounding_examples(work / "eval_stage3", work / "data" / "heldout" / "shapes.jsonl",
                      results / "grounding_examples.png")

@@ -76,8 +76,9 @@ class AdapterConfig:
   ln_eps: float = 1e-6
   # Initialisation only (no tensor shape depends on it; converted checkpoints overwrite it). 0: the
   # released random init, under which every query starts by averaging all patches. a > 0: "local"
-  # init: the queries start as their 2D positions alone and the q/k projections as a * identity, so
-  # each query first attends to the patches around its grid point (see Adapter.local_init).
+  # init: the queries start as their 2D positions alone and the q/k projections pick the position
+  # table's slow sin/cos dims (times a), so each query first attends to the patches around its grid
+  # point (see Adapter.local_init).
   local_init: float = 0.0
 
   @property

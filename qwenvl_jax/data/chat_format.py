@@ -16,18 +16,26 @@ from qwenvl_jax.data import tasks
 from qwenvl_jax.text import boxes as box_lib
 
 
+DESCRIBE_REQUEST = "Describe the image."
+READ_ALL_REQUEST = "Read all the text in the image."
+
+
+def grounding_request(phrase: str) -> str:
+  return f"Output the bounding box of {phrase}."
+
+
 def _turns(record: dict, max_words: int) -> list[tuple[str, str]]:
   turns = []
   if record.get("caption"):
-    turns.append(("Describe the image.", record["caption"]))
+    turns.append((DESCRIBE_REQUEST, record["caption"]))
   turns += [(qa["question"], qa["answer"]) for qa in record.get("qa") or []]
   w, h = record["width"], record["height"]
   for obj in (record.get("objects") or [])[:2]:
     box = box_lib.format_box(box_lib.normalize_box(obj["box"], w, h))
-    turns.append((f"Output the bounding box of {obj['phrase']}.", f"{box_lib.format_ref(obj['phrase'])}{box}"))
+    turns.append((grounding_request(obj["phrase"]), f"{box_lib.format_ref(obj['phrase'])}{box}"))
   words = record.get("words") or []
   if words and len(words) <= max_words:
-    turns.append(("Read all the text in the image.", "\n".join(x["text"] for x in words)))
+    turns.append((READ_ALL_REQUEST, "\n".join(x["text"] for x in words)))
   return turns
 
 

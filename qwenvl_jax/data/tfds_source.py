@@ -58,32 +58,35 @@ def make_builder(kind: str, n_train: int, n_test: int = 0, seed: int = 0, size: 
   """
   import tensorflow_datasets as tfds
 
-  class QwenvlSynth(tfds.core.GeneratorBasedBuilder):
-    name = f"qwenvl_synth_{kind}"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Synthetic set from qwenvl_jax.data.synth."}
+  # Each call makes a new class; registering it by name would make a second call (same kind, same
+  # process) raise "already registered". Nothing looks these builders up by name.
+  with tfds.core.registered.skip_registration():
+    class QwenvlSynth(tfds.core.GeneratorBasedBuilder):
+      name = f"qwenvl_synth_{kind}"
+      VERSION = tfds.core.Version("1.0.0")
+      RELEASE_NOTES = {"1.0.0": "Synthetic set from qwenvl_jax.data.synth."}
 
-    # TFDS 4.9.10 looks for a checksums file next to a builder's module and, for a module inside a
-    # package, touches `importlib_resources` (only installed on Python < 3.9). There is nothing to
-    # download, so there is no code path to look in.
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-      return None
+      # TFDS 4.9.10 looks for a checksums file next to a builder's module and, for a module inside a
+      # package, touches `importlib_resources` (only installed on Python < 3.9). There is nothing to
+      # download, so there is no code path to look in.
+      @tfds.core.utils.classproperty
+      @classmethod
+      def code_path(cls):
+        return None
 
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=_features(),
-                                   description=f"qwenvl-jax synthetic '{kind}' set, seed {seed}.")
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=_features(),
+                                     description=f"qwenvl-jax synthetic '{kind}' set, seed {seed}.")
 
-    def _split_generators(self, dl_manager):
-      splits = {"train": self._generate_examples(0, n_train)}
-      if n_test:
-        splits["test"] = self._generate_examples(n_train, n_test)
-      return splits
+      def _split_generators(self, dl_manager):
+        splits = {"train": self._generate_examples(0, n_train)}
+        if n_test:
+          splits["test"] = self._generate_examples(n_train, n_test)
+        return splits
 
-    def _generate_examples(self, start, n):
-      for rec in synth.generate(kind, n, seed=seed, size=size, workers=workers, start=start):
-        yield rec["id"], _to_example(rec)
+      def _generate_examples(self, start, n):
+        for rec in synth.generate(kind, n, seed=seed, size=size, workers=workers, start=start):
+          yield rec["id"], _to_example(rec)
 
   return QwenvlSynth(data_dir=data_dir, file_format="array_record")
 

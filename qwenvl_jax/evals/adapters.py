@@ -18,7 +18,7 @@ def _generate_fn(pred):
       groups.setdefault((r["max_new_tokens"], r["min_new_tokens"], r.get("chat", False)), []).append(i)
     for (max_new, min_new, chat), idx in groups.items():
       if chat:
-        texts = [_chat_one(pred, requests[i]["segments"], max_new, min_new) for i in idx]
+        texts = _chat_turns(pred, [requests[i]["segments"] for i in idx], max_new, min_new)
       else:
         texts = pred.generate([requests[i]["segments"] for i in idx], max_new, min_new)
       for i, t in zip(idx, texts):
@@ -27,16 +27,17 @@ def _generate_fn(pred):
   return predict
 
 
-def _chat_one(pred, segments, max_new: int, min_new: int) -> str:
-  """One ChatML turn, greedy (the MME protocol: the chat model with near-greedy top_p=0.01)."""
+def _chat_turns(pred, segment_lists, max_new: int, min_new: int) -> list[str]:
+  """One fresh ChatML turn per request, greedy (the MME protocol: the chat model with near-greedy
+  top_p=0.01), decoded in the predictor's batches."""
   import dataclasses
 
   from qwenvl_jax.infer.generate import GREEDY
 
-  ids, pictures = pred.chat_prompt([], segments)
+  prompts = [pred.chat_prompt([], segments) for segments in segment_lists]
   sampling = dataclasses.replace(GREEDY, max_new_tokens=max_new, min_new_tokens=min_new)
-  out = pred.generate_from_ids([ids], [pictures], sampling)[0]
-  return pred.tokenizer.decode(out, skip_special=True).strip()
+  outs = pred.generate_from_ids([p[0] for p in prompts], [p[1] for p in prompts], sampling)
+  return [pred.tokenizer.decode(out, skip_special=True).strip() for out in outs]
 
 
 def _score_fn(pred):

@@ -22,7 +22,7 @@ from flax import nnx
 from qwenvl_jax.config import AdapterConfig, VisionConfig
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.layers import Buffer, LayerNorm, Linear, constrain
-from qwenvl_jax.model.posemb import sincos_2d
+from qwenvl_jax.model.posemb import sincos_2d, sincos_frequencies
 from qwenvl_jax.model.resize import resize_grid_table
 
 
@@ -66,7 +66,7 @@ class Adapter(nnx.Module):
     kernel = self.in_proj.kernel
     embed, _, heads, head_dim = kernel.shape
     quarter = embed // 4  # per axis: quarter sin dims then quarter cos dims (posemb.sincos_2d)
-    omega = 1.0 / 10000 ** (np.arange(quarter) / quarter)
+    omega = sincos_frequencies(quarter)
     freqs = np.flatnonzero(omega <= 2 * math.pi / max_period)[: head_dim // 4]
     picked = np.concatenate([freqs + off for off in (0, quarter, 2 * quarter, 3 * quarter)])
     select = np.zeros((embed, heads, head_dim), np.float32)
@@ -95,8 +95,7 @@ class Adapter(nnx.Module):
   def attention_map(self, features: jax.Array) -> jax.Array:
     """Where each query looks: softmax weights [B, heads, n_queries, N] (inspection and tests)."""
     q, k, _ = self._qkv(features)
-    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
-    return jax.nn.softmax(scores * self.head_dim ** -0.5, axis=-1)
+    return layers.attention_probs(q, k, None, self.head_dim ** -0.5)
 
   def __call__(self, features: jax.Array) -> jax.Array:
     """features [B, N, vit_width] on a sqrt(N) x sqrt(N) grid -> [B, n_queries, embed]."""

@@ -148,11 +148,16 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   accurate choice and identical in float32 parity tests). Fully masked rows (padding queries)
   get uniform weights instead of NaNs.
   """
+  probs = attention_probs(q, k, mask, scale).astype(v.dtype)
+  return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
+  """Softmax attention weights [B, H, T, S] in float32 (see `dot_product_attention`)."""
   scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bshd->bthd", probs, v)
+  return jax.nn.softmax(scores, axis=-1)
 
 
 REMAT_POLICIES = {

@@ -3,9 +3,14 @@
 import numpy as np
 
 
+def sincos_frequencies(n: int) -> np.ndarray:
+  """omega_i = 1 / 10000^(i / n), i < n: the angular frequencies of an n-pair sin-cos table."""
+  return 1.0 / 10000 ** (np.arange(n, dtype=np.float64) / float(n))
+
+
 def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
-  """[len(positions), dim]: concat(sin(p * omega), cos(p * omega)), omega_i = 1 / 10000^(i / (dim/2))."""
-  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  """[len(positions), dim]: concat(sin(p * omega), cos(p * omega)), omega = sincos_frequencies(dim // 2)."""
+  omega = sincos_frequencies(dim // 2)
   out = np.outer(positions.reshape(-1).astype(np.float64), omega)
   return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 

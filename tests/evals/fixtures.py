@@ -272,3 +272,5 @@ BUILDERS = {
   "grit": grit, "mme": mme, "seed_bench": seed_bench, "synth_grounding": synth_grounding,
   "synth_ocr": synth_ocr, "synth_caption": synth_caption, "synth_vqa": synth_vqa,
 }
+BUILDERS.update({f"{name}_chat": BUILDERS[name] for name in ("synth_grounding", "synth_ocr", "synth_caption",
+                                                             "synth_vqa")})  # same sets, ChatML prompts

@@ -170,3 +170,32 @@ def test_adapter_from_predictor():
   assert score([{"segments": [], "options": [" A", " B"]}]) == [[0.0, 1.0]]
   fn = lambda reqs: ["x"] * len(reqs)  # noqa: E731
   assert adapters.from_predictor(fn) == (fn, None)
+
+
+class FakeChatPredictor(FakePredictor):
+  """Adds the ChatML side: the prompt ids are the request's text codes, decoding echoes them."""
+
+  def __init__(self):
+    super().__init__()
+    self.chat_batches = []
+    self.tokenizer = self
+
+  def chat_prompt(self, history, segments):
+    return [ord(c) for c in segments[-1]["text"]], []
+
+  def generate_from_ids(self, prompts, images, sampling):
+    self.chat_batches.append((len(prompts), sampling.max_new_tokens))
+    return [list(p) for p in prompts]
+
+  def decode(self, ids, skip_special=False):
+    return " " + "".join(map(chr, ids)) + " "
+
+
+def test_adapter_chat_requests_decode_in_one_batch_per_setting():
+  pred = FakeChatPredictor()
+  predict, _ = adapters.from_predictor(pred)
+  reqs = [{"id": i, "segments": [{"text": t}], "max_new_tokens": 48, "min_new_tokens": 1, "chat": True}
+          for i, t in enumerate(["red", "star", "two"])]
+  reqs.append({"id": 9, "segments": [{"text": "raw"}], "max_new_tokens": 10, "min_new_tokens": 1, "chat": False})
+  assert predict(reqs) == ["red", "star", "two", "raw"]
+  assert pred.chat_batches == [(3, 48)] and pred.calls == [(1, 10, 1)]

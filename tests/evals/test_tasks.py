@@ -39,7 +39,7 @@ def test_reader_prompt_and_perfect_score(name, tmp_path):
     assert os.path.isabs(it["image"]) and it["image"].startswith(str(tmp_path))
     segs = task.prompt(it)
     assert segs[0] == {"image": it["image"]}
-    if task.family == "rec":  # grounding tags are structured segments, never text the tokenizer could promote
+    if task.family == "rec" and not task.chat:  # tags are structured segments, never text the tokenizer could promote
       assert segs[1:] == [{"ref": it["expression"]}, {"special": "<box>"}]
     else:
       assert all("text" in s for s in segs[1:])
@@ -147,3 +147,26 @@ def test_synthetic_captions_are_asked_with_the_training_prompt():
   segs = get_task("synth_caption").prompt({"image": "/x.png"})
   assert segs == [{"image": "/x.png"}, {"text": CAPTION_PROMPT}]
   assert get_task("nocaps").prompt({"image": "/x.png"})[1] == {"text": "Describe the image in English:"}
+
+
+def test_chat_tasks_ask_in_the_stage3_wording(tmp_path):
+  """The *_chat tasks pose the ChatML training data's own requests (data/chat_format.py), as chat turns."""
+  from qwenvl_jax.data import chat_format
+  record = {"id": "r", "width": 96, "height": 96, "caption": "a red star.", "words": [],
+            "objects": [{"phrase": "the red star", "box": [1, 2, 30, 40]}],
+            "qa": [{"question": "What color is the star?", "answer": "red"}]}
+  users = [m["value"].split("\n", 1)[-1] for m in chat_format.to_conversation(record, "x")["conversations"]
+           if m["from"] == "user"]
+  for name in ("synth_grounding_chat", "synth_caption_chat", "synth_vqa_chat", "synth_ocr_chat"):
+    task = get_task(name)
+    assert task.chat
+    root, items = _read(name, tmp_path)
+    for it in items:
+      text = task.prompt(it)[1]["text"]
+      if name == "synth_grounding_chat":
+        assert text == chat_format.grounding_request(it["expression"])
+      elif name == "synth_caption_chat":
+        assert text == chat_format.DESCRIBE_REQUEST
+      else:
+        assert text == it["question"]
+  assert chat_format.grounding_request("the red star") in users and chat_format.DESCRIBE_REQUEST in users

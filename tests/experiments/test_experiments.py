@@ -157,7 +157,8 @@ def test_three_stage_driver_end_to_end(tmp_path):
   """Data, three stages, evals, chat and plots at a trivial size (a few minutes on 2 cores)."""
   results = tmp_path / "results"
   rc = three_stage.main(["--work", str(tmp_path / "work"), "--results", str(results),
-                         "--steps", "0:2,1:2,2:2,3:2", "--eval-limit", "2", "--set", "batch_size=8",
+                         "--steps", "0:2,1:2,2:2,3:2", "--vision-steps", "2", "--eval-limit", "2",
+                         "--set", "batch_size=8",
                          "--data-args", "--n-shapes 12 --n-words 12 --n-heldout-shapes 2 "
                                         "--n-heldout-words 2 --sp-vocab 400"])
   assert rc == 0
@@ -165,7 +166,8 @@ def test_three_stage_driver_end_to_end(tmp_path):
   assert sorted(report["stages"]) == ["1", "2", "3"]  # stage 0 (text only) is not evaluated
   for stage in report["stages"].values():
     assert set(stage["metrics"]) == set(three_stage.TASK_FILES)
-  for png in ("loss_curves.png", "stage_metrics.png", "grounding_examples.png", "chat_boxes.png"):
+  for png in ("loss_curves.png", "stage_metrics.png", "grounding_examples.png", "chat_boxes.png",
+              "vision_warmup.png"):
     assert (results / png).is_file()
 
 
@@ -176,3 +178,67 @@ def test_probe_spread_separates_image_independent_features():
   varied = rng.normal(size=(4, 16, 8))
   assert spread(same)["across"] == 0 and spread(same)["overall"] > 0.5
   assert abs(spread(varied)["across"] - 1.0) < 0.3
+
+
+def test_warmup_cell_targets_follow_the_adapter_query_grid():
+  """Query i sits at row i // 4, column i % 4 of the adapter's sin-cos table (first half: column)."""
+  from experiments import vision_warmup
+  from qwenvl_jax.model.posemb import sincos_1d, sincos_2d
+  table = sincos_2d(64, vision_warmup.GRID)
+  row, col = 1, 3
+  np.testing.assert_allclose(table[row * vision_warmup.GRID + col],
+                             np.concatenate([sincos_1d(32, np.array([col])), sincos_1d(32, np.array([row]))], 1)[0],
+                             atol=1e-6)
+  objects = [{"box": [70, 20, 90, 40], "color": "red", "category": "star"},    # centre (80, 30): row 1, col 3
+             {"box": [0, 72, 20, 92], "color": "black", "category": "circle"},  # centre (10, 82): row 3, col 0
+             {"box": [72, 22, 88, 36], "color": "blue", "category": "square"}]  # same cell as the first
+  t = vision_warmup.cell_targets(objects, 96)
+  assert np.flatnonzero(t["present"]).tolist() == [7, 12]
+  assert vision_warmup.COLORS[t["color"][7]] == "red" and vision_warmup.SHAPES[t["shape"][7]] == "star"
+  assert vision_warmup.SHAPES[t["shape"][12]] == "circle"
+  np.testing.assert_allclose(t["box"][7], np.array([70, 20, 90, 40]) / 96)
+  # [0, 1000) coordinates 729, 208, 938, 417 (text.boxes.normalize_box): hundreds, then tens digits
+  assert t["digits"][7].tolist() == [7, 2, 9, 4, 2, 0, 3, 1]
+  assert not t["box"][0].any()
+
+
+def test_warmup_letter_targets():
+  from experiments import vision_warmup
+  assert vision_warmup.letter_targets("Cab").tolist() == [3, 1, 2] + [0] * (vision_warmup.MAX_LETTERS - 3)
+
+
+def test_vision_warmup_changes_only_the_vision_side(data_dir, tmp_path):
+  """Two steps on the tiny data set: the ViT and adapter move, the LLM is the --init checkpoint's."""
+  import dataclasses
+
+  from flax import nnx
+
+  from configs.experiments import xs_model
+  from experiments import vision_warmup
+  from qwenvl_jax.ckpt.orbax_io import load_checkpoint, save_checkpoint
+  from qwenvl_jax.config import model_config_from_dict
+  from qwenvl_jax.model.qwenvl import QwenVL
+
+  manifest = json.loads((data_dir / "manifest.json").read_text())
+  cfg = model_config_from_dict(xs_model(96, vocab_size=manifest["padded_vocab_size"]).to_dict())
+  cfg = dataclasses.replace(cfg, image_start_id=manifest["image_start_id"],
+                            image_end_id=manifest["image_end_id"], image_pad_id=manifest["image_pad_id"])
+  save_checkpoint(tmp_path / "init", QwenVL(cfg, rngs=nnx.Rngs(0)), cfg, tokenizer_file=manifest["tokenizer"])
+  assert vision_warmup.main(["--init", str(tmp_path / "init"), "--data", str(data_dir), "--out",
+                             str(tmp_path / "out"), "--steps", "2", "--batch-size", "4",
+                             "--result", str(tmp_path / "warm.json")]) == 0
+  before, _, _ = load_checkpoint(tmp_path / "init")
+  after, _, tok = load_checkpoint(tmp_path / "out")
+  assert tok is not None
+  b, a = nnx.state(before).to_pure_dict(), nnx.state(after).to_pure_dict()
+  for x, y in zip(jax_leaves(b["llm"]), jax_leaves(a["llm"])):
+    np.testing.assert_array_equal(x, y)
+  assert any(not np.array_equal(x, y) for x, y in zip(jax_leaves(b["visual"]), jax_leaves(a["visual"])))
+  assert any(not np.array_equal(x, y) for x, y in zip(jax_leaves(b["adapter"]), jax_leaves(a["adapter"])))
+  curve = json.loads((tmp_path / "warm.json").read_text())["curve"]
+  assert curve[-1]["step"] == 2 and 0 <= curve[-1]["heldout"]["word_acc"] <= 1
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]

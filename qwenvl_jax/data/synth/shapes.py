@@ -24,6 +24,7 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 PLURAL = {s: s + "s" for s in SHAPES}
+RADIUS = (0.06, 0.15)  # default range of shape radii, as fractions of the image side
 
 CAPTION_TEMPLATES = (
   "{objects} on a {bg} background.",
@@ -68,7 +69,7 @@ def _draw(draw: ImageDraw.ImageDraw, shape, cx, cy, r, rot, fill) -> list[float]
 
 
 def _sample_objects(r: np.random.Generator, size: int, max_objects: int,
-                    radius: tuple[float, float] = (0.06, 0.15)) -> list[dict]:
+                    radius: tuple[float, float] = RADIUS) -> list[dict]:
   n = int(r.integers(1, max_objects + 1))
   placed, counts = [], {}
   for _ in range(n * 30):
@@ -166,7 +167,7 @@ def _questions(objs, phrases, r: np.random.Generator, size: int, n_questions: in
 
 
 def generate(index: int, seed: int = 0, size: int = 224, max_objects: int = 5, n_questions: int = 3,
-             radius: tuple[float, float] = (0.06, 0.15)) -> dict:
+             radius: tuple[float, float] = RADIUS) -> dict:
   """One shapes record (schema in `qwenvl_jax.data.synth`); `radius` is the range of shape radii as
   fractions of the image side."""
   r = common.rng(seed, index)

@@ -77,6 +77,18 @@ _ALL = [
        description="synthetic captions, CIDEr (training prompt)", **{**_CAPTION, "prompt": prompts.pretrain_caption}),
   Task("synth_vqa", reader=synthetic.reader("vqa"), splits=("test", "train"), shot_split="train",
        description="synthetic VQA, exact match", **_EM),
+  # The same sets asked as ChatML turns in the stage-3 wording (data/chat_format.py): for chat models.
+  # Grounding answers "<ref>..</ref><box>..</box>", so it gets room for the phrase before the box.
+  Task("synth_grounding_chat", reader=synthetic.reader("grounding"), splits=("test",), chat=True,
+       description="synthetic grounding asked in ChatML, accuracy@IoU0.5",
+       **{**_REC, "prompt": prompts.chat_grounding, "max_new_tokens": 48}),
+  Task("synth_ocr_chat", reader=synthetic.reader("ocr"), splits=("test",), chat=True, max_new_tokens=32,
+       extra_metrics=("anls",), description="synthetic OCR asked in ChatML, exact match (+ANLS)",
+       **{**_EM, "prompt": prompts.chat_question}),
+  Task("synth_caption_chat", reader=synthetic.reader("caption"), splits=("test",), chat=True,
+       description="synthetic captions asked in ChatML, CIDEr", **{**_CAPTION, "prompt": prompts.chat_caption}),
+  Task("synth_vqa_chat", reader=synthetic.reader("vqa"), splits=("test",), chat=True,
+       description="synthetic VQA asked in ChatML, exact match", **{**_EM, "prompt": prompts.chat_question}),
 ]
 
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}

@@ -12,6 +12,7 @@ import string
 
 from qwenvl_jax.evals.tasks.base import Item, Segment
 from qwenvl_jax.text.interface import merge_text
+from qwenvl_jax.data import chat_format
 from qwenvl_jax.text.tokenizer import BOX_START, REF_END, REF_START
 
 
@@ -30,6 +31,20 @@ def pretrain_caption(item: Item) -> list[Segment]:
 
 def vqa(item: Item) -> list[Segment]:
   return [{"image": item["image"]}, {"text": f"{item['question']} Answer:"}]
+
+
+# A chat model (stage 3) is asked the way its ChatML data asks (data/chat_format.py); the runner wraps
+# these in a ChatML user turn for tasks with `chat=True`.
+def chat_caption(item: Item) -> list[Segment]:
+  return [{"image": item["image"]}, {"text": chat_format.DESCRIBE_REQUEST}]
+
+
+def chat_question(item: Item) -> list[Segment]:
+  return [{"image": item["image"]}, {"text": item["question"]}]
+
+
+def chat_grounding(item: Item) -> list[Segment]:
+  return [{"image": item["image"]}, {"text": chat_format.grounding_request(item["expression"])}]
 
 
 def grounding(item: Item) -> list[Segment]:
