@@ -12,6 +12,8 @@ one-layer cross-attention adapter with 2D sin-cos positions, Qwen-style LLM with
 RMSNorm) at half the width and depth, patch 12 instead of 14, and 16 queries instead of 64.
 
 Departures from Table 8, all forced by training from scratch at this scale (stated in WORKSPACE.md):
+- a "stage V" (experiments/vision_warmup.py, not a config here) warms up the ViT + adapter on the
+  training annotations through throw-away heads (there is no pre-trained CLIP ViT either);
 - a "stage 0" pre-trains the LLM on the task texts without images (there is no Qwen-7B); stage 1 then
   freezes it as in the paper, so the captions can only get better through the ViT and adapter
   (with the LLM trainable in stage 1, 120 steps learned the caption prior and ignored the image);

@@ -4,11 +4,13 @@
       Appendix E.2 / Figure 7: stage-2 training from scratch (multi-task, 96 px = 8x8 = 64 ViT
       tokens, one image per row) with the adapter compressing them to 4 / 16 / 64 queries; loss
       within the first 50 steps and to the end, then held-out grounding and OCR accuracy.
-  python -m experiments.ablations window [--sizes 96,192] [--steps 80]
+  python -m experiments.ablations window [--sizes 96,192] [--steps 80] [--init CKPT --init-data DATA]
       Appendix E.3 / Figure 8 / Table 10: stage-2 training (multi-task, packed) with global ViT
       attention vs window attention (4x4-patch = 48 px windows in 3 of the 4 ViT layers, the 4th
       global, as the paper's 224 px windows with 1 global layer in 4) at two resolutions;
-      loss curves and seconds per step.
+      loss curves and seconds per step. From scratch by default; with `--init` every run starts
+      from a trained (global-attention) checkpoint, as the paper's runs start from CLIP, and uses
+      the vocabulary of the `--init-data` set that checkpoint was trained with.
 
 Each run trains from scratch with `qwenvl-jax train --config configs/experiments.py:...` on the data of
 `experiments.prepare_data` (made if missing; the window ablation uses its own set generated at 192
@@ -41,10 +43,12 @@ def ensure_data(data: pathlib.Path, extra: list[str], logs: pathlib.Path) -> dic
 
 
 def train(stage: str, workdir: pathlib.Path, manifest: dict, paths, steps: int, sets: list[str],
-          logs: pathlib.Path) -> dict:
+          logs: pathlib.Path, init: str | None = None) -> dict:
   if (workdir / "checkpoints" / str(steps)).is_dir():
     return {"cmd": "(reused)", "seconds": None}
   cmd = ["--config", f"{common.CONFIG}:{stage}", "--workdir", str(workdir)]
+  if init:
+    cmd += ["--init", init]
   for s in common.tokenizer_overrides(manifest) + [
       f"data.paths={tuple(str(p) for p in paths)!r}", f"steps={steps}",
       f"optim.warmup_steps={max(1, steps // 15)}", f"checkpoint_every={steps}",
@@ -112,7 +116,12 @@ def main(argv=None):
   p.add_argument("--sizes", default="96,192")
   p.add_argument("--batch-size", type=int, default=None)
   p.add_argument("--data-args", default="", help="extra flags for experiments.prepare_data")
+  p.add_argument("--init", default=None, help="window: start every run from this checkpoint")
+  p.add_argument("--init-data", default=None,
+                 help="window with --init: the prepare_data folder whose vocabulary the checkpoint uses")
   args = p.parse_args(argv)
+  if args.init and not args.init_data:
+    p.error("--init needs --init-data (the checkpoint's vocabulary)")
   work, results = pathlib.Path(args.work), pathlib.Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
   logs = work / "logs"
@@ -146,18 +155,22 @@ def main(argv=None):
                                   *args.data_args.split()], logs)
     steps = args.steps or 80
     paths = [data / "train" / "shapes.jsonl", data / "train" / "words.jsonl"]
+    if args.init:  # raw records are tokenized at load time: the checkpoint's vocabulary reads them
+      manifest = json.loads((pathlib.Path(args.init_data) / "manifest.json").read_text())
     for size in (int(x) for x in args.sizes.split(",")):
       for mode, wp in (("global", 0), ("window", WINDOW_PATCHES)):
         label = f"{size}px {mode}"
         wd = work / f"window_{size}_{mode}"
         commands[label] = train("stage2", wd, manifest, paths, steps,
                                 [f"model.vision.image_size={size}", f"model.vision.window_patches={wp}",
-                                 "model.vision.global_every=4"] + bs, logs)
+                                 "model.vision.global_every=4"] + bs, logs, args.init)
         runs[label] = summary(wd)
-    plot_window(runs, results / "window_loss_speed.png")
-  out = {"which": args.which, "steps": steps, "runs": runs, "commands": commands,
+    suffix = "_from_init" if args.init else ""
+    plot_window(runs, results / f"window_loss_speed{suffix}.png")
+  out = {"which": args.which, "steps": steps, "init": args.init, "runs": runs, "commands": commands,
          "load_avg_end": [round(x, 2) for x in __import__("os").getloadavg()]}
-  (results / f"{args.which}.json").write_text(json.dumps(out, indent=2) + "\n")
+  name = args.which + ("_from_init" if args.init else "")
+  (results / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
   print(json.dumps({k: {kk: v[kk] for kk in ("final_loss_avg10", "median_step_s")} for k, v in runs.items()}))
   return 0
 

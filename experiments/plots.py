@@ -15,6 +15,7 @@ from experiments import common  # noqa: E402
 
 METRIC_LABELS = {"synth_grounding": "grounding acc\n(IoU>=0.5)", "synth_ocr": "OCR word acc",
                  "synth_caption": "caption CIDEr", "synth_vqa": "VQA acc"}
+METRIC_LABELS.update({f"{k}_chat": f"{v}\nChatML" for k, v in list(METRIC_LABELS.items())})
 
 
 def loss_curves(workdirs: dict[str, pathlib.Path], path: pathlib.Path, title: str, k: int = 10,
@@ -41,8 +42,8 @@ def loss_curves(workdirs: dict[str, pathlib.Path], path: pathlib.Path, title: st
 
 
 def metric_bars(stages: dict, path: pathlib.Path):
-  tasks = list(METRIC_LABELS)
-  fig, ax = plt.subplots(figsize=(8, 4))
+  tasks = [t for t in METRIC_LABELS if any(t in info["metrics"] for info in stages.values())]
+  fig, ax = plt.subplots(figsize=(4 + 1.2 * len(tasks), 4.5))
   width = 0.8 / max(1, len(stages))
   for i, (stage, info) in enumerate(sorted(stages.items())):
     vals = [(info["metrics"].get(t) or {}).get("score") or 0.0 for t in tasks]
@@ -50,7 +51,7 @@ def metric_bars(stages: dict, path: pathlib.Path):
     bars = ax.bar(xs, vals, width, label=f"after stage {stage}")
     ax.bar_label(bars, fmt="%.1f", fontsize=7)
   ax.set_xticks([j + width * (len(stages) - 1) / 2 for j in range(len(tasks))])
-  ax.set_xticklabels([METRIC_LABELS[t] for t in tasks])
+  ax.set_xticklabels([METRIC_LABELS[t] for t in tasks], fontsize=8)
   ax.set_ylabel("score (%; CIDEr x100)")
   ax.set_title("Held-out synthetic metrics after each stage")
   ax.legend()

@@ -14,14 +14,7 @@ import zlib
 
 from qwenvl_jax.data import tasks
 from qwenvl_jax.text import boxes as box_lib
-
-
-DESCRIBE_REQUEST = "Describe the image."
-READ_ALL_REQUEST = "Read all the text in the image."
-
-
-def grounding_request(phrase: str) -> str:
-  return f"Output the bounding box of {phrase}."
+from qwenvl_jax.text.chat_requests import DESCRIBE_REQUEST, READ_ALL_REQUEST, grounding_request
 
 
 def _turns(record: dict, max_words: int) -> list[tuple[str, str]]:

@@ -152,6 +152,7 @@ def test_synthetic_captions_are_asked_with_the_training_prompt():
 def test_chat_tasks_ask_in_the_stage3_wording(tmp_path):
   """The *_chat tasks pose the ChatML training data's own requests (data/chat_format.py), as chat turns."""
   from qwenvl_jax.data import chat_format
+  from qwenvl_jax.text.chat_requests import DESCRIBE_REQUEST, grounding_request
   record = {"id": "r", "width": 96, "height": 96, "caption": "a red star.", "words": [],
             "objects": [{"phrase": "the red star", "box": [1, 2, 30, 40]}],
             "qa": [{"question": "What color is the star?", "answer": "red"}]}
@@ -164,9 +165,9 @@ def test_chat_tasks_ask_in_the_stage3_wording(tmp_path):
     for it in items:
       text = task.prompt(it)[1]["text"]
       if name == "synth_grounding_chat":
-        assert text == chat_format.grounding_request(it["expression"])
+        assert text == grounding_request(it["expression"])
       elif name == "synth_caption_chat":
-        assert text == chat_format.DESCRIBE_REQUEST
+        assert text == DESCRIBE_REQUEST
       else:
         assert text == it["question"]
-  assert chat_format.grounding_request("the red star") in users and chat_format.DESCRIBE_REQUEST in users
+  assert grounding_request("the red star") in users and DESCRIBE_REQUEST in users

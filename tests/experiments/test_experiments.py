@@ -242,3 +242,10 @@ def test_vision_warmup_changes_only_the_vision_side(data_dir, tmp_path):
 def jax_leaves(tree):
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_window_ablation_from_a_checkpoint_needs_its_vocabulary(tmp_path):
+  from experiments import ablations
+  with pytest.raises(SystemExit) as e:
+    ablations.main(["window", "--work", str(tmp_path), "--init", str(tmp_path / "ckpt")])
+  assert e.value.code == 2

@@ -11,8 +11,8 @@ import random
 import string
 
 from qwenvl_jax.evals.tasks.base import Item, Segment
+from qwenvl_jax.text import chat_requests
 from qwenvl_jax.text.interface import merge_text
-from qwenvl_jax.data import chat_format
 from qwenvl_jax.text.tokenizer import BOX_START, REF_END, REF_START
 
 
@@ -33,10 +33,10 @@ def vqa(item: Item) -> list[Segment]:
   return [{"image": item["image"]}, {"text": f"{item['question']} Answer:"}]
 
 
-# A chat model (stage 3) is asked the way its ChatML data asks (data/chat_format.py); the runner wraps
+# A chat model (stage 3) is asked the way its ChatML data asks (text/chat_requests.py); the runner wraps
 # these in a ChatML user turn for tasks with `chat=True`.
 def chat_caption(item: Item) -> list[Segment]:
-  return [{"image": item["image"]}, {"text": chat_format.DESCRIBE_REQUEST}]
+  return [{"image": item["image"]}, {"text": chat_requests.DESCRIBE_REQUEST}]
 
 
 def chat_question(item: Item) -> list[Segment]:
@@ -44,7 +44,7 @@ def chat_question(item: Item) -> list[Segment]:
 
 
 def chat_grounding(item: Item) -> list[Segment]:
-  return [{"image": item["image"]}, {"text": chat_format.grounding_request(item["expression"])}]
+  return [{"image": item["image"]}, {"text": chat_requests.grounding_request(item["expression"])}]
 
 
 def grounding(item: Item) -> list[Segment]:
