@@ -122,6 +122,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.init and not args.init_data:
     p.error("--init needs --init-data (the checkpoint's vocabulary)")
+  suffix = "_from_init" if args.init else ""  # results of a from-init run sit beside the from-scratch ones
   work, results = pathlib.Path(args.work), pathlib.Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
   logs = work / "logs"
@@ -165,12 +166,10 @@ def main(argv=None):
                                 [f"model.vision.image_size={size}", f"model.vision.window_patches={wp}",
                                  "model.vision.global_every=4"] + bs, logs, args.init)
         runs[label] = summary(wd)
-    suffix = "_from_init" if args.init else ""
     plot_window(runs, results / f"window_loss_speed{suffix}.png")
   out = {"which": args.which, "steps": steps, "init": args.init, "runs": runs, "commands": commands,
          "load_avg_end": [round(x, 2) for x in __import__("os").getloadavg()]}
-  name = args.which + ("_from_init" if args.init else "")
-  (results / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+  (results / f"{args.which}{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
   print(json.dumps({k: {kk: v[kk] for kk in ("final_loss_avg10", "median_step_s")} for k, v in runs.items()}))
   return 0
 

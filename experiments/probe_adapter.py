@@ -24,7 +24,7 @@ import time
 def make_data(task: str, n: int, size: int, jitter: int, fonts: int, seed: int = 5):
   import numpy as np
 
-  from experiments import easy_text
+  from experiments import easy_text, vision_warmup
   from qwenvl_jax.data.preprocess import load_and_preprocess
   from qwenvl_jax.data.synth import shapes
 
@@ -33,9 +33,7 @@ def make_data(task: str, n: int, size: int, jitter: int, fonts: int, seed: int =
   for i in range(n):
     if task == "position":
       rec = shapes.generate(i, seed=seed, size=size, max_objects=1)
-      x1, y1, x2, y2 = rec["objects"][0]["box"]
-      col, row = (min(3, int((a + b) / 2 / size * 4)) for a, b in ((x1, x2), (y1, y2)))
-      labels.append(row * 4 + col)
+      labels.append(vision_warmup.cell_of(rec["objects"][0]["box"], size))
     else:
       rec = easy_text.generate(i, seed=seed, size=size, n_words=100, font_px=(20, 20),
                                jitter=None if jitter < 0 else jitter, n_fonts=fonts)

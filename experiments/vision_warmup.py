@@ -34,6 +34,17 @@ GRID = 4  # the adapter's query grid (16 queries)
 MAX_LETTERS = 10
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 COLORS, SHAPES = tuple(shapes_synth.COLORS), shapes_synth.SHAPES
+N_DIGITS = 8  # hundreds then tens digit of x1, y1, x2, y2
+# The per-cell head's outputs, in order: name -> width (the digits are N_DIGITS 10-way classes).
+CELL_FIELDS = {"present": 1, "color": len(COLORS), "shape": len(SHAPES), "box": 4, "digits": N_DIGITS * 10}
+
+
+def cell_of(box, size: int) -> int:
+  """Index of the query cell (row-major on the GRID x GRID grid) holding the box's centre."""
+  x1, y1, x2, y2 = box
+  col = min(GRID - 1, int((x1 + x2) / 2 / size * GRID))
+  row = min(GRID - 1, int((y1 + y2) / 2 / size * GRID))
+  return row * GRID + col
 
 
 def cell_targets(objects: list[dict], size: int) -> dict[str, np.ndarray]:
@@ -43,12 +54,9 @@ def cell_targets(objects: list[dict], size: int) -> dict[str, np.ndarray]:
   n = GRID * GRID
   out = {"present": np.zeros(n, np.float32), "color": np.zeros(n, np.int32),
          "shape": np.zeros(n, np.int32), "box": np.zeros((n, 4), np.float32),
-         "digits": np.zeros((n, 8), np.int32)}
+         "digits": np.zeros((n, N_DIGITS), np.int32)}
   for o in objects:
-    x1, y1, x2, y2 = o["box"]
-    col = min(GRID - 1, int((x1 + x2) / 2 / size * GRID))
-    row = min(GRID - 1, int((y1 + y2) / 2 / size * GRID))
-    i = row * GRID + col
+    i = cell_of(o["box"], size)
     if out["present"][i]:  # two centres in one cell: keep the first
       continue
     out["present"][i] = 1.0
@@ -129,7 +137,7 @@ def main(argv=None):
   class Warmup(nnx.Module):
     def __init__(self, model, rngs):
       self.visual, self.adapter = model.visual, model.adapter
-      self.cell = nnx.Linear(hidden, 1 + len(COLORS) + len(SHAPES) + 4 + 80, rngs=rngs)
+      self.cell = nnx.Linear(hidden, sum(CELL_FIELDS.values()), rngs=rngs)
       flat = cfg.adapter.n_queries * hidden
       self.word = nnx.Linear(flat, len(words), rngs=rngs)
       self.letters = nnx.Linear(flat, MAX_LETTERS * (len(LETTERS) + 1), rngs=rngs)
@@ -142,11 +150,11 @@ def main(argv=None):
       return cell, self.word(flat), self.letters(flat).reshape(-1, MAX_LETTERS, len(LETTERS) + 1)
 
   def split_cell(cell):
-    c, s = len(COLORS), len(SHAPES)
-    box_at = 1 + c + s
-    return (cell[..., 0], cell[..., 1:1 + c], cell[..., 1 + c:box_at],
-            jax.nn.sigmoid(cell[..., box_at:box_at + 4]),
-            cell[..., box_at + 4:].reshape(*cell.shape[:-1], 8, 10))
+    """-> present logit, colour logits, shape logits, box in [0, 1], digit logits [..., N_DIGITS, 10]."""
+    ends = np.cumsum(list(CELL_FIELDS.values()))
+    present, color, shape, box, digits = jnp.split(cell, ends[:-1], axis=-1)
+    return (present[..., 0], color, shape, jax.nn.sigmoid(box),
+            digits.reshape(*cell.shape[:-1], N_DIGITS, 10))
 
   def losses(outputs, tgt, word_id, letters):
     cell, word_logits, letter_logits = outputs

@@ -77,7 +77,7 @@ _ALL = [
        description="synthetic captions, CIDEr (training prompt)", **{**_CAPTION, "prompt": prompts.pretrain_caption}),
   Task("synth_vqa", reader=synthetic.reader("vqa"), splits=("test", "train"), shot_split="train",
        description="synthetic VQA, exact match", **_EM),
-  # The same sets asked as ChatML turns in the stage-3 wording (data/chat_format.py): for chat models.
+  # The same sets asked as ChatML turns in the stage-3 wording (text/chat_requests.py): for chat models.
   # Grounding answers "<ref>..</ref><box>..</box>", so it gets room for the phrase before the box.
   Task("synth_grounding_chat", reader=synthetic.reader("grounding"), splits=("test",), chat=True,
        description="synthetic grounding asked in ChatML, accuracy@IoU0.5",
