@@ -16,6 +16,8 @@
 3. After every stage `qwenvl-jax eval --task all` on the held-out sets: synth_grounding
    (accuracy at IoU >= 0.5), synth_ocr (exact match of one word = word accuracy), synth_caption
    (CIDEr), synth_vqa (exact match).
+   `experiments.grounding_errors` breaks the grounding answers down (right object chosen? how far
+   off is each coordinate?) into the report.
 4. After stage 3 a chat turn asking for a box (`experiments.chat_demo`), drawn on the picture.
 5. RESULTS/three_stage.json (commands, timings, load, metrics per stage) and the plots.
 """
@@ -28,7 +30,8 @@ import pathlib
 import sys
 import time
 
-from experiments import common
+from experiments import common, grounding_errors
+from qwenvl_jax.evals.tasks.base import load_jsonl
 
 TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl",
               "synth_vqa": "shapes.jsonl", "synth_ocr": "words.jsonl"}
@@ -90,6 +93,14 @@ def scores(last_line: str) -> dict:
   return {r["task"]: {"metric": r["metric"], "score": r["score"], "n": r["n"],
                       **({"anls": r["details"].get("anls")} if "anls" in (r.get("details") or {}) else {})}
           for r in results}
+
+
+def grounding_breakdown(data: pathlib.Path, last_line: str) -> dict:
+  """`experiments.grounding_errors` of the synth_grounding answers named in the eval's result line."""
+  result = next(r for r in json.loads(last_line) if r["task"] == "synth_grounding")
+  predictions = [p for path in result["predictions"] for p in load_jsonl(pathlib.Path(common.REPO, path))]
+  records = load_jsonl(pathlib.Path(common.REPO, data, "heldout", TASK_FILES["synth_grounding"]))
+  return grounding_errors.breakdown(records, predictions)
 
 
 def vision_warmup(work: pathlib.Path, data: pathlib.Path, results: pathlib.Path, steps: int,
@@ -161,6 +172,7 @@ def main(argv=None):
     metrics = common.read_metrics(wd)
     report["stages"][stage] = {
         "metrics": scores(ev["last_line"]), "steps": steps[stage],
+        "grounding_errors": grounding_breakdown(data, ev["last_line"]),
         "final_loss_avg10": sum(m["loss"] for m in metrics[-10:]) / max(1, len(metrics[-10:])),
         "median_step_s": sorted(m["step_time_s"] for m in metrics)[len(metrics) // 2] if metrics else None}
     print(json.dumps({stage: report["stages"][stage]["metrics"]}), flush=True)

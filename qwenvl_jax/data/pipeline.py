@@ -53,7 +53,9 @@ class DataConfig:
   paths: tuple[str, ...]
   tokenizer: str  # path given to `text.tokenizer.load_tokenizer`
   format: str = "auto"  # "chatml" (conversations), "pretrain" (raw records via `tasks`), "auto": by record
-  tasks: tuple[str, ...] = tuple(tasks.TASKS)  # pretraining tasks to draw from, one per record visit
+  # Pretraining tasks to draw from, one example per record visit, uniformly among the record's
+  # examples: a task named k times is drawn k times as often.
+  tasks: tuple[str, ...] = tuple(tasks.TASKS)
   ocr_max_regions: int = 32
   seq_len: int = 2048
   batch_size: int = 8  # per host

@@ -139,7 +139,8 @@ _INDEXED = {"vqa": "qa", "ref_grounding": "objects", "grounded_caption": "object
 
 
 def examples(record: dict, tasks=tuple(TASKS), max_regions: int | None = None) -> list[tuple[str, str, str]]:
-  """Every (task, prompt, target) the record supports among `tasks`: one per question / object."""
+  """Every (task, prompt, target) the record supports among `tasks`: one per question / object, and
+  again for a task named again (the training mixture weights tasks that way)."""
   out = []
   for name in tasks:
     fn = TASKS[name]

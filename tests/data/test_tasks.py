@@ -107,3 +107,15 @@ def test_examples_and_markup_parses():
         segs = interface.parse_markup(prompt + target, strict=True)
         assert segs[0] == {"image": r["id"]}
   assert names == {"caption", "vqa", "grounding", "ref_grounding", "grounded_caption", "ocr"}
+
+
+def test_a_task_named_twice_is_offered_twice():
+  """`tasks` doubles as the mixture: the sample builder draws uniformly among a record's examples, so a
+  name given k times is drawn k times as often (configs/experiments.py weights ref_grounding this way)."""
+  r = rec("a.png", caption="two shapes.",
+          objects=[{"phrase": "the red circle", "box": [10, 10, 200, 200]},
+                   {"phrase": "the blue square", "box": [300, 300, 600, 600]}])
+  once = [name for name, *_ in tasks.examples(r, ("caption", "ref_grounding"))]
+  twice = [name for name, *_ in tasks.examples(r, ("caption", "ref_grounding", "ref_grounding"))]
+  assert once.count("caption") == twice.count("caption") == 1
+  assert once.count("ref_grounding") == 2 and twice.count("ref_grounding") == 4

@@ -249,3 +249,40 @@ def test_window_ablation_from_a_checkpoint_needs_its_vocabulary(tmp_path):
   with pytest.raises(SystemExit) as e:
     ablations.main(["window", "--work", str(tmp_path), "--init", str(tmp_path / "ckpt")])
   assert e.value.code == 2
+
+
+def test_grounding_errors_tell_a_wrong_object_from_a_loose_box():
+  from experiments import grounding_errors
+  from qwenvl_jax.evals.metrics.grounding import grounding_accuracy
+  record = {"id": "scene", "width": 100, "height": 100,
+            "objects": [{"box": [10, 10, 30, 30], "category": "circle"},
+                        {"box": [60, 60, 90, 90], "category": "star"}]}
+  predictions = [{"question_id": "scene/obj0", "answer": "<box>(100,100),(300,300)</box>"},  # right
+                 {"question_id": "scene/obj1", "answer": "(100,100),(300,300)"},  # the other object
+                 {"question_id": "scene/obj0", "answer": "(100,200),(300,400)"}]  # 10 px low: IoU 1/3
+  out = grounding_errors.breakdown([record], predictions)
+  eval_accuracy = grounding_accuracy([p["answer"] for p in predictions],
+                                     [[10, 10, 30, 30], [60, 60, 90, 90], [10, 10, 30, 30]], [(100, 100)] * 3)
+  assert out["all"]["accuracy"] == pytest.approx(eval_accuracy.score / 100) == pytest.approx(1 / 3)
+  assert out["all"]["chose_asked_object"] == pytest.approx(2 / 3)
+  assert out["all"]["accuracy_when_chosen"] == pytest.approx(0.5)
+  # median over the two chosen answers: y errors 0 and 10 px, x errors ~0
+  np.testing.assert_allclose(out["all"]["median_error_px_x1y1x2y2"], [0, 5, 0, 5], atol=0.1)
+  assert set(out["by_objects_in_scene"]) == {"2"}
+  assert out["by_category"]["star"]["chose_asked_object"] == 0.0
+  with pytest.raises(KeyError, match="'elsewhere'"):
+    grounding_errors.breakdown([record], [{"question_id": "elsewhere/obj0", "answer": ""}])
+  with pytest.raises(ValueError, match="grounding item id"):
+    grounding_errors.breakdown([record], [{"question_id": "scene/qa0", "answer": ""}])
+
+
+def test_box_probe_reads_a_linear_box_and_not_noise():
+  from experiments.probe_boxes import ridge_errors
+  rng = np.random.default_rng(0)
+  tokens = rng.normal(size=(400, 16))
+  boxes = tokens[:, :4] * 10 + 50  # the box is a linear function of the token
+  exact = ridge_errors(tokens[:300], boxes[:300], tokens[300:], boxes[300:], lam=1e-3)
+  assert max(exact) < 0.05
+  noise = rng.normal(size=(400, 16))
+  blind = ridge_errors(noise[:300], boxes[:300], noise[300:], boxes[300:], lam=1e-3)
+  assert min(blind) > 4  # |N(0, 10)| has median 6.7

@@ -38,12 +38,25 @@ def _jsonl_path(root: pathlib.Path, split: str, kind: str) -> pathlib.Path:
   raise FileNotFoundError(f"no {split}.jsonl under {root}")
 
 
+def object_item_id(record_id: str, index: int) -> str:
+  """The grounding item id of a raw record's `index`-th object."""
+  return f"{record_id}/obj{index}"
+
+
+def parse_object_item_id(item_id: str) -> tuple[str, int]:
+  """`object_item_id`'s inverse: -> (record id, object index)."""
+  record_id, sep, index = item_id.rpartition("/obj")
+  if not sep or not index.isdigit():
+    raise ValueError(f"{item_id!r} is not a '<record id>/obj<k>' grounding item id")
+  return record_id, int(index)
+
+
 def _expand(rec: dict, kind: str, base: pathlib.Path) -> list[Item]:
   image = os.fspath(base / rec["image"])
   if "objects" in rec or "qa" in rec:  # a raw synth record
     rid = rec["id"]
     if kind == "grounding":
-      return [{"id": f"{rid}/obj{i}", "image": image, "expression": o["phrase"], "box": list(o["box"]),
+      return [{"id": object_item_id(rid, i), "image": image, "expression": o["phrase"], "box": list(o["box"]),
                "width": rec["width"], "height": rec["height"]} for i, o in enumerate(rec.get("objects") or [])]
     if kind == "caption":
       return [{"id": rid, "image": image, "captions": [rec["caption"]]}] if rec.get("caption") else []
