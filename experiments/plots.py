@@ -132,3 +132,21 @@ def three_stage_plots(work: pathlib.Path, results: pathlib.Path, report: dict):
   warmup_curve(results / "vision_warmup.json", results / "vision_warmup.png")
   grounding_examples(work / "eval_stage3", work / "data" / "heldout" / "shapes.jsonl",
                      results / "grounding_examples.png")
+
+
+def box_probe_bars(probe: dict[str, dict], path: pathlib.Path):
+  """`experiments.probe_boxes` output: per checkpoint, the median error of x1, y1, x2, y2 (px)."""
+  import numpy as np
+  names = list(probe)
+  errors = np.array([probe[n]["median_abs_error_px_x1y1x2y2"] for n in names])
+  fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.8))
+  width = 0.2
+  for i, coord in enumerate(("x1", "y1", "x2", "y2")):
+    ax.bar(np.arange(len(names)) + (i - 1.5) * width, errors[:, i], width, label=coord)
+  ax.set_xticks(np.arange(len(names)), [n.replace("runs/", "").replace("/", "\n", 1) for n in names], fontsize=7)
+  ax.set_ylabel("held-out median |error| (px, 96 px image)")
+  ax.set_title("linear read-out of the box from the centre-cell image token")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
