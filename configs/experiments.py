@@ -82,8 +82,6 @@ def get_config(variant=None):
     raise ValueError(f"unknown variant {variant!r}; known: {sorted(VALUES)}")
   v = dict(VALUES[variant], mesh=dict(data=1, fsdp=-1, tensor=1), checkpoint_every=100,
            keep_checkpoints=1, log_every=20)
-  optim = v.pop("optim", {})
   config = build(pathlib.Path(__file__).parent, "small", {"small": v})
-  config.optim.update(optim)
   config.model = xs_model(config.model.vision.image_size)
   return ml_collections.ConfigDict(config)

@@ -76,3 +76,17 @@ def smooth(values, k: int = 10) -> list[float]:
       acc -= values[i - k]
     out.append(acc / min(i + 1, k))
   return out
+
+
+def probe_checkpoints(ckpts, probe, out: str | None = None) -> dict:
+  """{ckpt: probe(model, model_config)} for each checkpoint, printed as it comes and written to `out`
+  as JSON (the probe_* scripts)."""
+  from qwenvl_jax.ckpt.orbax_io import load_checkpoint
+  results = {}
+  for ckpt in ckpts:
+    model, cfg, _ = load_checkpoint(ckpt)
+    results[ckpt] = probe(model, cfg)
+    print(ckpt, json.dumps(results[ckpt]), flush=True)
+  if out:
+    pathlib.Path(out).write_text(json.dumps(results, indent=2) + "\n")
+  return results

@@ -18,6 +18,12 @@ METRIC_LABELS = {"synth_grounding": "grounding acc\n(IoU>=0.5)", "synth_ocr": "O
 METRIC_LABELS.update({f"{k}_chat": f"{v}\nChatML" for k, v in list(METRIC_LABELS.items())})
 
 
+def _save(fig, path: pathlib.Path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def loss_curves(workdirs: dict[str, pathlib.Path], path: pathlib.Path, title: str, k: int = 10,
                 x_offset: bool = True):
   """One line per run (smoothed over k steps); with x_offset the runs follow each other (stages)."""
@@ -36,9 +42,7 @@ def loss_curves(workdirs: dict[str, pathlib.Path], path: pathlib.Path, title: st
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def metric_bars(stages: dict, path: pathlib.Path):
@@ -55,9 +59,7 @@ def metric_bars(stages: dict, path: pathlib.Path):
   ax.set_ylabel("score (%; CIDEr x100)")
   ax.set_title("Held-out synthetic metrics after each stage")
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 UPSCALE = 3  # the 96 px pictures are too small to see boxes on
@@ -118,9 +120,7 @@ def warmup_curve(result_json: pathlib.Path, path: pathlib.Path):
   ax.set_title("Stage V: ViT + adapter through auxiliary heads")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -147,6 +147,4 @@ def box_probe_bars(probe: dict[str, dict], path: pathlib.Path):
   ax.set_ylabel("held-out median |error| (px, 96 px image)")
   ax.set_title("linear read-out of the box from the centre-cell image token")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)

@@ -15,7 +15,6 @@ overwrite it.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -31,21 +30,27 @@ def ridge_errors(train_x, train_y, test_x, test_y, lam: float = 100.0) -> list[f
   return np.median(np.abs(b @ weights + offset - test_y), 0).round(2).tolist()
 
 
-def centre_tokens(model, folder: pathlib.Path, size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-  """(centre-cell adapter tokens [n_objects, hidden], boxes [n_objects, 4] px) of folder/shapes.jsonl."""
-  from flax import nnx
-
-  from experiments.vision_warmup import cell_of
+def load_scenes(folder: pathlib.Path, size: int, limit: int) -> tuple[list[dict], np.ndarray]:
+  """The first `limit` records of folder/shapes.jsonl and their images, preprocessed once for every
+  checkpoint."""
   from qwenvl_jax.data.preprocess import load_and_preprocess
   from qwenvl_jax.evals.tasks.base import load_jsonl
 
   records = load_jsonl(folder / "shapes.jsonl")[:limit]
+  images = np.stack([load_and_preprocess(str(folder / r["image"]), size, name=r["image"]) for r in records])
+  return records, images
+
+
+def centre_tokens(model, records: list[dict], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(centre-cell adapter tokens [n_objects, hidden], boxes [n_objects, 4] px) of the scenes."""
+  from flax import nnx
+
+  from experiments.vision_warmup import cell_of
+
   tokens_of = nnx.jit(lambda m, x: m.adapter(m.visual(x)))
   tokens, boxes = [], []
   for start in range(0, len(records), 100):
-    batch = records[start:start + 100]
-    images = np.stack([load_and_preprocess(str(folder / r["image"]), size, name=r["image"]) for r in batch])
-    for r, t in zip(batch, np.asarray(tokens_of(model, images))):
+    for r, t in zip(records[start:start + 100], np.asarray(tokens_of(model, images[start:start + 100]))):
       for o in r["objects"]:
         tokens.append(t[cell_of(o["box"], r["width"])])
         boxes.append(o["box"])
@@ -62,18 +67,18 @@ def main(argv=None):
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
 
-  from qwenvl_jax.ckpt.orbax_io import load_checkpoint
+  from experiments import common
 
-  data, out = pathlib.Path(args.data), {}
-  for ckpt in args.ckpt:
-    model, _, _ = load_checkpoint(ckpt)
-    train = centre_tokens(model, data / "train", args.size, args.n_train)
-    held = centre_tokens(model, data / "heldout", args.size, 10 ** 9)
-    out[ckpt] = {"median_abs_error_px_x1y1x2y2": ridge_errors(*train, *held, lam=args.lam),
-                 "n_train_objects": len(train[0]), "n_heldout_objects": len(held[0])}
-    print(ckpt, json.dumps(out[ckpt]), flush=True)
-  if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+  data = pathlib.Path(args.data)
+  train_scenes = load_scenes(data / "train", args.size, args.n_train)
+  held_scenes = load_scenes(data / "heldout", args.size, 10 ** 9)
+
+  def box_errors(model, _):
+    train, held = centre_tokens(model, *train_scenes), centre_tokens(model, *held_scenes)
+    return {"median_abs_error_px_x1y1x2y2": ridge_errors(*train, *held, lam=args.lam),
+            "n_train_objects": len(train[0]), "n_heldout_objects": len(held[0])}
+
+  common.probe_checkpoints(args.ckpt, box_errors, args.out)
   return 0
 
 

@@ -13,7 +13,6 @@ only learn the text prior (what attempt 1 ended in; see WORKSPACE.md).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -41,19 +40,17 @@ def main(argv=None):
   import numpy as np
   from flax import nnx
 
-  from qwenvl_jax.ckpt.orbax_io import load_checkpoint
+  from experiments import common
   from qwenvl_jax.data.preprocess import load_and_preprocess
   from qwenvl_jax.model.qwenvl import QwenVL
 
   paths = sorted(pathlib.Path(args.images).glob("*.png"))[:args.n]
-  out = {}
-  for ckpt in args.ckpt:
-    model, cfg, _ = load_checkpoint(ckpt)
+
+  def trained_and_random(model, cfg):
     images = np.stack([load_and_preprocess(str(p), cfg.vision.image_size) for p in paths])
-    out[ckpt] = {"trained": probe(model, images), "random_init": probe(QwenVL(cfg, rngs=nnx.Rngs(0)), images)}
-    print(ckpt, json.dumps(out[ckpt]), flush=True)
-  if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    return {"trained": probe(model, images), "random_init": probe(QwenVL(cfg, rngs=nnx.Rngs(0)), images)}
+
+  common.probe_checkpoints(args.ckpt, trained_and_random, args.out)
   return 0
 
 
