@@ -15,11 +15,13 @@ Departures from Table 8, all forced by training from scratch at this scale (stat
 - a "stage V" (experiments/vision_warmup.py, not a config here) warms up the ViT + adapter on the
   training annotations through throw-away heads (there is no pre-trained CLIP ViT either);
 - a "stage 0" pre-trains the LLM on the task texts without images (there is no Qwen-7B); stage 1 then
-  freezes it as in the paper, so the captions can only get better through the ViT and adapter
+  freezes it as in the paper, so the captions can only get better through the vision side
   (with the LLM trainable in stage 1, 120 steps learned the caption prior and ignored the image);
 - stages 2 and 3 run at 20x the paper's rates (1e-3, 2e-4; small model, few steps), stage 0 at 1e-3;
-  stage 1 keeps the paper's 2e-4 and stage 2 decays the ViT's rate faster (0.6 per block), so
-  that neither washes out what stage V taught the vision side;
+  stage 1 keeps the paper's 2e-4 but trains only the adapter's output map (ln_post, proj), and
+  stage 2 freezes the ViT and the adapter (the paper trains both in stages 1 and 2), so that no
+  stage washes out what stage V taught the vision side about where things are (each trained stage
+  cost box precision; WORKSPACE); stage 3 is the released recipe (ViT frozen);
 - the adapter starts from a local attention pattern (`adapter.local_init`, see Adapter.local_init):
   under the released random init every query averages all patches and, from scratch, the image path
   stayed unused for the whole 60-minute budget (measured in WORKSPACE.md);
@@ -46,6 +48,9 @@ def xs_model(image_size: int, n_queries: int = 16, window_patches: int = 0, voca
       llm=dict(hidden=192, layers=3, heads=3, head_dim=64, mlp_dim=512, seq_length=256))
 
 
+# The adapter without its output map (ln_post, proj): what stage 1 keeps frozen.
+ADAPTER_CORE = tuple(f"adapter.{name}" for name in ("query", "kv_proj", "ln_q", "ln_kv", "in_proj", "out_proj"))
+
 _DATA = dict(source="jsonl", paths=(), tokenizer="", num_workers=0)
 
 VALUES = {
@@ -54,20 +59,23 @@ VALUES = {
                    peak_lr=1e-3, min_lr=1e-5, warmup_steps=20, frozen=(),
                    data=dict(_DATA, format="pretrain", tasks=("pure_text",), layout="packed",
                              max_images=0)),
-    # Stage 1 at the paper's 2e-4: at 1e-3 the caption loss rewrote the ViT + adapter and lost what
-    # stage V taught about where things are (WORKSPACE: centre-cell box probe 2.5 px -> 6 px).
+    # Stage 1 aligns the vision tokens with the frozen LLM through the adapter's output map only:
+    # training the ViT + adapter on captions lost what stage V taught about where things are
+    # (WORKSPACE: centre-cell box probe 2.5 px -> 6 px at 1e-3, -> 4 px at the paper's 2e-4;
+    # a linear output map keeps 2.5 px).
     "stage1": dict(stage=1, image_size=72, seq_len=48, batch_size=32, grad_accum=1, steps=200,
-                   peak_lr=2e-4, min_lr=1e-5, warmup_steps=10, frozen=("llm",),
+                   peak_lr=2e-4, min_lr=1e-5, warmup_steps=10, frozen=("llm", "visual", *ADAPTER_CORE),
                    data=dict(_DATA, format="pretrain", tasks=("caption",), layout="unpacked",
                              max_images=1)),
-    # Stage 2: the LLM has everything to learn at 1e-3 while the ViT keeps most of stage V's features
-    # (layer-wise decay 0.6 instead of 0.95: its blocks get 0.13-0.6 of the lr).
-    "stage2": dict(stage=2, image_size=96, seq_len=128, batch_size=12, grad_accum=1, steps=5000,
-                   peak_lr=1e-3, min_lr=1e-5, warmup_steps=30, frozen=(), optim=dict(vit_lr_decay=0.6),
-                   # ref_grounding named twice: drawn twice as often (grounding is the slowest to learn)
+    # Stage 2: the LLM learns every task at 1e-3 on the vision tokens stage 1 left. ViT and adapter
+    # frozen: trained here (even at 0.13-0.6 of the lr) they lost box precision the LLM needs, and
+    # frozen the steps are 1.7x faster (0.27 vs 0.46 s).
+    "stage2": dict(stage=2, image_size=96, seq_len=128, batch_size=12, grad_accum=1, steps=7500,
+                   peak_lr=1e-3, min_lr=1e-5, warmup_steps=30, frozen=("visual", "adapter"),
+                   # ref_grounding named 3 times: drawn 3 times as often (grounding is the slowest to learn)
                    data=dict(_DATA, format="pretrain", layout="packed", max_images=3,
                              tasks=("caption", "vqa", "grounding", "ref_grounding", "ref_grounding",
-                                    "grounded_caption", "ocr"))),
+                                    "ref_grounding", "grounded_caption", "ocr"))),
     "stage3": dict(stage=3, image_size=96, seq_len=176, batch_size=8, grad_accum=1, steps=600,
                    # peak 1/5 of stage 2's: the paper's ratio (Table 8: 5e-5 -> 1e-5)
                    peak_lr=2e-4, min_lr=1e-6, warmup_steps=10,
