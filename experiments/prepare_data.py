@@ -34,7 +34,7 @@ TRAIN_SEED, HELDOUT_SEED = 11, 911  # disjoint (seed, index) streams: held-out i
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
-  n_shapes: int = 12000  # ~12 passes over each image in stage 2 (5000 steps of ~30 images)
+  n_shapes: int = 12000  # ~11 passes over each image in stage 2 (7500 steps of ~30 of the 20000 images)
   n_words: int = 8000
   n_heldout_shapes: int = 150
   n_heldout_words: int = 200

@@ -38,7 +38,6 @@ TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl"
 # The same sets asked in the stage-3 ChatML wording (evaluated after every stage: only a chat model
 # is expected to answer them).
 TASK_FILES.update({f"{task}_chat": name for task, name in list(TASK_FILES.items())})
-DEFAULT_STEPS = {0: 300, 1: 200, 2: 7500, 3: 600}
 
 
 def stage_paths(data: pathlib.Path, stage: int) -> tuple[str, ...]:
@@ -62,8 +61,14 @@ def eval_root(data: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
   return root
 
 
+def default_steps() -> dict[int, int]:
+  """Each stage's `steps` in configs/experiments.py (the one place they are set)."""
+  from qwenvl_jax.config import load_config_dict
+  return {stage: load_config_dict(f"{common.REPO / common.CONFIG}:stage{stage}").steps for stage in range(4)}
+
+
 def parse_steps(text: str) -> dict[int, int]:
-  out = dict(DEFAULT_STEPS)
+  out = default_steps()
   for part in filter(None, text.split(",")):
     k, _, v = part.partition(":")
     out[int(k)] = int(v)

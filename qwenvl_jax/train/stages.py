@@ -30,8 +30,7 @@ def _model(config_dir: pathlib.Path, variant: str) -> ml_collections.ConfigDict:
 
 def build(config_dir, variant: str | None, values: dict[str, dict]) -> ml_collections.ConfigDict:
   """`values[variant]` holds: stage, image_size, seq_len, batch_size, grad_accum, steps, peak_lr,
-  min_lr, warmup_steps, frozen, mesh (dict), data (dict), optional model overrides (`model`) and
-  optional optimizer overrides (`optim`, e.g. dict(vit_lr_decay=0.6))."""
+  min_lr, warmup_steps, frozen, mesh (dict), data (dict) and optional model overrides (`model`)."""
   variant = variant or "full"
   if variant not in values:
     raise ValueError(f"unknown variant {variant!r}; known: {sorted(values)}")
@@ -45,7 +44,7 @@ def build(config_dir, variant: str | None, values: dict[str, dict]) -> ml_collec
     else:
       model[node] = value
   optim = dict(COMMON_OPTIM, peak_lr=v.pop("peak_lr"), min_lr=v.pop("min_lr"),
-               warmup_steps=v.pop("warmup_steps"), frozen=tuple(v.pop("frozen")), **v.pop("optim", {}))
+               warmup_steps=v.pop("warmup_steps"), frozen=tuple(v.pop("frozen")))
   mesh, data = v.pop("mesh"), v.pop("data")
   top = dict(seed=0, checkpoint_every=1000, keep_checkpoints=3, async_checkpoint=True, log_every=10,
              init="", peak_flops=0.0, pause_after_step=0)
