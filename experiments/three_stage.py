@@ -1,7 +1,7 @@
 """The issue-11 reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
 
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
-      [--steps 0:300,1:200,2:7500,3:600] [--vision-steps 3000] [--eval-limit 150]
+      [--steps 0:300,1:200,2:7500,3:600] [--vision-steps 4500] [--eval-limit 150]
 
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
@@ -128,7 +128,7 @@ def main(argv=None):
   p.add_argument("--work", default="runs/exp11/full")
   p.add_argument("--results", default="experiments/results/three_stage")
   p.add_argument("--steps", default="", help="per stage, e.g. 0:300,1:200,2:7500,3:600")
-  p.add_argument("--vision-steps", type=int, default=3000,
+  p.add_argument("--vision-steps", type=int, default=4500,
                  help="steps of the stage-V vision warm-up after stage 0 (0: none)")
   p.add_argument("--eval-limit", type=int, default=150)
   p.add_argument("--data-args", default="", help="extra flags for experiments.prepare_data")
