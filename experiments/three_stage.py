@@ -8,8 +8,9 @@
 2. Stage 0 (the LLM alone on the task texts without images: there is no pre-trained Qwen-7B),
    stage V (`experiments.vision_warmup`: the ViT + adapter on the training split's boxes and words
    through auxiliary heads: there is no pre-trained CLIP ViT either),
-   stage 1 (captions, 72 px, LLM frozen as in the paper), stage 2 (the pre-training tasks, 96 px,
-   packed rows, all trained), stage 3 (ChatML, 96 px, ViT frozen), each initialised from the
+   stage 1 (captions, 72 px, LLM frozen as in the paper; only the adapter's output map trains),
+   stage 2 (the pre-training tasks, 96 px, packed rows, the LLM trained on stage V's frozen image
+   tokens), stage 3 (ChatML, 96 px, ViT frozen), each initialised from the
    previous one (`--init`), with
    `qwenvl-jax train --config configs/experiments.py:stageN` (data via the grain pipeline's
    `make_train_iterator`; the tokenizer is copied into each workdir for eval / chat).
