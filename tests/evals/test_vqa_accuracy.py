@@ -19,6 +19,12 @@ def test_trailing_period_and_case_on_unanimous_answers(pred, variant, expected):
   assert vqa_score(pred, ["yes"] * 10, variant) == expected
 
 
+@pytest.mark.parametrize("variant,expected", [("qwenvl", 0.0), ("official", 0.0), ("lmms", 1.0)])
+def test_unanimous_answers_keep_their_punctuation(variant, expected):
+  # Qwen-VL and the official script process the answers only when the humans disagree.
+  assert vqa_score("yes", ["yes."] * 10, variant) == expected
+
+
 @pytest.mark.parametrize("k,expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
 def test_leave_one_out_average(k, expected):
   # k humans said "cat": annotators who said cat see k-1 matches among the other 9, the rest see k.

@@ -74,6 +74,17 @@ def test_filters_match_transformers_warpers():
     np.testing.assert_array_equal(ours > -1e30, np.isfinite(ref.numpy()), err_msg=f"{top_k} {top_p}")
 
 
+def test_top_p_excludes_the_token_at_exactly_the_threshold():
+  """Probabilities [0.5, 0.25, 0.25] and top_p 0.5: the top token alone reaches 0.5, so only it is
+  kept (transformers' TopPLogitsWarper removes tokens whose ascending cumulative mass <= 1 - top_p)."""
+  lp = pytest.importorskip("transformers.generation.logits_process")
+  logits = np.log(np.asarray([[0.25, 0.5, 0.25]], np.float32))
+  ours = np.asarray(filter_logits(jnp.asarray(logits), jnp.int32(0), jnp.float32(0.5)))
+  ref = lp.TopPLogitsWarper(0.5)(None, torch.from_numpy(logits.copy())).numpy()
+  np.testing.assert_array_equal(np.isfinite(ref), [[False, True, False]])
+  np.testing.assert_array_equal(ours > -1e30, np.isfinite(ref))
+
+
 def test_sampling_respects_filters_and_greedy():
   sample = jax.jit(sample_logits)
   logits = jnp.asarray(np.random.default_rng(1).normal(size=(8, 50)).astype(np.float32))
@@ -105,6 +116,33 @@ def test_stops_min_and_max_new_tokens(model, tok):
   assert len(held) >= 4 and held[0] != free[0]  # the stop id is suppressed for 4 steps
   assert len(gen.generate_ids(prompt, sampling=SamplingConfig(temperature=0, max_new_tokens=5),
                               stop_ids=unused)[0]) == 5
+
+
+def test_padded_vocab_rows_are_never_generated(model, tok):
+  """The model's vocabulary padded past the tokenizer's (as the released 151936 > 151860): padded
+  lm_head columns copy 3x the column of the token greedy decoding picks at each step, so they would
+  win every step if they were not masked; the first padded id (== valid_vocab) included."""
+  import dataclasses
+  from flax import nnx
+  from qwenvl_jax.model.qwenvl import QwenVL
+  prompt = [list(range(3, 20))]
+  sampling = SamplingConfig(temperature=0, max_new_tokens=6)
+  unused = [tok.special("<|extra_7|>")]
+  want = _gen(model, tok).generate_ids(prompt, sampling=sampling, stop_ids=unused)[0]
+  assert len(want) == 6
+  v, pad = tok.vocab_size, 8
+  cfg = dataclasses.replace(model.cfg, llm=dataclasses.replace(model.cfg.llm, vocab_size=v + pad))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  p = jax.tree.map(np.asarray, params.to_pure_dict())
+  w = p["llm"]["lm_head"]
+  logits0 = np.asarray(model(jnp.asarray(prompt, jnp.int32)))[0, -1]
+  assert logits0[want[0]] > 0  # so 3x its column scores higher than the token itself
+  p["llm"]["lm_head"] = np.concatenate([w, 3 * w[:, [want[min(i, 5)] for i in range(pad)]]], 1)
+  p["llm"]["embed"] = np.concatenate([p["llm"]["embed"], np.zeros((pad, w.shape[0]), w.dtype)])
+  padded = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: QwenVL(cfg, rngs=nnx.Rngs(0)))), p,
+                     rest.to_pure_dict())
+  got = _gen(padded, tok).generate_ids(prompt, sampling=sampling, stop_ids=unused)[0]
+  assert got == want
 
 
 def test_batched_rows_equal_single_rows(model, tok):

@@ -1,6 +1,7 @@
 """Golden checks of single blocks against independent computations (complex rotation, torch MHA)."""
 
 import numpy as np
+import pytest
 import jax
 import jax.numpy as jnp
 import torch
@@ -101,3 +102,34 @@ def test_window_attention_equals_block_masked_global_attention():
 def test_resize_identity_when_grid_matches():
   t = jnp.arange(16 * 3, dtype=jnp.float32).reshape(16, 3)
   assert resize_grid_table(t, 4) is t
+
+
+@pytest.mark.parametrize("layers,every,window,want", [
+    (8, 4, 2, "wwwgwwwg"), (6, 2, 2, "wgwgwg"), (4, 4, 0, "gggg")])
+def test_vit_window_flags_global_every_nth_layer(layers, every, window, want):
+  """Appendix E.3: windowed attention with every `global_every`-th layer (1-based) global; no windows
+  at all when window_patches is 0 (the released model)."""
+  from qwenvl_jax.model.vit import VisionTransformer
+  cfg = VisionConfig(image_size=56, patch_size=14, width=8, layers=layers, heads=2, mlp_dim=16, pos_grid=2,
+                     window_patches=window, global_every=every)
+  vit = nnx.eval_shape(lambda: VisionTransformer(cfg, rngs=nnx.Rngs(0)))
+  assert "".join("w" if f else "g" for f in vit.window_flags()) == want
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_rms_norm_matches_qwen2_rms_norm(scale):
+  """Against transformers' Qwen2RMSNorm with non-unit weights, over input magnitudes where eps
+  matters (1e-3: mean square ~ eps) and where it does not."""
+  from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+  from qwenvl_jax.model.layers import RMSNorm
+  dim, eps = 32, 1e-6
+  rng = np.random.default_rng(0)
+  x = (scale * rng.normal(size=(3, 5, dim))).astype(np.float32)
+  w = (3 * rng.normal(size=dim)).astype(np.float32)
+  ours = RMSNorm(dim, eps, ("embed",))
+  ours.scale[...] = jnp.asarray(w)
+  ref = Qwen2RMSNorm(dim, eps=eps)
+  ref.weight.data = torch.from_numpy(w)
+  with torch.no_grad():
+    want = ref(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x))), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

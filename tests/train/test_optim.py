@@ -86,6 +86,23 @@ def test_weight_decay_mask():
   assert all(optim.decays(p) for p in decay)
 
 
+def test_weight_decay_reaches_only_decayed_leaves(tiny):
+  """Parameters of ones, zero gradients, one update at lr: Adam's direction is 0, so only decoupled
+  weight decay moves a parameter, by exactly -lr * wd (LLM and adapter: layer factor 1)."""
+  cfg, params = tiny
+  lr, wd = 1e-3, 0.05
+  ocfg = OptimConfig(peak_lr=lr, min_lr=0.0, warmup_steps=0, weight_decay=wd, frozen=())
+  tx, _ = optim.make_optimizer(ocfg, cfg, params, steps=10)
+  ones = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(ones), ones)
+  u = flat(updates)
+  for path in ("llm.ln_f.scale", "llm.embed", "adapter.query", "adapter.ln_post.bias",
+               "llm.blocks.attn.qkv.bias"):
+    assert np.all(u[path] == 0), path
+  for path in ("llm.lm_head", "adapter.proj", "llm.blocks.mlp.w1.kernel"):
+    np.testing.assert_allclose(u[path], -lr * wd, rtol=1e-6, err_msg=path)
+
+
 def test_schedule_warmup_then_cosine_to_min():
   ocfg = OptimConfig(peak_lr=2e-4, min_lr=1e-6, warmup_steps=500)
   s = optim.schedule(ocfg, 50_000)

@@ -58,12 +58,68 @@ def test_frozen_subtrees_unchanged(stage):
                  for p in moments if ".mu." in p or ".nu." in p)
 
 
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
 def test_loss_is_mean_over_targets_and_ignores_boundaries():
+  """loss_sums against a per-token numpy cross entropy whose targets are enumerated by hand: a token
+  is a target when its loss_mask is set and it continues the segment of the token before it."""
+  from flax import nnx
+  from qwenvl_jax.model.qwenvl import QwenVL
+  from tests.train.helpers import initial_state
   cfg = model_config_from_dict(stage_config(2).model)
   b = make_synthetic_batch(cfg, 4, 64, max_images=2, packed=True)
-  w = np.asarray(step_lib.target_weights(b))
   seg = b["segment_ids"]
   starts = np.flatnonzero((seg[:, 1:] != seg[:, :-1]).ravel())
-  assert starts.size and not w.ravel()[starts].any()  # first token of a segment: never a target
-  assert not w[seg[:, 1:] == 0].any()  # padding: never a target
-  assert w.sum() == (b["loss_mask"][:, 1:] & (seg[:, 1:] != 0)).sum()
+  assert starts.size  # the batch really packs several segments per row
+  params, buffers = initial_state(cfg)
+  model = nnx.merge(nnx.graphdef(QwenVL(cfg, rngs=nnx.Rngs(0))), params, buffers)
+  ce_sum, n = step_lib.loss_sums(model, {k: jax.numpy.asarray(v) for k, v in b.items()})
+  logits = np.asarray(model(b["tokens"], b["images"], num_images=b["num_images"], segment_ids=seg,
+                            positions=b["positions"]), np.float64)
+  logp = _log_softmax(logits)
+  want, count = 0.0, 0
+  for r in range(seg.shape[0]):
+    for t in range(1, seg.shape[1]):
+      if b["loss_mask"][r, t] and seg[r, t] != 0 and seg[r, t] == seg[r, t - 1]:
+        want -= logp[r, t - 1, b["tokens"][r, t]]
+        count += 1
+  assert int(n) == count > 0
+  np.testing.assert_allclose(float(ce_sum) / int(n), want / count, rtol=1e-5)
+
+
+def test_step_clears_segment_starts_itself():
+  """The batch contract says the step enforces segment boundaries, whatever the builder did: an
+  all-True loss mask over segments [1, 1, 1, 2, 2, 0] gives targets at positions 1, 2 and 4 only
+  (3 starts segment 2, 5 is padding)."""
+  batch = dict(loss_mask=np.ones((1, 6), bool), segment_ids=np.asarray([[1, 1, 1, 2, 2, 0]], np.int32))
+  np.testing.assert_array_equal(np.asarray(step_lib.target_weights(batch)),
+                                [[True, True, False, True, False]])
+
+
+def test_gradient_is_mean_over_targets_for_any_grad_accum():
+  """grad_norm of the step's gradient equals the norm of jax.grad of (summed CE / target count) over
+  the whole batch, for 1 and 4 microbatches: an extra division by grad_accum would be off 4x (Adam
+  hides the scale of the gradient in the trajectory)."""
+  from flax import nnx
+  from tests.train.helpers import initial_state, mesh_of
+  from qwenvl_jax.config import train_config_from_dict
+  config = stage_config(2)
+  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
+  setup = step_lib.build_setup(mcfg, tcfg.optim, tcfg.steps, mesh_of((1, 1, 1)))
+  host_params, buffers = initial_state(mcfg)
+  batch = make_synthetic_batch(mcfg, 8, 64, max_images=2, packed=True)
+
+  def mean_loss(p):
+    ce, n = step_lib.loss_sums(nnx.merge(setup.graphdef, p, buffers), batch)
+    return ce / n
+
+  want = float(jax.numpy.sqrt(sum(jax.numpy.sum(g ** 2) for g in
+                                  jax.tree.leaves(jax.grad(mean_loss)(host_params)))))
+  for accum in (1, 4):
+    params = jax.device_put(host_params, setup.param_sh)
+    step = step_lib.TrainStep(setup, accum)
+    _, _, m = step(params, step_lib.init_opt_state(setup, params), buffers, dict(batch))
+    np.testing.assert_allclose(float(m["grad_norm"]), want, rtol=1e-4, err_msg=f"grad_accum={accum}")
