@@ -12,7 +12,7 @@
       from a trained (global-attention) checkpoint, as the paper's runs start from CLIP, and uses
       the vocabulary of the `--init-data` set that checkpoint was trained with.
 
-Each run trains from scratch with `qwenvl-jax train --config configs/experiments.py:...` on the data of
+Each run trains from scratch with `qwenvl-jax train --config experiments/configs.py:...` on the data of
 `experiments.prepare_data` (made if missing; the window ablation uses its own set generated at 192
 px, so the higher resolution carries more detail), then plots to RESULTS/ and writes JSON.
 """

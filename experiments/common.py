@@ -11,7 +11,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = "configs/experiments.py"
+CONFIG = "experiments/configs.py"
 
 
 def env() -> dict:

@@ -3,7 +3,7 @@
   python -m experiments.probe_adapter --task position [--head adapter|vit] [--local-init 3] [--steps 300]
   python -m experiments.probe_adapter --task ocr --jitter 2 --fonts 2 [--local-init 3] [--steps 400]
 
-The xs ViT (configs/experiments.py) feeds either the adapter (16 queries, flattened) or its own 64
+The xs ViT (experiments/configs.py) feeds either the adapter (16 queries, flattened) or its own 64
 patch features (flattened, `--head vit`) into one linear layer, trained with AdamW on
   position: which cell of a 4x4 grid holds the centre of the single shape (16 classes);
   ocr:      which of 100 words is written (experiments/easy_text.py; `--jitter -1` = anywhere).

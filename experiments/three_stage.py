@@ -12,7 +12,7 @@
    stage 2 (the pre-training tasks, 96 px, packed rows, the LLM trained on stage V's frozen image
    tokens), stage 3 (ChatML, 96 px, ViT frozen), each initialised from the
    previous one (`--init`), with
-   `qwenvl-jax train --config configs/experiments.py:stageN` (data via the grain pipeline's
+   `qwenvl-jax train --config experiments/configs.py:stageN` (data via the grain pipeline's
    `make_train_iterator`; the tokenizer is copied into each workdir for eval / chat).
 3. After every stage `qwenvl-jax eval --task all` on the held-out sets: synth_grounding
    (accuracy at IoU >= 0.5), synth_ocr (exact match of one word = word accuracy), synth_caption
@@ -63,7 +63,7 @@ def eval_root(data: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
 
 
 def default_steps() -> dict[int, int]:
-  """Each stage's `steps` in configs/experiments.py (the one place they are set)."""
+  """Each stage's `steps` in experiments/configs.py (the one place they are set)."""
   from qwenvl_jax.config import load_config_dict
   return {stage: load_config_dict(f"{common.REPO / common.CONFIG}:stage{stage}").steps for stage in range(4)}
 

@@ -1,8 +1,9 @@
 """Typed, validated configuration.
 
-Config files under `configs/` are plain Python (big_vision style): `get_config(variant)` returns an
-`ml_collections.ConfigDict`. `load_config("configs/tiny.py:variant")` imports one and turns the
-`model` / `mesh` sections into the frozen dataclasses below, validating every field on the way, so a
+Configs are plain Python modules (big_vision style), packaged in `qwenvl_jax/configs/`:
+`get_config(variant)` returns an `ml_collections.ConfigDict`. `load_config_dict("stage2:tiny")` loads
+one (by name, by its path `configs/stage2.py:tiny`, or any .py file), and the `*_from_dict` functions
+turn its `model` / `mesh` / run sections into the frozen dataclasses below, validating every field on the way, so a
 bad value fails at load time with the field's dotted name rather than as a shape error inside jit.
 """
 
@@ -158,10 +159,15 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Sizes of the (data, fsdp, tensor) mesh axes; one size may be -1 (fill with the rest)."""
+  """Sizes of the (data, fsdp, tensor) mesh axes; one size may be -1 (fill with the rest).
+
+  `rules` overrides entries of the logical-axis rules table (`sharding.DEFAULT_RULES`), e.g.
+  `(("embed", None),)` to replicate the LLM width instead of sharding it over fsdp; () = the table.
+  """
   data: int = 1
   fsdp: int = -1
   tensor: int = 1
+  rules: tuple = ()
 
   def resolved_shape(self, n_devices: int) -> tuple[int, int, int]:
     sizes = [self.data, self.fsdp, self.tensor]
@@ -219,8 +225,25 @@ def model_config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
   return _from_mapping(ModelConfig, _to_plain(values), "model").validate()
 
 
+def _rules_tuple(rules) -> tuple:
+  """Config rules (lists from JSON / --set) -> ((logical name, None | mesh axis | axes tuple), ...)."""
+  out = []
+  for entry in rules or ():
+    _check(isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str),
+           "mesh.rules", f"each rule is (logical name, mesh axes), got {entry!r}")
+    name, axes = entry
+    axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    _check(all(a in MESH_AXES for a in axes_t), "mesh.rules",
+           f"rule for '{name}': mesh axes {axes!r} not among {MESH_AXES}")
+    out.append((name, axes if axes is None or isinstance(axes, str) else tuple(axes)))
+  return tuple(out)
+
+
 def mesh_config_from_dict(values: Mapping[str, Any] | None) -> MeshConfig:
-  return _from_mapping(MeshConfig, _to_plain(values), "mesh")
+  values = dict(_to_plain(values) or {})
+  if "rules" in values:
+    values["rules"] = _rules_tuple(values["rules"])
+  return _from_mapping(MeshConfig, values, "mesh")
 
 
 def model_config_to_dict(cfg: ModelConfig) -> dict:
@@ -228,7 +251,7 @@ def model_config_to_dict(cfg: ModelConfig) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Scaled-down models (configs/tiny.py, configs/small.py).
+# Scaled-down models (configs tiny and small).
 
 
 def scaled_model_config(vocab_size: int, vision: Mapping[str, Any], adapter: Mapping[str, Any],
@@ -251,38 +274,51 @@ def scaled_model_config(vocab_size: int, vision: Mapping[str, Any], adapter: Map
 
 def model_file_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """What a model config file's get_config returns: the model on a pure-FSDP mesh."""
-  return ml_collections.ConfigDict(dict(model=model, mesh=dict(data=1, fsdp=-1, tensor=1)))
+  return ml_collections.ConfigDict(dict(model=model, mesh=dict(data=1, fsdp=-1, tensor=1, rules=())))
 
 
 # --------------------------------------------------------------------------------------------
 # Config files.
 
+PACKAGE = "qwenvl_jax.configs"
+# A source checkout's top-level configs/ folder: configs not (yet) moved into the package still load.
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
-def _resolve_config_path(spec: str) -> pathlib.Path:
+def packaged_configs() -> list[str]:
+  """Names of the configs in qwenvl_jax/configs/ (those with a get_config)."""
+  folder = pathlib.Path(__file__).resolve().parent / "configs"
+  return sorted(p.stem for p in folder.glob("*.py")
+                if not p.stem.startswith("_") and "def get_config" in p.read_text())
+
+
+def _config_source(spec: str):
+  """A config spec's path part -> (module name, importlib spec). Order: a file at that path (relative
+  to the working directory), the packaged config of that name, the checkout's configs/ folder."""
   path = pathlib.Path(spec)
   if path.suffix != ".py":
     path = path.with_suffix(".py")
-  if path.exists():
-    return path
+  if path.is_file():
+    return path.stem, importlib.util.spec_from_file_location(f"qwenvl_config_{path.stem}", path)
+  if path.stem in packaged_configs():
+    return path.stem, importlib.util.find_spec(f"{PACKAGE}.{path.stem}")
   candidate = CONFIG_DIR / path.name
-  if candidate.exists():
-    return candidate
-  raise ConfigError(f"config file '{spec}' not found (also looked in {CONFIG_DIR})")
+  if candidate.is_file():
+    return path.stem, importlib.util.spec_from_file_location(f"qwenvl_config_{path.stem}", candidate)
+  raise ConfigError(f"config '{spec}' not found: no such file, and no packaged config of that name "
+                    f"(known: {', '.join(packaged_configs())})")
 
 
 def load_config_dict(spec: str) -> ml_collections.ConfigDict:
-  """`configs/stage1.py:tiny`, `stage1:tiny` or `qwen_vl_7b` -> the file's get_config(variant)."""
+  """`stage1:tiny`, `qwen_vl_7b`, `configs/stage1.py:tiny` or `path/to/file.py:variant` -> its
+  get_config(variant). Each call executes the module afresh (configs may keep module-level tables)."""
   path_part, _, variant = spec.partition(":")
-  path = _resolve_config_path(path_part)
-  module_spec = importlib.util.spec_from_file_location(f"qwenvl_config_{path.stem}", path)
+  name, module_spec = _config_source(path_part)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file '{path}' has no get_config(variant) function")
-  cfg = module.get_config(variant or None)
-  return cfg
+    raise ConfigError(f"config '{path_part}' has no get_config(variant) function")
+  return module.get_config(variant or None)
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
@@ -316,7 +352,7 @@ def load_model_config(spec: str) -> ModelConfig:
 
 # --------------------------------------------------------------------------------------------
 # Training (qwenvl_jax/train): the optimizer and the run. Top-level keys of a stage config
-# (configs/stage{1,2,3}.py) besides `model`, `mesh`, `optim` and `data`.
+# (configs stage1/2/3) besides `model`, `mesh`, `optim` and `data`.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from qwenvl_jax.config import MESH_AXES, MeshConfig
+from qwenvl_jax.config import MESH_AXES, ConfigError, MeshConfig
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
@@ -62,12 +62,22 @@ _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("qwenvl_rules", d
 
 @contextlib.contextmanager
 def logical_rules(rules: Rules):
-  """Overrides the rules table within a block (e.g. a per-stage choice)."""
+  """Uses `rules` as the table within a block: what the train loop and AOT do with `rules_for(mesh.rules)`."""
   token = _RULES.set(tuple(rules))
   try:
     yield
   finally:
     _RULES.reset(token)
+
+
+def rules_for(overrides: Rules = ()) -> Rules:
+  """DEFAULT_RULES with the entries of `overrides` (the config's `mesh.rules`) replaced."""
+  table = dict(DEFAULT_RULES)
+  for name, axes in overrides:
+    if name not in table:
+      raise ConfigError(f"config field 'mesh.rules': unknown logical axis '{name}'; known: {sorted(table)}")
+    table[name] = axes
+  return tuple(table.items())
 
 
 def current_rules() -> Rules:

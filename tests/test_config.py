@@ -88,3 +88,55 @@ def test_overrides_and_missing_files():
     apply_overrides(cfg, ["model.llm.nope=1"])
   with pytest.raises(ConfigError, match="not found"):
     load_config_dict("configs/does_not_exist.py")
+
+
+def test_config_spellings_load_the_packaged_configs(tmp_path, monkeypatch):
+  """`configs/stage2.py:tiny` (the path before configs moved into the package), `stage2:tiny`, and
+  the same from another working directory all load qwenvl_jax/configs/stage2.py."""
+  import pathlib
+  want = load_config_dict("stage2:tiny").to_dict()
+  monkeypatch.chdir(tmp_path)
+  assert load_config_dict("configs/stage2.py:tiny").to_dict() == want
+  assert load_config_dict(str(pathlib.Path("/nowhere/configs/stage2.py")) + ":tiny").to_dict() == want
+  # A file at the given path wins over the packaged config of the same name.
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "tiny.py").write_text(
+      "import ml_collections\ndef get_config(variant=None):\n  return ml_collections.ConfigDict(dict(who='mine'))\n")
+  assert load_config_dict("configs/tiny.py").who == "mine"
+  assert "who" not in load_config_dict("tiny")
+
+
+def test_configs_still_in_the_checkouts_configs_folder_load(tmp_path, monkeypatch):
+  from qwenvl_jax import config as config_lib
+  (tmp_path / "newcfg.py").write_text(
+      "import ml_collections\ndef get_config(variant=None):\n  return ml_collections.ConfigDict(dict(v=variant))\n")
+  monkeypatch.setattr(config_lib, "CONFIG_DIR", tmp_path)
+  assert load_config_dict("newcfg:lora").v == "lora"
+  assert load_config_dict("configs/newcfg.py:qlora").v == "qlora"
+  with pytest.raises(ConfigError, match="not found.*known: .*stage2"):
+    load_config_dict("nocfg")
+
+
+def test_mesh_rules_field_overrides_the_table():
+  import jax
+  from flax import nnx
+  from qwenvl_jax.config import mesh_config_from_dict
+  from qwenvl_jax.model.qwenvl import QwenVL
+  from qwenvl_jax.sharding import (DEFAULT_RULES, abstract_state, create_mesh, logical_rules, param_shardings,
+                                   rules_for)
+  cfg = load_config_dict("stage2:tiny")
+  assert mesh_config_from_dict(cfg.mesh).rules == () and rules_for(()) == DEFAULT_RULES
+  apply_overrides(cfg, ['mesh.rules=(("embed", None), ("mlp", ["fsdp"]))'])
+  mesh_cfg = mesh_config_from_dict(cfg.mesh)
+  assert mesh_cfg.rules == (("embed", None), ("mlp", ("fsdp",)))
+  mesh = create_mesh(MeshConfig(1, 8, 1))
+  model_cfg = model_config_from_dict(cfg.model)
+  _, state = abstract_state(lambda: QwenVL(model_cfg, rngs=nnx.Rngs(0)), mesh)
+  spec = lambda: param_shardings(state, mesh).to_pure_dict()["llm"]["blocks"]["mlp"]["w1"]["kernel"].spec
+  assert "fsdp" in tuple(spec())  # default: the LLM width over fsdp
+  with logical_rules(rules_for(mesh_cfg.rules)):
+    assert tuple(spec())[1:] == (None, "fsdp")  # [layers, embed, mlp]: width replicated, mlp over fsdp
+  with pytest.raises(ConfigError, match="mesh.rules.*unknown logical axis 'embedd'"):
+    rules_for((("embedd", None),))
+  with pytest.raises(ConfigError, match="mesh.rules.*not among"):
+    mesh_config_from_dict(dict(rules=[["embed", "model"]]))

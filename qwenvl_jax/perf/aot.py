@@ -219,7 +219,16 @@ def abstract_train_batch(rows: int, seq_len: int, images_per_row: int, image_siz
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in plain.items()}
 
 
-def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None,
+def compile_train(config, topology: str, **kwargs):
+  """`_compile_train` under the config's sharding rules (`mesh.rules`)."""
+  from qwenvl_jax.config import mesh_config_from_dict
+  from qwenvl_jax.sharding import logical_rules, rules_for
+  cfg = _load(config)
+  with logical_rules(rules_for(mesh_config_from_dict(cfg.get("mesh")).rules)):
+    return _compile_train(cfg, topology, **kwargs)
+
+
+def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None,
                   microbatches: int | None = None, batch_size: int | None = None,
                   images_per_row: int | None = None, assumed_mfu: float = 0.4,
                   hbm_bytes: float | None = None, compile: bool = True, log=None) -> dict:
@@ -292,7 +301,16 @@ def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None
 # Inference: prefill and one decode step, as `infer/generate.py` runs them.
 
 
-def compile_inference(config, topology: str, *, mesh: MeshConfig | str | None = None,
+def compile_inference(config, topology: str, **kwargs):
+  """`_compile_inference` under the config's sharding rules (`mesh.rules`)."""
+  from qwenvl_jax.config import mesh_config_from_dict
+  from qwenvl_jax.sharding import logical_rules, rules_for
+  cfg = _load(config)
+  with logical_rules(rules_for(mesh_config_from_dict(cfg.get("mesh")).rules)):
+    return _compile_inference(cfg, topology, **kwargs)
+
+
+def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None = None,
                       batch: int = 8, prompt_len: int = 1024, gen_len: int = 512,
                       images_per_row: int = 1, assumed_mfu: float = 0.4,
                       hbm_bytes: float | None = None, log=None) -> list[dict]:

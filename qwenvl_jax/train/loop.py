@@ -29,7 +29,7 @@ import numpy as np
 
 from qwenvl_jax.config import (ConfigError, mesh_config_from_dict, model_config_from_dict,
                                train_config_from_dict)
-from qwenvl_jax.sharding import batch_sharding, create_mesh
+from qwenvl_jax.sharding import batch_sharding, create_mesh, logical_rules, rules_for
 from qwenvl_jax.train import checkpoint as ckpt_lib
 from qwenvl_jax.train import metrics as metrics_lib
 from qwenvl_jax.train import optim
@@ -150,9 +150,15 @@ def _progress(total: int, initial: int):
   return None if bar.disable else bar
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, resume: bool = False,
-          init: str | None = None, iterator: Iterator | None = None, log=None) -> dict[str, Any]:
-  """Runs the stage config to `config.steps`; returns {"status", "step", "losses"}."""
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, **kwargs) -> dict[str, Any]:
+  """Runs the stage config to `config.steps` under its sharding rules (`mesh.rules`); returns
+  {"status", "step", "losses"}. Keyword arguments: resume, init, iterator, log (see `_train`)."""
+  with logical_rules(rules_for(mesh_config_from_dict(config.get("mesh")).rules)):
+    return _train(config, workdir, **kwargs)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, resume: bool = False,
+           init: str | None = None, iterator: Iterator | None = None, log=None) -> dict[str, Any]:
   log = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if jax.process_index() == 0
                 else None)
   train_cfg = train_config_from_dict(config)

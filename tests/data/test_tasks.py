@@ -111,7 +111,7 @@ def test_examples_and_markup_parses():
 
 def test_a_task_named_twice_is_offered_twice():
   """`tasks` doubles as the mixture: the sample builder draws uniformly among a record's examples, so a
-  name given k times is drawn k times as often (configs/experiments.py weights ref_grounding this way)."""
+  name given k times is drawn k times as often (experiments/configs.py weights ref_grounding this way)."""
   r = rec("a.png", caption="two shapes.",
           objects=[{"phrase": "the red circle", "box": [10, 10, 200, 200]},
                    {"phrase": "the blue square", "box": [300, 300, 600, 600]}])

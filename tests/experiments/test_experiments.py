@@ -98,7 +98,7 @@ def _config_from_cmd(cmd):
 
 ADAPTER_CORE = {f"adapter.{n}" for n in ("query", "kv_proj", "ln_q", "ln_kv", "in_proj", "out_proj")}
 ADAPTER_OUT = {"adapter.ln_post", "adapter.proj"}
-# What each stage trains (configs/experiments.py): stage 1 only the adapter's output map (the LLM
+# What each stage trains (experiments/configs.py): stage 1 only the adapter's output map (the LLM
 # frozen as in the paper; ViT and the adapter's attention keep stage V's "where"), stage 2 only the
 # LLM, stage 3 the released recipe (ViT and output map frozen).
 TRAINED = {0: {"visual", "llm"} | ADAPTER_CORE | ADAPTER_OUT, 1: ADAPTER_OUT, 2: {"llm"},
@@ -232,7 +232,7 @@ def test_vision_warmup_changes_only_the_vision_side(data_dir, tmp_path):
 
   from flax import nnx
 
-  from configs.experiments import xs_model
+  from experiments.configs import xs_model
   from experiments import vision_warmup
   from qwenvl_jax.ckpt.orbax_io import load_checkpoint, save_checkpoint
   from qwenvl_jax.config import model_config_from_dict

@@ -11,15 +11,9 @@ from qwenvl_jax.model.qwenvl import QwenVL
 
 
 def tiny_cfg(vocab_size: int, **overrides):
-  """configs/tiny.py with the vocabulary (and so the image ids at its top) of a tokenizer."""
-  import importlib.util
-  import pathlib
-
-  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny.py"
-  spec = importlib.util.spec_from_file_location("tiny_cfg_for_infer_tests", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = model_config_from_dict(mod.model_config(vocab_size))
+  """The tiny config with the vocabulary (and so the image ids at its top) of a tokenizer."""
+  from qwenvl_jax.configs import tiny
+  cfg = model_config_from_dict(tiny.model_config(vocab_size))
   return dataclasses.replace(cfg, **overrides)
 
 

@@ -15,7 +15,7 @@ from qwenvl_jax.train.batch import SyntheticIterator
 
 
 def stage_config(stage: int, *overrides: str):
-  return apply_overrides(load_config_dict(f"configs/stage{stage}.py:tiny"), list(overrides))
+  return apply_overrides(load_config_dict(f"stage{stage}:tiny"), list(overrides))
 
 
 @functools.lru_cache(maxsize=4)

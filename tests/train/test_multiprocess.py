@@ -24,7 +24,7 @@ def _free_port():
 
 
 def _cmd(workdir, init, *extra):
-  return [sys.executable, "-c", CLI, "train", "--config", str(ROOT / "configs/stage2.py:tiny"),
+  return [sys.executable, "-c", CLI, "train", "--config", "stage2:tiny",
           "--workdir", str(workdir), "--init", str(init), "--set", "steps=4",
           "--set", "checkpoint_every=2", *extra]
 

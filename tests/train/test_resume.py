@@ -30,7 +30,7 @@ def cli_env(tmp_path):
 
 
 def start(workdir, init, env, *overrides, resume=False):
-  args = [sys.executable, "-c", CLI, "train", "--config", str(ROOT / "configs/stage2.py:tiny"),
+  args = [sys.executable, "-c", CLI, "train", "--config", "stage2:tiny",
           "--workdir", str(workdir), "--init", str(init), "--set", "steps=10",
           "--set", "checkpoint_every=5"]
   for o in overrides:

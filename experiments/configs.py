@@ -1,6 +1,6 @@
 """The issue-11 experiment model and its three stage configs, sized for a 60-minute run on 2 CPU cores.
 
-  qwenvl-jax train --config configs/experiments.py:stage1 --workdir W [--set ...]
+  qwenvl-jax train --config experiments/configs.py:stage1 --workdir W [--set ...]
   variants: stage0 | stage1 | stage2 | stage3 (the driver experiments/three_stage.py fills in data paths,
   tokenizer, vocabulary size and image ids with --set)
 
@@ -28,12 +28,10 @@ Departures from Table 8, all forced by training from scratch at this scale (stat
 - stage 1 at 72 px (6x6 patches), stages 2-3 at 96 px (8x8; the paper: 224 -> 448, 16x16 -> 32x32).
 """
 
-import pathlib
-
 import ml_collections
 
 from qwenvl_jax.config import scaled_model_config
-from qwenvl_jax.train.stages import build
+from qwenvl_jax.configs.stages import build
 
 VOCAB = 896  # the SentencePiece vocabulary padded to 128; the driver sets the real value and ids
 
@@ -92,6 +90,6 @@ def get_config(variant=None):
     raise ValueError(f"unknown variant {variant!r}; known: {sorted(VALUES)}")
   v = dict(VALUES[variant], mesh=dict(data=1, fsdp=-1, tensor=1), checkpoint_every=100,
            keep_checkpoints=1, log_every=20)
-  config = build(pathlib.Path(__file__).parent, "small", {"small": v})
+  config = build("small", {"small": v})
   config.model = xs_model(config.model.vision.image_size)
   return ml_collections.ConfigDict(config)

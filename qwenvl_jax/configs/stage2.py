@@ -6,9 +6,7 @@ tensor. Seven tasks packed into 2048-token rows (at most 2048 // 258 = 7 images 
 Model parallelism 2 (Table 8) = the `tensor` mesh axis.
 """
 
-import pathlib
-
-from qwenvl_jax.train.stages import build
+from qwenvl_jax.configs.stages import build
 
 TASKS = ("caption", "vqa", "grounding", "ref_grounding", "grounded_caption", "ocr", "pure_text")
 
@@ -38,4 +36,4 @@ VALUES = {
 
 
 def get_config(variant=None):
-  return build(pathlib.Path(__file__).parent, variant, VALUES)
+  return build(variant, VALUES)

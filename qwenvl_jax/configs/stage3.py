@@ -6,9 +6,7 @@ visual tower except `attn_pool`; our adapter module holds attn_pool *and* ln_pos
 two are frozen explicitly. `--set optim.frozen="('visual',)"` trains them too.
 """
 
-import pathlib
-
-from qwenvl_jax.train.stages import build
+from qwenvl_jax.configs.stages import build
 
 FROZEN = ("visual", "adapter.ln_post", "adapter.proj")
 
@@ -36,4 +34,4 @@ VALUES = {
 
 
 def get_config(variant=None):
-  return build(pathlib.Path(__file__).parent, variant, VALUES)
+  return build(variant, VALUES)

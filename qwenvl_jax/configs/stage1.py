@@ -6,9 +6,7 @@ Table 8 lists no activation checkpointing; `model.remat` is a memory choice that
 numbers, so the full variant keeps the model config's setting (pick per slice with `qwenvl-jax aot`).
 """
 
-import pathlib
-
-from qwenvl_jax.train.stages import build
+from qwenvl_jax.configs.stages import build
 
 FROZEN = ("llm",)
 
@@ -37,4 +35,4 @@ VALUES = {
 
 
 def get_config(variant=None):
-  return build(pathlib.Path(__file__).parent, variant, VALUES)
+  return build(variant, VALUES)
