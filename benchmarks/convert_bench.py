@@ -49,16 +49,17 @@ def _dir_bytes(path: pathlib.Path) -> int:
 
 def child(step: str, root: pathlib.Path, shard_bytes: int, dtype: str, preset: str) -> dict:
   """One step in this process; returns its figures."""
-  from qwenvl_jax.ckpt import convert, hf_io, hf_layout, synthetic  # noqa: F401  (imports first)
+  from qwenvl_jax.ckpt import convert, hf_io, hf_layout  # noqa: F401  (imports first)
   from qwenvl_jax.ckpt.orbax_io import load_checkpoint  # noqa: F401
+  from qwenvl_jax.testing import random_checkpoint
   import numpy as np
 
   cfg = bench_config(preset)
   baseline = _rss_mb()
   t = time.perf_counter()
   if step == "generate":
-    synthetic.write_random_hf_checkpoint(root / "hf", cfg, dtype=dtype, shard_size=shard_bytes,
-                                         overwrite=True)
+    random_checkpoint.write_random_hf_checkpoint(root / "hf", cfg, dtype=dtype, shard_size=shard_bytes,
+                                                 overwrite=True)
     out = root / "hf"
   elif step == "hf2orbax":
     convert.convert_hf_to_orbax(root / "hf", root / "orbax", overwrite=True)

@@ -32,9 +32,10 @@ import jax
 import numpy as np
 import torch
 
-from qwenvl_jax.ckpt import convert, synthetic
+from qwenvl_jax.ckpt import convert
+from qwenvl_jax.testing import random_checkpoint
 from qwenvl_jax.ckpt.orbax_io import load_checkpoint
-from qwenvl_jax.ckpt.torch_model import TorchQwenVL
+from qwenvl_jax.testing.torch_reference import TorchQwenVL
 from qwenvl_jax.config import load_model_config
 from qwenvl_jax.infer.generate import Generator, SamplingConfig, Timing
 
@@ -98,7 +99,7 @@ def best_of(runs, repeats: int):
 
 def build(config: str, workdir: pathlib.Path):
   cfg = load_model_config(config)
-  hf = synthetic.write_random_hf_checkpoint(workdir / f"{config}_hf", cfg)
+  hf = random_checkpoint.write_random_hf_checkpoint(workdir / f"{config}_hf", cfg)
   orbax = convert.convert_hf_to_orbax(hf, workdir / f"{config}_orbax")
   model, cfg, _ = load_checkpoint(orbax)
   ref = TorchQwenVL.from_hf_dir(hf, cfg)

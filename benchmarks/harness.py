@@ -75,9 +75,10 @@ class Checkpoints:
 
 def write_checkpoints(cfg: ModelConfig, workdir: pathlib.Path, name: str, seed: int = 0) -> Checkpoints:
   """Random HF-layout checkpoint and its conversion to ours (fp32)."""
-  from qwenvl_jax.ckpt import convert, synthetic
+  from qwenvl_jax.ckpt import convert
+  from qwenvl_jax.testing import random_checkpoint
 
-  hf = synthetic.write_random_hf_checkpoint(workdir / f"{name}_hf", cfg, seed=seed, overwrite=True)
+  hf = random_checkpoint.write_random_hf_checkpoint(workdir / f"{name}_hf", cfg, seed=seed, overwrite=True)
   orbax = convert.convert_hf_to_orbax(hf, workdir / f"{name}_orbax", overwrite=True)
   return Checkpoints(cfg, hf, orbax)
 
@@ -90,7 +91,7 @@ def load_jax(ck: Checkpoints):
 
 
 def load_torch(ck: Checkpoints):
-  from qwenvl_jax.ckpt.torch_model import TorchQwenVL
+  from qwenvl_jax.testing.torch_reference import TorchQwenVL
 
   return TorchQwenVL.from_hf_dir(ck.hf_dir, ck.cfg)
 
@@ -129,7 +130,6 @@ class JaxTrainer:
 
   def compile(self, batch: dict) -> float:
     """AOT-compiles the step for this batch layout; returns the seconds (lower + compile)."""
-    import jax
 
     t = time.perf_counter()
     lowered = self.step_fn.lower(self.params, self.opt_state, self.buffers, self._put(batch))

@@ -56,7 +56,6 @@ def main(argv=None):
   p.add_argument("--out", default=None, help="JSON file for the accuracy curve")
   args = p.parse_args(argv)
 
-  import jax
   import numpy as np
   import optax
   from flax import nnx

@@ -135,19 +135,6 @@ def _var_names(v: nnx.Variable):
   return v.get_metadata().get("out_sharding", None)
 
 
-def param_specs(state: nnx.State, rules: Rules | None = None) -> nnx.State:
-  """PartitionSpec for every variable of an (abstract or concrete) state, from its logical names."""
-
-  def spec(v):
-    names = _var_names(v)
-    shape = v.get_value().shape
-    if names is not None and len(names) != len(shape):
-      raise ValueError(f"logical names {names} do not match shape {shape}")
-    return logical_to_spec(names, rules)
-
-  return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh) -> P:
   """Replicates dims the mesh axes do not divide (tiny configs on big meshes)."""
   out = []

@@ -118,7 +118,6 @@ def test_configs_still_in_the_checkouts_configs_folder_load(tmp_path, monkeypatc
 
 
 def test_mesh_rules_field_overrides_the_table():
-  import jax
   from flax import nnx
   from qwenvl_jax.config import mesh_config_from_dict
   from qwenvl_jax.model.qwenvl import QwenVL

@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   out = tmp_path / "demo"
   for n in range(1, 8):
-    assert f"== [" in proc.stdout and f"{n}/7" in proc.stdout
+    assert "== [" in proc.stdout and f"{n}/7" in proc.stdout
   assert "round trip: all" in proc.stdout
   assert list((out / "run" / "checkpoints").iterdir())
   assert (out / "run" / "tokenizer" / "tokenizer.model").is_file()

@@ -1,12 +1,11 @@
-"""Checkpoints: the released HF/PyTorch layout <-> our Orbax checkpoints, and a PyTorch oracle.
+"""Checkpoints: the released HF/PyTorch layout <-> our Orbax checkpoints.
 
   hf_layout    the one parameter table (HF key, shape transform) + config.json <-> ModelConfig
   hf_io        safetensors / pytorch_model*.bin readers and a streaming safetensors writer
   orbax_io     save_checkpoint / load_checkpoint (onto any mesh), streaming Orbax writes
   convert      convert_hf_to_orbax, convert_orbax_to_hf, convert_stage1 (OpenCLIP + Qwen-7B)
-  synthetic    random checkpoints in the released layout (tests, demos, benchmarks)
-  torch_model  an independent PyTorch forward of the released model (parity oracle, benchmarks)
   atomic       temporary-directory-then-rename writes
 
-PyTorch is imported only by torch_model and, lazily, by the .bin readers / writers.
+PyTorch is imported only lazily, by the .bin readers / writers. Random checkpoints in the released
+layout and the PyTorch reference forward live in `qwenvl_jax.testing`.
 """

@@ -386,9 +386,3 @@ def aux_files(src, skip: Iterable[pathlib.Path] = (), max_bytes: int = 16 << 20)
       continue
     out.append(p)
   return out
-
-
-def list_weight_files(dst) -> list[pathlib.Path]:
-  dst = pathlib.Path(dst)
-  return sorted(p for p in dst.iterdir() if p.suffix in (".safetensors", ".bin"))
-

@@ -370,11 +370,3 @@ def paper_caption_rules(min_side: int = 224, max_ratio: float = 3.0, min_len: in
           irregular_patterns(), no_emoji(), english_or_chinese(), caption_length(min_len, max_len),
           longest_caption_per_image()]
 
-
-def paper_ocr_rules(min_side: int = 224, min_chars: int = 10, max_chars: int = 4000,
-                    latin_extended: bool = True) -> list[Rule]:
-  """A.4's steps for rendered pages (PDF: `latin_extended=True`; HTML pages skip that rule)."""
-  rules = [min_image_size(min_side), ocr_char_count(min_chars, max_chars)]
-  if latin_extended:
-    rules.append(no_latin_extended())
-  return rules + [no_private_use()]

@@ -29,10 +29,7 @@ from __future__ import annotations
 from typing import Callable
 
 from qwenvl_jax.text import boxes as box_lib
-
-CAPTION_PROMPT = "Generate the caption in English:"
-GROUNDING_PROMPT = "Generate the caption in English with grounding:"
-OCR_PROMPT = "OCR with grounding:"
+from qwenvl_jax.text.pretrain_prompts import CAPTION_PROMPT, GROUNDING_PROMPT, OCR_PROMPT, vqa_prompt
 
 
 class TaskNotApplicable(ValueError):
@@ -75,7 +72,7 @@ def caption(record: dict) -> tuple[str, str]:
 
 def vqa(record: dict, i: int = 0) -> tuple[str, str]:
   qa = _pick(record.get("qa"), i, "question", record)
-  return f"{_img(record)}{qa['question']} Answer:", f" {qa['answer']}"
+  return f"{_img(record)}{vqa_prompt(qa['question'])}", f" {qa['answer']}"
 
 
 def grounded_caption_text(record: dict) -> str:

@@ -1,7 +1,8 @@
 """Turns a model-side predictor into the runner's two callables, by duck typing (no model imports).
 
 Accepted: an object with `generate(prompts, max_new_tokens, min_new_tokens)` and
-`score_options(segments, options)` (qwenvl_jax.infer.api.Predictor), or an object with
+`score_options(segments, options)` (qwenvl_jax.infer.api.Predictor; chat requests, e.g. MME's, also
+need `generate_chat(prompts, max_new_tokens, min_new_tokens)`), or an object with
 `predict(requests)` [+ `score(requests)`], or a bare callable predict_fn.
 """
 
@@ -18,26 +19,13 @@ def _generate_fn(pred):
       groups.setdefault((r["max_new_tokens"], r["min_new_tokens"], r.get("chat", False)), []).append(i)
     for (max_new, min_new, chat), idx in groups.items():
       if chat:
-        texts = _chat_turns(pred, [requests[i]["segments"] for i in idx], max_new, min_new)
+        texts = pred.generate_chat([requests[i]["segments"] for i in idx], max_new, min_new)
       else:
         texts = pred.generate([requests[i]["segments"] for i in idx], max_new, min_new)
       for i, t in zip(idx, texts):
         out[i] = t
     return out
   return predict
-
-
-def _chat_turns(pred, segment_lists, max_new: int, min_new: int) -> list[str]:
-  """One fresh ChatML turn per request, greedy (the MME protocol: the chat model with near-greedy
-  top_p=0.01), decoded in the predictor's batches."""
-  import dataclasses
-
-  from qwenvl_jax.infer.generate import GREEDY
-
-  prompts = [pred.chat_prompt([], segments) for segments in segment_lists]
-  sampling = dataclasses.replace(GREEDY, max_new_tokens=max_new, min_new_tokens=min_new)
-  outs = pred.generate_from_ids([p[0] for p in prompts], [p[1] for p in prompts], sampling)
-  return [pred.tokenizer.decode(out, skip_special=True).strip() for out in outs]
 
 
 def _score_fn(pred):

@@ -206,6 +206,15 @@ class Predictor:
     ids = self.generate_from_ids([e[0] for e in encoded], [e[1] for e in encoded], sampling)
     return [self.tokenizer.decode(r, skip_special=skip_special).strip() for r in ids]
 
+  def generate_chat(self, prompts: Sequence[Sequence[dict]], max_new_tokens: int = 512,
+                    min_new_tokens: int = 0) -> list[str]:
+    """One fresh ChatML turn per prompt (segment lists), greedy (the MME protocol: the chat model
+    with near-greedy top_p=0.01) -> decoded, stripped replies."""
+    sampling = dataclasses.replace(GREEDY, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+    turns = [self.chat_prompt([], segments) for segments in prompts]
+    outs = self.generate_from_ids([t[0] for t in turns], [t[1] for t in turns], sampling)
+    return [self.tokenizer.decode(out, skip_special=True).strip() for out in outs]
+
   def score_options(self, prompt_segments: Sequence[dict], options: Sequence) -> list[float]:
     """Mean CE over each option's tokens after the prompt (lower = more likely).
 

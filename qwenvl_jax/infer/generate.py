@@ -382,7 +382,6 @@ def _step_fn(graphdef, logn, state, cache, tokens, positions, alpha):
 
 def _decode(graphdef, logn, pad_id, valid_vocab, state, cache, logits, lengths, active, key,
             stop_ids, alpha, *, gen_len, temperature, top_k, top_p, min_new, max_new):
-  model = nnx.merge(graphdef, state)
   b = logits.shape[0]
   vocab_ok = jnp.arange(logits.shape[-1]) < valid_vocab
   is_stop = lambda t: (t[:, None] == stop_ids[None, :]).any(-1)

@@ -25,8 +25,9 @@ class ImageSpanError(ValueError):
   """The image spans in the token ids do not match the images given."""
 
 
-def image_span_mask(input_ids: jax.Array, start_id: int, end_id: int) -> jax.Array:
-  """True at positions strictly inside an <img> ... </img> span ([B, T] bool)."""
+def inside_image_spans(input_ids: jax.Array, start_id: int, end_id: int) -> jax.Array:
+  """True at positions strictly inside an <img> ... </img> span ([B, T] bool): where image features go.
+  (text.interface.image_span_mask, on token lists, includes the tags.)"""
   start = input_ids == start_id
   end = input_ids == end_id
   depth = jnp.cumsum(start, axis=1) - jnp.cumsum(end, axis=1)
@@ -59,7 +60,7 @@ def splice_image_features(text_embeds: jax.Array, input_ids: jax.Array, features
                           start_id: int, end_id: int) -> jax.Array:
   """Overwrites image-span positions with features [B, M, Q, D] in row order."""
   b, m, q, d = features.shape
-  inside = image_span_mask(input_ids, start_id, end_id)
+  inside = inside_image_spans(input_ids, start_id, end_id)
   rank = jnp.cumsum(inside, axis=1) - 1  # index of this position among the row's image positions
   flat = features.reshape(b, m * q, d)
   gathered = jnp.take_along_axis(flat, jnp.clip(rank, 0, m * q - 1)[..., None], axis=1)

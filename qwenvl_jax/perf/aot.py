@@ -9,7 +9,7 @@ slice, and report per chip:
             arguments + outputs - aliased (donated) + temporaries + code, against the chip's HBM.
             When XLA itself refuses (the program needs more HBM than the chip has) the report says
             "does not fit" with XLA's numbers instead of raising.
-  FLOPs     model FLOPs from `perf.flops` (the architecture's matmuls, what MFU is measured
+  FLOPs     model FLOPs from `model.flops` (the architecture's matmuls, what MFU is measured
             against); program FLOPs: the matmuls of the lowered program with every loop counted as
             often as it runs (remat recomputation included; `flops.program_matmul_flops`); and XLA's
             raw cost analysis for reference, which counts each while-loop body once.
@@ -33,7 +33,7 @@ import time
 from typing import Any, Mapping
 
 from qwenvl_jax.config import MESH_AXES, MeshConfig
-from qwenvl_jax.perf import flops as perf_flops
+from qwenvl_jax.model import flops as model_flops
 
 
 class AOTError(ValueError):
@@ -99,7 +99,7 @@ def resolve_target(topology: str, hbm_bytes: float | None = None) -> Target:
                                            chip_config_name=chip_config).devices
   except Exception as e:  # libtpu's own message says what it did not accept
     raise AOTError(f"libtpu cannot build topology '{topology}': {e}") from e
-  spec = perf_flops.TPU_SPECS[kind]
+  spec = model_flops.TPU_SPECS[kind]
   return Target(topology, tuple(devices), kind, spec["peak_flops"],
                 hbm_bytes if hbm_bytes is not None else spec["hbm_bytes"], spec["hbm_bandwidth"])
 
@@ -271,7 +271,7 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
   t0 = time.perf_counter()
   lowered = train_step.lower(setup.abs_params, setup.abs_opt, setup.abs_buffers, batch)
   lower_s = time.perf_counter() - t0
-  program = perf_flops.program_matmul_flops(lowered.as_text())
+  program = model_flops.program_matmul_flops(lowered.as_text())
   if compile:
     log(f"lowered in {lower_s:.1f}s; compiling for {target.name}")
     compiled, memory, compile_s = _compile(lowered, target.hbm_bytes)
@@ -279,7 +279,7 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
     compiled, memory, compile_s = None, dict(fits=None, hbm=target.hbm_bytes), 0.0
 
   parts = trainable_parts(train_cfg.optim.frozen)
-  model = perf_flops.step_flops(model_cfg, train_cfg.batch_size, train_cfg.seq_len, m_images,
+  model = model_flops.step_flops(model_cfg, train_cfg.batch_size, train_cfg.seq_len, m_images,
                                 trainable=parts).train
   shards = mesh_shape["data"] * mesh_shape["fsdp"]
   return dict(
@@ -352,7 +352,7 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
   reports = []
 
   def report(name, lowered, model_flops, tokens):
-    program = perf_flops.program_matmul_flops(lowered.as_text())
+    program = model_flops.program_matmul_flops(lowered.as_text())
     compiled, memory, compile_s = _compile(lowered, target.hbm_bytes)
     reports.append(dict(
         kind=name, config=cfg.get("stage") and f"stage{cfg.stage}", topology=target.name,
@@ -375,7 +375,7 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
     lowered = prefill.lower(state, ids, ids, ids, images, counts, sds((), jnp.float32, rep),
                             cache_len=cache_len)
     report("prefill", lowered,
-           perf_flops.prefill_flops(model_cfg, batch, prompt_len, cache_len, images_per_row),
+           model_flops.prefill_flops(model_cfg, batch, prompt_len, cache_len, images_per_row),
            batch * prompt_len)
 
     cache = jax.eval_shape(lambda: init_cache(model_cfg.llm, batch, cache_len,
@@ -390,7 +390,7 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
     step = jax.jit(functools.partial(generate._step_fn, graphdef, logn), donate_argnums=(1,))
     tok = sds((batch,), jnp.int32, bsh(1))
     lowered = step.lower(state, cache, tok, tok, sds((), jnp.float32, rep))
-    report("decode_step", lowered, perf_flops.decode_step_flops(model_cfg, batch, cache_len), batch)
+    report("decode_step", lowered, model_flops.decode_step_flops(model_cfg, batch, cache_len), batch)
   return reports
 
 
@@ -449,7 +449,7 @@ def format_report(r: dict) -> str:
   rows += [("memory total", f"{used}: {fit}")]
   if mem.get("xla_message"):
     rows += [("XLA", mem["xla_message"])]
-  rows += [("model FLOPs", f"{_num(fl['model'], 'FLOP')} (perf/flops.py formula)"),
+  rows += [("model FLOPs", f"{_num(fl['model'], 'FLOP')} (model/flops.py formula)"),
            ("program FLOPs", f"{_num(fl['program'], 'FLOP')} (lowered matmuls x loop trip counts, "
                              f"remat included; {fl['program'] / fl['model']:.2f}x model)"),
            ("XLA cost analysis", f"{_num(fl['xla_cost_analysis'], 'FLOP')} (counts each loop body "

@@ -15,7 +15,7 @@ import pathlib
 import jax
 
 from qwenvl_jax.config import ModelConfig
-from qwenvl_jax.perf import flops as perf_flops
+from qwenvl_jax.model import flops as model_flops
 
 PARTS = {"visual": "vit", "adapter": "adapter", "llm": "llm"}
 
@@ -32,12 +32,12 @@ def model_flops_per_token(cfg: ModelConfig, seq_len: int, image_size: int | None
   """Training FLOPs (forward + backward, matmuls only) per token of a `seq_len` row.
 
   One row holds `images_per_row` images through the ViT and adapter and `seq_len` tokens through the
-  LLM; its FLOPs are divided over its tokens. The forward counts come from `perf.flops` (2 FLOPs per
+  LLM; its FLOPs are divided over its tokens. The forward counts come from `model.flops` (2 FLOPs per
   multiply-add, attention over the full row, checked against XLA's cost analysis); the backward
   doubles trained parts, adds only input gradients (1x) for a frozen part that has trained parts
   before it, and nothing for a frozen part with nothing trained before it.
   """
-  f = perf_flops.step_flops(cfg, 1, seq_len, images_per_row, image_size, trainable=trainable)
+  f = model_flops.step_flops(cfg, 1, seq_len, images_per_row, image_size, trainable=trainable)
   return f.train / seq_len
 
 
@@ -45,7 +45,7 @@ def peak_flops_per_device(override: float = 0.0) -> float | None:
   if override:
     return override
   kind = jax.devices()[0].device_kind
-  for name, spec in perf_flops.TPU_SPECS.items():
+  for name, spec in model_flops.TPU_SPECS.items():
     if kind.lower() == name.lower():
       return spec["peak_flops"]
   return None

@@ -4,7 +4,8 @@ import pathlib
 
 import pytest
 
-from qwenvl_jax.ckpt import convert, synthetic
+from qwenvl_jax.ckpt import convert
+from qwenvl_jax.testing import random_checkpoint
 from qwenvl_jax.config import load_model_config
 
 
@@ -25,7 +26,7 @@ def tokenizer_file(tmp_path_factory) -> pathlib.Path:
 def hf_fp32(tmp_path_factory, tiny_cfg, tokenizer_file) -> pathlib.Path:
   """fp32 safetensors in several shards (+ index, config.json, tokenizer, a remote-code file)."""
   dst = tmp_path_factory.mktemp("hf_fp32") / "ckpt"
-  synthetic.write_random_hf_checkpoint(dst, tiny_cfg, dtype="float32", shard_size=40_000,
+  random_checkpoint.write_random_hf_checkpoint(dst, tiny_cfg, dtype="float32", shard_size=40_000,
                                        tokenizer_file=tokenizer_file)
   (dst / "modeling_qwen.py").write_text("# remote code stand-in\n")
   return dst

@@ -60,7 +60,7 @@ def test_every_pattern_is_an_exact_inverse():
 def test_qkv_layouts_follow_the_reference():
   """ViT in_proj rows are [heads, 3, head_dim]; c_attn and the adapter's MHA are [3, heads, head_dim]."""
   cfg = load_model_config("tiny")
-  w, vh, vhd = cfg.vision.width, cfg.vision.heads, cfg.vision.head_dim
+  w, vhd = cfg.vision.width, cfg.vision.head_dim
   rows = np.arange(3 * w, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
   vit = hf_layout.BY_OURS["visual.blocks.attn.qkv.kernel"].to_ours(rows, cfg)  # [W, 3, H, hd]
   h, s, d = 2, 1, 3  # head 2's key, dim 3

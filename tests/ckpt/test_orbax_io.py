@@ -4,14 +4,13 @@ import json
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 from flax import nnx
 
-from qwenvl_jax.ckpt import convert, hf_io, hf_layout, orbax_io, synthetic
+from qwenvl_jax.ckpt import convert, hf_io, hf_layout, orbax_io
 from qwenvl_jax.ckpt.orbax_io import (CheckpointError, flatten_dict, load_checkpoint, save_checkpoint,
                                       unflatten_dict)
 from qwenvl_jax.config import MeshConfig

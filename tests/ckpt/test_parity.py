@@ -1,5 +1,5 @@
 """Logit parity: the JAX model (loaded from a converted checkpoint) vs the independent PyTorch
-forward in `ckpt/torch_model.py` (loaded from the HF files), fp32, on long prompts.
+forward in `testing/torch_reference.py` (loaded from the HF files), fp32, on long prompts.
 
 The LLM half alone is also checked against transformers' Qwen2 in tests/model.
 """
@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from qwenvl_jax.ckpt.orbax_io import load_checkpoint
-from qwenvl_jax.ckpt.torch_model import TorchQwenVL
+from qwenvl_jax.testing.torch_reference import TorchQwenVL
 from qwenvl_jax.model.layers import ntk_alpha
 
 TOL = 1e-4

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from qwenvl_jax.ckpt import convert, synthetic
+from qwenvl_jax.ckpt import convert
+from qwenvl_jax.testing import random_checkpoint
 from qwenvl_jax.ckpt.orbax_io import ParamReader, param_metadata, resolve_checkpoint
 from tests.ckpt.helpers import index_keys, load_hf_tensors
 
@@ -37,7 +38,7 @@ def test_round_trip_fp32_safetensors(hf_fp32, orbax_fp32, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_round_trip_bf16(tiny_cfg, tmp_path, fmt):
-  src = synthetic.write_random_hf_checkpoint(tmp_path / "hf", tiny_cfg, dtype="bfloat16", fmt=fmt,
+  src = random_checkpoint.write_random_hf_checkpoint(tmp_path / "hf", tiny_cfg, dtype="bfloat16", fmt=fmt,
                                              shard_size=30_000, seed=3)
   mid = convert.convert_hf_to_orbax(src, tmp_path / "orbax")
   # Stored as the config's float32 master weights (bf16 -> fp32 is exact).

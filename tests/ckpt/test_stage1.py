@@ -9,7 +9,8 @@ import pytest
 import torch
 from flax import nnx
 
-from qwenvl_jax.ckpt import convert, hf_io, hf_layout, synthetic
+from qwenvl_jax.ckpt import convert, hf_io, hf_layout
+from qwenvl_jax.testing import random_checkpoint
 from qwenvl_jax.ckpt.orbax_io import flatten_dict, load_checkpoint
 from qwenvl_jax.model.qwenvl import QwenVL
 from qwenvl_jax.model.resize import resize_grid_table
@@ -41,7 +42,7 @@ def sources(tmp_path_factory, tiny_cfg, tokenizer_file):
   clip = root / "open_clip_pytorch_model.bin"
   torch.save(_openclip_state_dict(tiny_cfg), clip)
   # A Qwen-7B-style LLM checkpoint: only the LLM keys and no `visual` in config.json.
-  full = synthetic.write_random_hf_checkpoint(root / "full", tiny_cfg, seed=7,
+  full = random_checkpoint.write_random_hf_checkpoint(root / "full", tiny_cfg, seed=7,
                                               tokenizer_file=tokenizer_file)
   llm_dir = root / "qwen_llm"
   llm_dir.mkdir()

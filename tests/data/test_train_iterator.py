@@ -39,7 +39,7 @@ def stage_config(stage, vocab, paths, *overrides, variant="tiny"):
   tokenizer's (the tiny model puts them at the top of its 512 ids, the byte vocabulary has 473)."""
   tok = load_tokenizer(vocab)
   config = load_config_dict(f"configs/stage{stage}.py:{variant}")
-  base = [f"data.source=jsonl", f"data.paths={tuple(paths)!r}", f"data.tokenizer={vocab}",
+  base = ["data.source=jsonl", f"data.paths={tuple(paths)!r}", f"data.tokenizer={vocab}",
           "seq_len=128", "batch_size=4", "grad_accum=1"]
   base += [f"model.{k}={v}" for k, v in tok.model_config_ids().items()]
   return apply_overrides(config, base + list(overrides))

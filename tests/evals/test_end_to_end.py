@@ -15,11 +15,12 @@ from tests.evals.fixtures import BUILDERS
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, sp_dir, sp_tok):
-  from qwenvl_jax.ckpt import convert, synthetic
+  from qwenvl_jax.ckpt import convert
+  from qwenvl_jax.testing import random_checkpoint
   from tests.infer.helpers import tiny_cfg
 
   root = tmp_path_factory.mktemp("eval_e2e")
-  hf = synthetic.write_random_hf_checkpoint(root / "hf", tiny_cfg(sp_tok.vocab_size),
+  hf = random_checkpoint.write_random_hf_checkpoint(root / "hf", tiny_cfg(sp_tok.vocab_size),
                                             tokenizer_file=sp_dir / "tokenizer.model")
   return convert.convert_hf_to_orbax(hf, root / "orbax")
 

@@ -32,11 +32,11 @@ def picture_paths(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hf_dir(tmp_path_factory, tok, sp_dir):
   """Random tiny weights in the released HF layout, with the SentencePiece tokenizer beside them."""
-  from qwenvl_jax.ckpt import synthetic
+  from qwenvl_jax.testing import random_checkpoint
   from tests.infer.helpers import tiny_cfg
 
   dst = tmp_path_factory.mktemp("infer_hf") / "qwen-vl-tiny"
-  return synthetic.write_random_hf_checkpoint(dst, tiny_cfg(tok.vocab_size),
+  return random_checkpoint.write_random_hf_checkpoint(dst, tiny_cfg(tok.vocab_size),
                                               tokenizer_file=sp_dir / "tokenizer.model")
 
 

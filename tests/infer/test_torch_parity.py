@@ -1,7 +1,7 @@
 """Greedy generation equals the independent PyTorch reference on the same random tiny weights.
 
 The JAX side loads the HF directory through `load_model` (converted to Orbax on the way); the
-PyTorch side (`ckpt/torch_model.py`) loads the same files directly. 32 new tokens, token ids equal.
+PyTorch side (`testing/torch_reference.py`) loads the same files directly. 32 new tokens, token ids equal.
 Prompts cross the tiny model's training length (64) so log-n scaling and dynamic NTK are exercised.
 """
 
@@ -11,7 +11,7 @@ import pytest
 from qwenvl_jax.infer.api import load_predictor
 from qwenvl_jax.infer.generate import SamplingConfig
 
-torch_model = pytest.importorskip("qwenvl_jax.ckpt.torch_model")
+torch_model = pytest.importorskip("qwenvl_jax.testing.torch_reference")
 
 N_NEW = 32
 

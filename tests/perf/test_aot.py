@@ -10,7 +10,7 @@ import pytest
 from qwenvl_jax.cli import main as cli_main
 from qwenvl_jax.config import ConfigError, load_config_dict, model_config_from_dict
 from qwenvl_jax.perf import aot
-from qwenvl_jax.perf.flops import decode_step_flops, prefill_flops, step_flops
+from qwenvl_jax.model.flops import decode_step_flops, prefill_flops, step_flops
 
 TINY = "stage2:tiny"  # batch 16 x 64 tokens, 2 images per row at 56px, 2 microbatches
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from qwenvl_jax.config import load_model_config
 from qwenvl_jax.model.qwenvl import QwenVL
-from qwenvl_jax.perf.flops import step_flops, vit_forward_flops
+from qwenvl_jax.model.flops import step_flops, vit_forward_flops
 
 
 def _xla_flops(cfg, fn_of_loss):

@@ -43,7 +43,6 @@ def check_rows(tok, rows, samples, seq_len):
   for row in rows:
     assert row.ids.shape == row.segment_ids.shape == row.positions.shape == row.loss_mask.shape
     assert row.ids.shape == (seq_len,)
-    images = []
     for k in range(1, row.n_segments + 1):
       where = np.flatnonzero(row.segment_ids == k)
       assert len(where) and (np.diff(where) == 1).all()  # contiguous

@@ -19,7 +19,6 @@ from typing import Hashable, Mapping, Sequence
 from qwenvl_jax.evals.metrics.base import MetricResult
 
 VARIANTS = ("coco",)
-Ngram = tuple[str, ...]
 
 
 def ngram_counts(text: str, n: int = 4) -> collections.Counter:

@@ -11,7 +11,7 @@ import random
 import string
 
 from qwenvl_jax.evals.tasks.base import Item, Segment
-from qwenvl_jax.text import chat_requests
+from qwenvl_jax.text import chat_requests, pretrain_prompts
 from qwenvl_jax.text.interface import merge_text
 from qwenvl_jax.text.tokenizer import BOX_START, REF_END, REF_START
 
@@ -20,17 +20,14 @@ def caption(item: Item) -> list[Segment]:
   return [{"image": item["image"]}, {"text": "Describe the image in English:"}]
 
 
-# The project's own models learn captions from the pre-training prompt (data/tasks.py CAPTION_PROMPT, the
-# paper's Table 9 wording), not from the released eval's; the synthetic caption set asks it that way.
-PRETRAIN_CAPTION_PROMPT = "Generate the caption in English:"
-
-
+# The project's own models learn captions from the pre-training prompt (the paper's Table 9 wording),
+# not from the released eval's; the synthetic caption set asks it that way.
 def pretrain_caption(item: Item) -> list[Segment]:
-  return [{"image": item["image"]}, {"text": PRETRAIN_CAPTION_PROMPT}]
+  return [{"image": item["image"]}, {"text": pretrain_prompts.CAPTION_PROMPT}]
 
 
 def vqa(item: Item) -> list[Segment]:
-  return [{"image": item["image"]}, {"text": f"{item['question']} Answer:"}]
+  return [{"image": item["image"]}, {"text": pretrain_prompts.vqa_prompt(item["question"])}]
 
 
 # A chat model (stage 3) is asked the way its ChatML data asks (text/chat_requests.py); the runner wraps

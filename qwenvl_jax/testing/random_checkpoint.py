@@ -41,13 +41,6 @@ def random_hf_tensor(key: str, shape: tuple[int, ...], cfg: ModelConfig, seed: i
   return out
 
 
-def random_hf_state_dict(cfg: ModelConfig, seed: int = 0,
-                         dtype: str = "float32") -> dict[str, np.ndarray]:
-  """The whole random state dict in memory (small configs only)."""
-  dt = hf_io.np_dtype(dtype)
-  return {k: random_hf_tensor(k, s, cfg, seed).astype(dt) for k, s in hf_layout.hf_shapes(cfg).items()}
-
-
 def write_random_hf_checkpoint(dst, cfg: ModelConfig, *, dtype: str = "float32",
                                fmt: str = "safetensors", shard_size: int = 2 << 30, seed: int = 0,
                                tokenizer_file=None, overwrite: bool = False) -> pathlib.Path:
