@@ -1,4 +1,4 @@
-"""The issue-11 experiment model and its three stage configs, sized for a 60-minute run on 2 CPU cores.
+"""The from-scratch experiment model and its three stage configs, sized for a 60-minute run on 2 CPU cores.
 
   qwenvl-jax train --config experiments/configs.py:stage1 --workdir W [--set ...]
   variants: stage0 | stage1 | stage2 | stage3 (the driver experiments/three_stage.py fills in data paths,
@@ -11,8 +11,8 @@ with the 896-token vocabulary) keeps the architecture (ViT with a learned 2D pos
 one-layer cross-attention adapter with 2D sin-cos positions, Qwen-style LLM with RoPE / SwiGLU /
 RMSNorm) at half the width and depth, patch 12 instead of 14, and 16 queries instead of 64.
 
-Departures from Table 8, all forced by training from scratch at this scale (stated in WORKSPACE.md):
-- a "stage V" (experiments/vision_warmup.py, not a config here) warms up the ViT + adapter on the
+Departures from Table 8, all forced by training from scratch at this scale (stated in experiments/README.md):
+- a vision warm-up (experiments/vision_warmup.py, not a config here) warms up the ViT + adapter on the
   training annotations through throw-away heads (there is no pre-trained CLIP ViT either);
 - a "stage 0" pre-trains the LLM on the task texts without images (there is no Qwen-7B); stage 1 then
   freezes it as in the paper, so the captions can only get better through the vision side
@@ -20,11 +20,11 @@ Departures from Table 8, all forced by training from scratch at this scale (stat
 - stages 2 and 3 run at 20x the paper's rates (1e-3, 2e-4; small model, few steps), stage 0 at 1e-3;
   stage 1 keeps the paper's 2e-4 but trains only the adapter's output map (ln_post, proj), and
   stage 2 freezes the ViT and the adapter (the paper trains both in stages 1 and 2), so that no
-  stage washes out what stage V taught the vision side about where things are (each trained stage
-  cost box precision; WORKSPACE); stage 3 is the released recipe (ViT frozen);
+  stage washes out what the vision warm-up taught the vision side about where things are (each trained stage
+  cost box precision; experiments/README.md); stage 3 is the released recipe (ViT frozen);
 - the adapter starts from a local attention pattern (`adapter.local_init`, see Adapter.local_init):
   under the released random init every query averages all patches and, from scratch, the image path
-  stayed unused for the whole 60-minute budget (measured in WORKSPACE.md);
+  stayed unused for the whole 60-minute budget (measured in experiments/README.md);
 - stage 1 at 72 px (6x6 patches), stages 2-3 at 96 px (8x8; the paper: 224 -> 448, 16x16 -> 32x32).
 """
 
@@ -60,8 +60,8 @@ VALUES = {
                    data=dict(_DATA, format="pretrain", tasks=("pure_text",), layout="packed",
                              max_images=0)),
     # Stage 1 aligns the vision tokens with the frozen LLM through the adapter's output map only:
-    # training the ViT + adapter on captions lost what stage V taught about where things are
-    # (WORKSPACE: centre-cell box probe 2.5 px -> 6 px at 1e-3, -> 4 px at the paper's 2e-4;
+    # training the ViT + adapter on captions lost what the vision warm-up taught about where things are
+    # (experiments/README.md: centre-cell box probe 2.5 px -> 6 px at 1e-3, -> 4 px at the paper's 2e-4;
     # a linear output map keeps 2.5 px).
     "stage1": dict(stage=1, image_size=72, seq_len=48, batch_size=32, grad_accum=1, steps=200,
                    peak_lr=2e-4, min_lr=1e-5, warmup_steps=10, frozen=("llm", "visual", *ADAPTER_CORE),

@@ -117,7 +117,7 @@ def warmup_curve(result_json: pathlib.Path, path: pathlib.Path):
   ax.set_xlabel("warm-up step")
   ax.set_ylabel("held-out accuracy")
   ax.set_ylim(0, 1.02)
-  ax.set_title("Stage V: ViT + adapter through auxiliary heads")
+  ax.set_title("Vision warm-up: ViT + adapter through auxiliary heads")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   _save(fig, path)

@@ -8,7 +8,7 @@ patch features (flattened, `--head vit`) into one linear layer, trained with Ada
   position: which cell of a 4x4 grid holds the centre of the single shape (16 classes);
   ocr:      which of 100 words is written (experiments/easy_text.py; `--jitter -1` = anywhere).
 Held-out accuracy on 10% of the images says how fast the image path can carry "where" and "what".
-This is how the adapter bottleneck was found (WORKSPACE.md, issue 11): under the released random
+This is how the adapter bottleneck was found (experiments/README.md): under the released random
 init the 16 queries start by averaging all patches and the probe stays at chance for hundreds of
 steps, while `--head vit` learns position at once; `adapter.local_init` closes the gap.
 """

@@ -8,7 +8,7 @@ holding its centre (one of the 16 tokens the LLM gets; `vision_warmup.cell_of`),
 pixels. A ridge regression from the standardised token to the box, fitted on those, scored on the
 held-out scenes: the median absolute error of x1, y1, x2, y2. A linear read-out is a lower bound on
 what the LLM can get, but the same bound across checkpoints shows which stage keeps or loses
-"where": stage V trains exactly this (plus digits); a stage with a loss that does not need it can
+"where": the vision warm-up trains exactly this (plus digits); a stage with a loss that does not need it can
 overwrite it.
 """
 

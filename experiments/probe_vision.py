@@ -7,7 +7,7 @@ For 16 held-out pictures: the standard deviation over images of every output fea
 (`across`), next to the overall standard deviation (`overall`), for the ViT output and the adapter
 output (what the LLM sees), and the same for a randomly initialised model of the same config. An
 adapter whose `across` is ~0 feeds the LLM the same 16 vectors whatever the picture: the model can
-only learn the text prior (what attempt 1 ended in; see WORKSPACE.md).
+only learn the text prior (what the first attempt ended in; see experiments/README.md).
 """
 
 from __future__ import annotations

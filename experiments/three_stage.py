@@ -1,4 +1,4 @@
-"""The issue-11 reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
+"""The small-scale reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
 
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
       [--steps 0:300,1:200,2:7500,3:600] [--vision-steps 4500] [--eval-limit 150]
@@ -6,10 +6,10 @@
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
 2. Stage 0 (the LLM alone on the task texts without images: there is no pre-trained Qwen-7B),
-   stage V (`experiments.vision_warmup`: the ViT + adapter on the training split's boxes and words
+   the vision warm-up (`experiments.vision_warmup`: the ViT + adapter on the training split's boxes and words
    through auxiliary heads: there is no pre-trained CLIP ViT either),
    stage 1 (captions, 72 px, LLM frozen as in the paper; only the adapter's output map trains),
-   stage 2 (the pre-training tasks, 96 px, packed rows, the LLM trained on stage V's frozen image
+   stage 2 (the pre-training tasks, 96 px, packed rows, the LLM trained on the warm-up's frozen image
    tokens), stage 3 (ChatML, 96 px, ViT frozen), each initialised from the
    previous one (`--init`), with
    `qwenvl-jax train --config experiments/configs.py:stageN` (data via the grain pipeline's
@@ -111,11 +111,11 @@ def grounding_breakdown(data: pathlib.Path, last_line: str) -> dict:
 
 def vision_warmup(work: pathlib.Path, data: pathlib.Path, results: pathlib.Path, steps: int,
                   record) -> pathlib.Path:
-  """Stage V on top of the stage-0 checkpoint -> the checkpoint stage 1 starts from."""
+  """The vision warm-up on top of the stage-0 checkpoint -> the checkpoint stage 1 starts from."""
   from qwenvl_jax.ckpt.orbax_io import MODEL_CONFIG
   out = work / "stageV"
   if (out / MODEL_CONFIG).is_file():  # save_checkpoint writes atomically: present = finished
-    print(f"stage V: using the finished {out}")
+    print(f"vision warm-up: using the finished {out}")
   else:
     record("vision_warmup", common.run(common.python_module(
         "experiments.vision_warmup", "--init", str(work / "stage0"), "--data", str(data),

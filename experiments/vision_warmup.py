@@ -1,10 +1,10 @@
-"""Stage V: a supervised warm-up of the ViT + adapter, standing in for the pre-trained CLIP ViT.
+"""The vision warm-up: a supervised warm-up of the ViT + adapter, standing in for the pre-trained CLIP ViT.
 
   python -m experiments.vision_warmup --init WORK/stage0 --data WORK/data --out WORK/stageV [--steps 800]
 
 The paper never trains its ViT from scratch: it starts from OpenCLIP ViT-bigG, which already sees
 where things are and reads text. Our xs ViT starts random, and the LM loss alone teaches it "where"
-and "what word" slowly (issue 11: after 5000 stage-2 steps, grounding 22% and OCR 5%). This stage
+and "what word" slowly (measured: after 5000 stage-2 steps, grounding 22% and OCR 5%). This stage
 gives it a head start on the training split's own annotations, through the adapter, i.e. on what
 the LLM will see (16 queries on a 4x4 grid, query i at row i // 4, column i % 4; `posemb.sincos_2d`):
   shapes images: per query, does an object's centre fall in its cell; that object's colour, shape

@@ -1,4 +1,4 @@
-"""A ~1.05B-parameter Qwen-VL for the JAX vs PyTorch CPU benchmarks (issue 10).
+"""A ~1.05B-parameter Qwen-VL for the JAX vs PyTorch CPU benchmarks (docs/benchmarks.md).
 
 Same architecture as the 7B model at reduced size: a ViT-B/14-sized tower (768 wide, 12 blocks,
 224px -> 16x16 patches), 64 adapter queries, and a 16-layer LLM of width 2048 (16 heads of 128,

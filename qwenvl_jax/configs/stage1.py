@@ -17,7 +17,7 @@ VALUES = {
                  # grad_accum 6 (Table 8) = 5120-row microbatches, for a pod of ~160 chips at 32 rows
                  # per chip. Smaller slices keep the batch with more microbatches: grad_accum =
                  # 30720 / (chips x rows per chip), e.g. 240 on a 4-chip v5p (checked with
-                 # `qwenvl-jax aot`, WORKSPACE.md). Full remat (Table 8 has none) and scanned layers.
+                 # `qwenvl-jax aot`, docs/tpu.md). Full remat (Table 8 has none) and scanned layers.
                  model=dict(remat="full", scan_layers=True),
                  data=dict(source="array_record", paths=(), tokenizer="", tfds_dir="", format="pretrain",
                            tasks=("caption",), layout="unpacked", max_images=1, num_workers=8)),

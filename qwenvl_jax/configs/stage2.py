@@ -17,7 +17,7 @@ VALUES = {
                  # pod where data x fsdp shards hold 1-2 rows each. Smaller slices keep the batch with
                  # more microbatches: grad_accum = 4096 / (data x fsdp x rows per shard); a 4-chip v5p
                  # fits with `--set mesh.tensor=1 --set grad_accum=1024` (1 row per chip, 89.5 of
-                 # 95 GiB: `qwenvl-jax aot`, WORKSPACE.md). Full remat, scanned layers.
+                 # 95 GiB: `qwenvl-jax aot`, docs/tpu.md). Full remat, scanned layers.
                  mesh=dict(data=1, fsdp=-1, tensor=2),
                  model=dict(remat="full", scan_layers=True),
                  data=dict(source="array_record", paths=(), tokenizer="", tfds_dir="", format="pretrain",

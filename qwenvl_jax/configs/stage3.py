@@ -15,7 +15,7 @@ VALUES = {
                  peak_lr=1e-5, min_lr=1e-6, warmup_steps=3000, frozen=FROZEN,
                  # Table 8: model parallelism 2, grad_accum 8 = 16-row microbatches. Full remat,
                  # scanned layers. A 4-chip v5p: `--set mesh.tensor=1` (4 rows per chip per
-                 # microbatch; `qwenvl-jax aot`, WORKSPACE.md).
+                 # microbatch; `qwenvl-jax aot`, docs/tpu.md).
                  mesh=dict(data=1, fsdp=-1, tensor=2),
                  model=dict(remat="full", scan_layers=True),
                  data=dict(source="jsonl", paths=(), tokenizer="", tfds_dir="", format="chatml", layout="unpacked",

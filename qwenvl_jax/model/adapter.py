@@ -7,7 +7,7 @@ position term. Output: ln_post then `x @ proj` -> [B, n_queries, llm_hidden].
 
 Training from scratch (`cfg.local_init > 0`) starts from a local attention pattern instead of the
 released random init: under random q/k projections every query averages all patches, the output
-carries no "where", and a small model needs thousands of steps to learn it (measured in WORKSPACE.md).
+carries no "where", and a small model needs thousands of steps to learn it (measured: experiments/README.md).
 """
 
 from __future__ import annotations

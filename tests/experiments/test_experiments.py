@@ -1,4 +1,4 @@
-"""The issue-11 experiment code: data generators, data prep, stage commands -> valid configs and batches,
+"""The from-scratch experiment code: data generators, data prep, stage commands -> valid configs and batches,
 and (slow) the whole three-stage driver end to end at a trivial size."""
 
 import json
@@ -99,7 +99,7 @@ def _config_from_cmd(cmd):
 ADAPTER_CORE = {f"adapter.{n}" for n in ("query", "kv_proj", "ln_q", "ln_kv", "in_proj", "out_proj")}
 ADAPTER_OUT = {"adapter.ln_post", "adapter.proj"}
 # What each stage trains (experiments/configs.py): stage 1 only the adapter's output map (the LLM
-# frozen as in the paper; ViT and the adapter's attention keep stage V's "where"), stage 2 only the
+# frozen as in the paper; ViT and the adapter's attention keep the vision warm-up's "where"), stage 2 only the
 # LLM, stage 3 the released recipe (ViT and output map frozen).
 TRAINED = {0: {"visual", "llm"} | ADAPTER_CORE | ADAPTER_OUT, 1: ADAPTER_OUT, 2: {"llm"},
            3: {"llm"} | ADAPTER_CORE}
