@@ -10,7 +10,8 @@ import torch
 from flax import nnx
 
 from qwenvl_jax.ckpt import convert, hf_io, hf_layout, synthetic
-from qwenvl_jax.ckpt.orbax_io import flatten_dict, load_checkpoint
+from qwenvl_jax.ckpt.checkpoint import flatten_dict
+from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 from qwenvl_jax.model.qwenvl import QwenVL
 from qwenvl_jax.model.resize import resize_grid_table
 
