@@ -45,6 +45,10 @@ class TrainingDiverged(RuntimeError):
   """A step's loss, gradient norm or updated parameters became NaN or infinite."""
 
 
+class DataExhausted(ValueError):
+  """The data iterator ended before `steps`."""
+
+
 class WorkdirError(ValueError):
   """The workdir holds another run's checkpoints and --resume was not given."""
 
@@ -230,7 +234,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, res
 
     with Preemption() as preempt:
       for step in range(start + 1, train_cfg.steps + 1):
-        host_batch = next(iterator)
+        try:
+          host_batch = next(iterator)
+        except StopIteration:
+          if step > start + 1:  # keep what was trained: the last step and the state after its batch
+            save(step - 1, data_state, force=True, verify=True)
+          raise DataExhausted(f"the training data ran out before step {step} of {train_cfg.steps} "
+                              f"(data.paths hold too few records for the steps, or set more "
+                              f"data.num_epochs)") from None
         data_state = iterator.get_state()
         if step == start + 1:
           validate_batch(host_batch, rows_per_host, train_cfg.seq_len, model_cfg, check_spans=True)
