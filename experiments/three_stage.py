@@ -112,7 +112,7 @@ def grounding_breakdown(data: pathlib.Path, last_line: str) -> dict:
 def vision_warmup(work: pathlib.Path, data: pathlib.Path, results: pathlib.Path, steps: int,
                   record) -> pathlib.Path:
   """The vision warm-up on top of the stage-0 checkpoint -> the checkpoint stage 1 starts from."""
-  from qwenvl_jax.ckpt.orbax_io import MODEL_CONFIG
+  from qwenvl_jax.ckpt.checkpoint import MODEL_CONFIG
   out = work / "stageV"
   if (out / MODEL_CONFIG).is_file():  # save_checkpoint writes atomically: present = finished
     print(f"vision warm-up: using the finished {out}")

@@ -341,8 +341,17 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
       node = node[part]
     if parts[-1] not in node:
       raise ConfigError(f"override '{item}': no config field '{key}'")
-    node[parts[-1]] = value  # ConfigDict type-checks against the existing value
+    try:
+      node[parts[-1]] = value  # ConfigDict type-checks against the existing value
+    except TypeError:
+      expected = type(node[parts[-1]]).__name__
+      raise ConfigError(f"override '{item}': config field '{key}' expects {_A_TYPE.get(expected, expected)}, "
+                        f"got {raw!r}") from None
   return cfg
+
+
+_A_TYPE = {"int": "an int", "float": "a number", "bool": "True or False", "str": "a string",
+           "tuple": "a tuple, e.g. ('a', 'b')"}
 
 
 def load_model_config(spec: str) -> ModelConfig:

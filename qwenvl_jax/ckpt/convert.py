@@ -26,10 +26,11 @@ import numpy as np
 
 from qwenvl_jax.ckpt import hf_io, hf_layout
 from qwenvl_jax.ckpt.atomic import atomic_directory
-from qwenvl_jax.ckpt.orbax_io import (CHUNK_BYTES, HF_EXTRA, MODEL_CONFIG, PARAMS, TOKENIZER_DIR,
-                                      LazyArray, ParamReader, check_checkpoint, copy_tokenizer,
-                                      flatten_dict, read_model_config, resolve_checkpoint,
-                                      save_lazy_params, write_model_config)
+from qwenvl_jax.ckpt.checkpoint import (HF_EXTRA, MODEL_CONFIG, PARAMS, TOKENIZER_DIR, copy_tokenizer,
+                                        flatten_dict, read_model_config, resolve_checkpoint,
+                                        write_model_config)
+from qwenvl_jax.ckpt.orbax_io import (CHUNK_BYTES, LazyArray, ParamReader, check_checkpoint,
+                                      save_lazy_params)
 from qwenvl_jax.config import ModelConfig
 
 DEFAULT_SHARD_SIZE = 2 << 30
@@ -132,7 +133,7 @@ def _hf_blocks(entry: hf_layout.Entry, cfg: ModelConfig, reader: ParamReader, la
 def _write_checkpoint(tmp: pathlib.Path, flat: dict, cfg: ModelConfig, tok):
   """Our checkpoint's contents: parameters, model config and (when there is one) the tokenizer."""
   save_lazy_params(tmp / PARAMS, flat)
-  write_model_config(tmp / MODEL_CONFIG, cfg)
+  write_model_config(tmp, cfg)
   if tok is not None:
     copy_tokenizer(tok, tmp)
 

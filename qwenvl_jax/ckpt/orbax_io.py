@@ -1,14 +1,8 @@
-"""Our checkpoint directory, read and written with Orbax.
+"""Model parameters in Orbax files: save / load whole models, read arrays, stream writes.
 
-Layout (`DIR/`):
-  params/             Orbax PyTree checkpoint of `nnx.state(model).to_pure_dict()` (Buffers included)
-  model_config.json   `config.model_config_to_dict(cfg)`
-  tokenizer/<file>    the tokenizer file (+ SentencePiece sidecars), when known
-  hf_extra/           non-weight files of the HF source (original config.json, remote code), so an
-                      export back to HF reproduces them
-
-`load_checkpoint` also accepts a training workdir (`WORKDIR/model_config.json` +
-`WORKDIR/checkpoints/<step>/params`, written by an Orbax CheckpointManager): the latest step wins.
+The directory layouts (a checkpoint dir, a training workdir) and how a path resolves to one are in
+`checkpoint.py`; `load_checkpoint` accepts anything `checkpoint.resolve_checkpoint` does (a
+workdir: the latest step).
 Restores go straight onto the mesh shardings from `sharding.param_shardings` (no host copy), so a
 checkpoint saved on one mesh restores on any other.
 
@@ -20,10 +14,8 @@ per layer on disk so `ParamReader` can read them back one layer at a time.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
-import shutil
 from typing import Callable, Iterator, Mapping
 
 import jax
@@ -35,113 +27,16 @@ from flax import nnx
 
 from qwenvl_jax.ckpt import hf_layout
 from qwenvl_jax.ckpt.atomic import atomic_directory
-from qwenvl_jax.ckpt.hf_io import tokenizer_files
-from qwenvl_jax.config import ModelConfig, model_config_from_dict, model_config_to_dict
+from qwenvl_jax.ckpt.checkpoint import (PARAMS, CheckpointError, CheckpointRef, copy_tokenizer,
+                                        flatten_dict, read_model_config, resolve_checkpoint,
+                                        unflatten_dict, write_model_config)
+from qwenvl_jax.config import ModelConfig
 
-PARAMS = "params"
-MODEL_CONFIG = "model_config.json"
-TOKENIZER_DIR = "tokenizer"
-HF_EXTRA = "hf_extra"
 CHUNK_BYTES = 256 << 20  # cap on one on-disk chunk
-
-
-class CheckpointError(ValueError):
-  """A checkpoint directory is incomplete or does not match its config; the message says how."""
-
-
-# --------------------------------------------------------------------------------------------
-# Locating checkpoints.
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointRef:
-  root: pathlib.Path  # our checkpoint dir or the training workdir
-  params_dir: pathlib.Path
-  config_path: pathlib.Path
-  step: int | None = None
-
-  @property
-  def tokenizer_path(self) -> pathlib.Path | None:
-    tok_dir = self.root / TOKENIZER_DIR
-    if not tok_dir.is_dir():
-      return None
-    files = sorted(p for p in tok_dir.iterdir() if p.suffix in (".tiktoken", ".model"))
-    return files[0] if files else None
-
-  @property
-  def hf_extra(self) -> pathlib.Path:
-    return self.root / HF_EXTRA
-
-
-def _steps(ckpt_root: pathlib.Path) -> list[int]:
-  return sorted(int(p.name) for p in ckpt_root.iterdir()
-                if p.is_dir() and p.name.isdigit() and (p / PARAMS).is_dir())
-
-
-def resolve_checkpoint(path) -> CheckpointRef:
-  """Our checkpoint dir, a training workdir (latest step) or one step dir of a workdir."""
-  path = pathlib.Path(path).absolute()  # Orbax reads OCDBT checkpoints by absolute path only
-  if not path.exists():
-    raise FileNotFoundError(f"no checkpoint at {path}")
-  if (path / "checkpoints").is_dir():
-    steps = _steps(path / "checkpoints")
-    if not steps:
-      raise CheckpointError(f"training workdir {path} has no finished step with a '{PARAMS}' item "
-                            f"under {path / 'checkpoints'}")
-    ref = CheckpointRef(path, path / "checkpoints" / str(steps[-1]) / PARAMS, path / MODEL_CONFIG,
-                        steps[-1])
-  elif (path / PARAMS).is_dir() and path.name.isdigit() and path.parent.name == "checkpoints":
-    root = path.parent.parent
-    ref = CheckpointRef(root, path / PARAMS, root / MODEL_CONFIG, int(path.name))
-  else:
-    ref = CheckpointRef(path, path / PARAMS, path / MODEL_CONFIG)
-  missing = [str(p) for p in (ref.params_dir, ref.config_path) if not p.exists()]
-  if missing:
-    raise CheckpointError(f"{path} is not a complete checkpoint: missing {', '.join(missing)}")
-  return ref
-
-
-def read_model_config(ref: CheckpointRef) -> ModelConfig:
-  return model_config_from_dict(json.loads(ref.config_path.read_text()))
-
-
-def write_model_config(path, cfg: ModelConfig):
-  pathlib.Path(path).write_text(json.dumps(model_config_to_dict(cfg), indent=2) + "\n")
-
-
-def copy_tokenizer(tokenizer_file, dst_dir) -> pathlib.Path:
-  """Copies the tokenizer file (and sidecars) into `dst_dir/tokenizer/`; returns the new path."""
-  out = pathlib.Path(dst_dir) / TOKENIZER_DIR
-  out.mkdir(parents=True, exist_ok=True)
-  files = tokenizer_files(tokenizer_file)
-  for f in files:
-    shutil.copy2(f, out / f.name)
-  return out / files[0].name
 
 
 # --------------------------------------------------------------------------------------------
 # Metadata and slice reads.
-
-def flatten_dict(tree, prefix="") -> dict:
-  out = {}
-  for k, v in tree.items():
-    name = f"{prefix}{k}"
-    if isinstance(v, Mapping):
-      out.update(flatten_dict(v, name + "."))
-    else:
-      out[name] = v
-  return out
-
-
-def unflatten_dict(flat: Mapping[str, object]) -> dict:
-  out: dict = {}
-  for name, v in flat.items():
-    node = out
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
-
 
 def param_metadata(params_dir) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Dotted name -> (shape, dtype) of every array in an Orbax PyTree checkpoint (no data read)."""
@@ -276,7 +171,7 @@ def save_checkpoint(dst_dir, model_or_state, model_cfg: ModelConfig, tokenizer_f
   with atomic_directory(dst_dir, overwrite=overwrite) as tmp:
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
       ckptr.save(epath.Path(tmp / PARAMS), args=ocp.args.PyTreeSave(pure))
-    write_model_config(tmp / MODEL_CONFIG, model_cfg)
+    write_model_config(tmp, model_cfg)
     if tokenizer_file is not None:
       copy_tokenizer(tokenizer_file, tmp)
   return dst_dir
@@ -316,6 +211,5 @@ def load_checkpoint(ckpt_dir, mesh: jax.sharding.Mesh | None = None, rules=None)
   return nnx.merge(graphdef, abs_state), cfg, ref.tokenizer_path
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "resolve_checkpoint", "read_model_config",
-           "param_metadata", "ParamReader", "LazyArray", "save_lazy_params", "CheckpointError",
-           "CheckpointRef", "copy_tokenizer", "write_model_config", "atomic_directory"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint", "param_metadata", "ParamReader",
+           "LazyArray", "save_lazy_params"]

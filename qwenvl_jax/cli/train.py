@@ -75,7 +75,7 @@ def save_tokenizer(config, workdir):
 
   import jax
 
-  from qwenvl_jax.ckpt.orbax_io import copy_tokenizer
+  from qwenvl_jax.ckpt.checkpoint import copy_tokenizer
 
   data = config.get("data") or {}
   path = data.get("tokenizer")

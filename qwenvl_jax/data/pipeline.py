@@ -119,12 +119,18 @@ def open_source(paths: Sequence[str], tfds_dir: str | None = None):
   if any(p.startswith(TFDS_PREFIX) for p in paths):
     raise ValueError("mixing TFDS and file sources is not supported")
   if all(p.endswith(".array_record") for p in paths):
-    return sources.ArrayRecordSource(paths)
+    source = sources.ArrayRecordSource(paths)
+    if not len(source):
+      raise sources.SourceError(f"{', '.join(paths)}: no records")
+    return source
   if any(p.endswith(".array_record") for p in paths):
     raise ValueError("mixing ArrayRecord and JSONL sources is not supported; pack the JSONL first")
   records = []
   for p in paths:
+    n = len(records)
     records.extend(sources.read_jsonl(p))
+    if len(records) == n:
+      raise sources.SourceError(f"{p}: no records (the file is empty)")
   return records
 
 

@@ -47,12 +47,18 @@ def _read_json_records(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
       data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
       raise SourceError(f"{path}: invalid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+      raise SourceError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if not isinstance(data, list):
       raise SourceError(f"{path}: expected a JSON list of records")
     yield from enumerate(data)
     return
-  with path.open(encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with path.open("rb") as f:  # decoded per line, so a bad byte is reported with its line number
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise SourceError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line: {e.reason})") from None
       if not line.strip():
         continue
       try:

@@ -2,12 +2,16 @@
 
 `train(config, workdir)` runs one stage config (configs/stage{1,2,3}.py) to `config.steps`:
 - fresh start: random init, or parameters from `init` (another run's workdir/checkpoint, e.g. the
-  previous stage; the ViT needs no tensor change between 224 and 448 px, see `checkpoint.py`);
-- `resume=True`: continues from the latest checkpoint in WORKDIR/checkpoints (parameters, optimizer
-  state, step and data-iterator state), or starts fresh when there is none;
+  previous stage; the ViT needs no tensor change between 224 and 448 px, see `ckpt/checkpoint.py`);
+- `resume=True`: continues from the latest readable checkpoint in WORKDIR/checkpoints (parameters,
+  optimizer state, step and data-iterator state; an unreadable newer step is moved aside and named),
+  or starts fresh when there is none. The config must describe the same tensors as the run's
+  model_config.json (checked before anything is written); the run's config files are rewritten only
+  after the restore succeeded;
 - SIGTERM: finishes the current step, saves, waits for the write, returns status "preempted";
-- a non-finite loss stops the run (TrainingDiverged) without saving; the pending saves are awaited,
-  so the last good checkpoint stays intact.
+- a step whose loss, gradient norm or new parameters are not finite is not applied (the jitted step
+  keeps the old state) and stops the run (TrainingDiverged) without saving; the pending saves are
+  awaited, and every saved checkpoint is finite (`Checkpointer.save` refuses otherwise).
 
 Data: any iterator of batches following `train/batch.py` with get_state/set_state. Each process
 feeds its own `batch_size // process_count` rows; global arrays are assembled with
@@ -27,10 +31,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from qwenvl_jax.ckpt import checkpoint as ckpt_lib
 from qwenvl_jax.config import (ConfigError, mesh_config_from_dict, model_config_from_dict,
                                train_config_from_dict)
 from qwenvl_jax.sharding import batch_sharding, create_mesh, logical_rules, rules_for
-from qwenvl_jax.train import checkpoint as ckpt_lib
 from qwenvl_jax.train import metrics as metrics_lib
 from qwenvl_jax.train import optim
 from qwenvl_jax.train import step as step_lib
@@ -38,7 +42,11 @@ from qwenvl_jax.train.batch import SyntheticIterator, validate_batch
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite."""
+  """A step's loss, gradient norm or updated parameters became NaN or infinite."""
+
+
+class DataExhausted(ValueError):
+  """The data iterator ended before `steps`."""
 
 
 class WorkdirError(ValueError):
@@ -179,9 +187,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
     if latest is not None and not resume:
       raise WorkdirError(f"{workdir} already has checkpoints up to step {latest}: pass --resume to "
                          f"continue that run, or use a new workdir")
-    ckpt_lib.write_model_config(workdir, model_cfg)
-    if jax.process_index() == 0:
-      (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if latest is not None and (workdir / ckpt_lib.MODEL_CONFIG).is_file():
+      # Before anything is written: a failed resume must leave the run as it was.
+      ckpt_lib.check_compatible(ckpt_lib.read_model_config(workdir / ckpt_lib.MODEL_CONFIG),
+                                model_cfg, f"the run in {workdir}", action="resume")
 
     pi, pc = jax.process_index(), jax.process_count()
     if iterator is None:
@@ -194,12 +203,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
       if not callable(getattr(iterator, method, None)):
         raise TypeError(f"the data iterator {type(iterator).__name__} has no {method}()")
 
-    if resume and latest is not None:
-      full, opt_state, data_state = ckpt.restore(latest, abs_full, setup.abs_opt)
+    restored = ckpt.restore_latest(abs_full, setup.abs_opt, log=log) if resume else None
+    if restored is not None:
+      start, full, opt_state, data_state = restored
       params, buffers = step_lib.split_full(setup, full)
       iterator.set_state(data_state)
-      start = latest
-      log(f"resumed from {ckpt.directory / str(latest)}")
+      log(f"resumed from {ckpt.directory / str(start)}")
     else:
       source = init or train_cfg.init
       if source:  # buffers come from the checkpoint too: no random init of a model we overwrite
@@ -210,6 +219,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
         params, buffers = step_lib.init_params(setup, train_cfg.seed)
       opt_state = step_lib.init_opt_state(setup, params)
       start = 0
+    _write_run_config(workdir, config, model_cfg)
     log(f"optimizer state: {optim.count_state(opt_state):,} elements for "
         f"{optim.count_state(params):,} parameters (frozen: {list(train_cfg.optim.frozen)})")
 
@@ -221,13 +231,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
     losses, status, step = [], "done", start
     bar = _progress(train_cfg.steps, start)
 
-    def save(step, data_state, force=False):
-      ckpt.save(step, step_lib.join_full(params, buffers), opt_state, data_state, model_cfg,
-                force=force)
+    def save(step, data_state, force=False, verify=False):
+      started = ckpt.save(step, step_lib.join_full(params, buffers), opt_state, data_state,
+                          model_cfg, force=force)
+      if started and verify:
+        ckpt.wait()
+        ckpt.verify(step)
 
     with Preemption() as preempt:
       for step in range(start + 1, train_cfg.steps + 1):
-        host_batch = next(iterator)
+        try:
+          host_batch = next(iterator)
+        except StopIteration:
+          if step > start + 1:  # keep what was trained: the last step and the state after its batch
+            save(step - 1, data_state, force=True, verify=True)
+          raise DataExhausted(f"the training data ran out before step {step} of {train_cfg.steps} "
+                              f"(data.paths hold too few records for the steps, or set more "
+                              f"data.num_epochs)") from None
         data_state = iterator.get_state()
         if step == start + 1:
           validate_batch(host_batch, rows_per_host, train_cfg.seq_len, model_cfg, check_spans=True)
@@ -239,14 +259,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
         loss = float(m["loss"])
         record = _record(step, m, dt, train_cfg, model_cfg, parts, peak, len(mesh.devices.flat))
         writer.write(record)
-        if not math.isfinite(loss):
+        if not bool(m["finite"]):
           ckpt.wait()
-          last = ckpt.latest_step()
-          raise TrainingDiverged(
-              f"loss is {loss} at step {step}: stopping without saving; the last good checkpoint is "
-              f"{'step ' + str(last) + ' in ' + str(ckpt.directory) if last is not None else 'none'}")
+          raise TrainingDiverged(_diverged_message(step, record, ckpt))
         losses.append(loss)
-        save(step, data_state, force=step == train_cfg.steps)
+        save(step, data_state, force=step == train_cfg.steps, verify=step == train_cfg.steps)
         if bar is not None:
           bar.update(1)
           bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
@@ -259,7 +276,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
           while not preempt.requested:
             time.sleep(0.05)
         if preempt.agreed() and step < train_cfg.steps:
-          save(step, data_state, force=True)
+          save(step, data_state, force=True, verify=True)
           ckpt.wait()
           log(f"preempted: saved step {step} to {ckpt.directory}")
           status = "preempted"
@@ -271,6 +288,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
       writer.close()
     ckpt.close()
   return {"status": status, "step": step, "losses": losses}
+
+
+def _write_run_config(workdir: pathlib.Path, config, model_cfg):
+  """model_config.json (what chat / convert / eval read) and config.json (the full run config)."""
+  if jax.process_index() == 0:
+    ckpt_lib.write_model_config(workdir, model_cfg)
+    ckpt_lib.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
+
+
+def _diverged_message(step: int, record: dict, ckpt) -> str:
+  what = [f"{k} is {record[k]}" for k in ("loss", "grad_norm") if not math.isfinite(record[k])]
+  what = " and ".join(what) or "the updated parameters are not finite"
+  last = ckpt.latest_step()
+  kept = (f"the last checkpoint, all finite, is step {last} in {ckpt.directory}" if last is not None
+          else "no checkpoint was saved before it")
+  return f"step {step}: {what}; the update was not applied and nothing was saved; {kept}"
 
 
 def _record(step, m, dt, train_cfg, model_cfg, parts, peak, n_devices) -> dict:

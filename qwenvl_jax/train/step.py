@@ -214,13 +214,22 @@ class TrainStep:
     grad_norm = optax.global_norm(grads)
     # Frozen leaves feed `set_to_zero`, which ignores its input: pass the params, not zeros.
     full_grads = traverse_util.unflatten_dict({**grads, **frozen_p})
-    updates, opt_state = setup.tx.update(full_grads, opt_state, params)
+    updates, new_opt_state = setup.tx.update(full_grads, opt_state, params)
     flat_u = traverse_util.flatten_dict(updates)
     new_flat = {k: (v + flat_u[k].astype(v.dtype)) if k in trained else v for k, v in flat.items()}
-    metrics = dict(loss=ce_sum / denom, grad_norm=grad_norm, target_tokens=n,
+    loss = ce_sum / denom
+    # A step whose loss, gradients or new parameters are not finite is not applied: the old
+    # parameters and optimizer state come back, so no NaN ever reaches a saved checkpoint.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    for k in trained:
+      finite &= jnp.all(jnp.isfinite(new_flat[k]))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_flat = {k: keep(new_flat[k], v) if k in trained else v for k, v in flat.items()}
+    new_opt_state = keep(new_opt_state, opt_state)
+    metrics = dict(loss=loss, grad_norm=grad_norm, target_tokens=n, finite=finite,
                    tokens=jnp.sum(batch["segment_ids"] != 0, dtype=jnp.int32),
                    images=jnp.sum(batch["num_images"]) if "num_images" in batch else jnp.int32(0))
-    return traverse_util.unflatten_dict(new_flat), opt_state, metrics
+    return traverse_util.unflatten_dict(new_flat), new_opt_state, metrics
 
   def _compile(self, batch: dict):
     key = tuple(sorted((k, v.ndim) for k, v in batch.items()))

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from qwenvl_jax.ckpt import hf_layout
-from qwenvl_jax.ckpt.orbax_io import flatten_dict
+from qwenvl_jax.ckpt.checkpoint import flatten_dict
 from qwenvl_jax.config import ConfigError, load_model_config
 from qwenvl_jax.model.qwenvl import QwenVL
 from qwenvl_jax.sharding import eval_shape_model

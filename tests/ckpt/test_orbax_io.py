@@ -11,8 +11,9 @@ from etils import epath
 from flax import nnx
 
 from qwenvl_jax.ckpt import convert, hf_io, hf_layout, orbax_io
-from qwenvl_jax.ckpt.orbax_io import (CheckpointError, flatten_dict, load_checkpoint, save_checkpoint,
-                                      unflatten_dict)
+from qwenvl_jax.ckpt.checkpoint import (CheckpointError, flatten_dict, read_model_config,
+                                        resolve_checkpoint, unflatten_dict)
+from qwenvl_jax.ckpt.orbax_io import load_checkpoint, save_checkpoint
 from qwenvl_jax.config import MeshConfig
 from qwenvl_jax.sharding import batch_sharding, create_mesh, param_shardings
 from tests.ckpt.helpers import load_hf_tensors
@@ -125,7 +126,7 @@ def test_load_errors_name_keys_shapes_and_fields(orbax_fp32, flat_params, tmp_pa
   with pytest.raises(CheckpointError, match="not a complete checkpoint"):
     load_checkpoint(tmp_path)
   with pytest.raises(FileExistsError):
-    cfg = orbax_io.read_model_config(orbax_io.resolve_checkpoint(orbax_fp32))
+    cfg = read_model_config(resolve_checkpoint(orbax_fp32))
     save_checkpoint(wrong_cfg, flat_params, cfg)
 
 

@@ -8,7 +8,8 @@ import torch
 
 from qwenvl_jax.ckpt import convert
 from qwenvl_jax.testing import random_checkpoint
-from qwenvl_jax.ckpt.orbax_io import ParamReader, param_metadata, resolve_checkpoint
+from qwenvl_jax.ckpt.checkpoint import resolve_checkpoint
+from qwenvl_jax.ckpt.orbax_io import ParamReader, param_metadata
 from tests.ckpt.helpers import index_keys, load_hf_tensors
 
 

@@ -11,7 +11,8 @@ from flax import nnx
 
 from qwenvl_jax.ckpt import convert, hf_io, hf_layout
 from qwenvl_jax.testing import random_checkpoint
-from qwenvl_jax.ckpt.orbax_io import flatten_dict, load_checkpoint
+from qwenvl_jax.ckpt.checkpoint import flatten_dict
+from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 from qwenvl_jax.model.qwenvl import QwenVL
 from qwenvl_jax.model.resize import resize_grid_table
 

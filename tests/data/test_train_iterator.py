@@ -200,7 +200,7 @@ def test_resume_continues_the_data_stream(byte_vocab, shapes_jsonl, tmp_path):
 
 def test_train_command_keeps_the_tokenizer_with_the_checkpoints(byte_vocab, shapes_jsonl, tmp_path):
   """`qwenvl-jax train` copies data.tokenizer to WORKDIR/tokenizer/, where chat / eval / convert look."""
-  from qwenvl_jax.ckpt.orbax_io import CheckpointRef
+  from qwenvl_jax.ckpt.checkpoint import CheckpointRef
   from qwenvl_jax.cli.train import save_tokenizer
 
   save_tokenizer(stage_config(1, byte_vocab, [shapes_jsonl]), tmp_path / "run")

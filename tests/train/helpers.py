@@ -72,7 +72,7 @@ def abstract_full(config):
 def write_init_checkpoint(config, directory):
   """A workdir holding the shared tiny initial parameters (as a converted checkpoint would): runs
   started from it with --init skip compiling a random init (seconds on CPU)."""
-  from qwenvl_jax.train import checkpoint as ckpt_lib
+  from qwenvl_jax.ckpt import checkpoint as ckpt_lib
   setup, _, mcfg = abstract_full(config)
   host_params, host_buffers = initial_state(mcfg)
   params = jax.device_put(host_params, setup.param_sh)

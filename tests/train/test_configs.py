@@ -72,7 +72,7 @@ def test_training_longer_than_the_model_context_is_refused(tmp_path):
 
 def test_init_compatibility_allows_what_changes_no_tensor():
   import dataclasses
-  from qwenvl_jax.train.checkpoint import check_compatible
+  from qwenvl_jax.ckpt.checkpoint import check_compatible
   base = model_config_from_dict(load_config_dict("tiny").model)
   windowed = dataclasses.replace(base, vision=dataclasses.replace(base.vision, window_patches=2, global_every=base.vision.global_every + 1))
   assert check_compatible(base, windowed, "ckpt") == ["vision.global_every", "vision.window_patches"]

@@ -10,7 +10,7 @@ import pytest
 
 from qwenvl_jax.config import ConfigError, MeshConfig, model_config_from_dict, train_config_from_dict
 from qwenvl_jax.sharding import create_mesh
-from qwenvl_jax.train import checkpoint as ckpt_lib
+from qwenvl_jax.ckpt import checkpoint as ckpt_lib
 from qwenvl_jax.train import step as step_lib
 from qwenvl_jax.train.batch import SyntheticIterator
 from qwenvl_jax.train.loop import TrainingDiverged, WorkdirError, make_iterator, train
@@ -47,7 +47,7 @@ def test_nan_stop_then_next_stage_init_at_higher_resolution(tmp_path):
   tcfg, mcfg1 = train_config_from_dict(s1), model_config_from_dict(s1.model)
   init = write_init_checkpoint(s1, tmp_path / "init")
   it = NanImagesAt(SyntheticIterator(mcfg1, tcfg.batch_size, tcfg.seq_len), at=5)
-  with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*last good checkpoint is step 4"):
+  with pytest.raises(TrainingDiverged, match=r"step 5: loss is nan.*not applied.*all finite, is step 4"):
     train(s1, tmp_path / "s1", iterator=it, init=str(init))
   steps = read_metrics(tmp_path / "s1")
   assert [r["step"] for r in steps] == [1, 2, 3, 4, 5] and np.isnan(steps[-1]["loss"])
