@@ -47,12 +47,18 @@ def _read_json_records(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
       data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
       raise SourceError(f"{path}: invalid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+      raise SourceError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not isinstance(data, list):
       raise SourceError(f"{path}: expected a JSON list of records")
     yield from enumerate(data)
     return
-  with path.open(encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with path.open("rb") as f:  # bytes, so a non-UTF-8 line can be named
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise SourceError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line)") from None
       if not line.strip():
         continue
       try:
@@ -266,10 +272,20 @@ def embed_images(rec: dict, base_dir=None, verify: bool = True) -> dict:
   return {**rec, "image": bytes(img) if isinstance(img, (bytes, bytearray)) else get(img)}
 
 
-def pack(src, dst, verify: bool = True, counter: SkipCounter | None = None, progress: bool = False) -> int:
+def pack(src, dst, verify: bool = True, counter: SkipCounter | None = None, progress: bool = False,
+         overwrite: bool = False) -> int:
   """JSONL (either kind) -> ArrayRecord with embedded images; records with bad images are skipped and
-  counted in `counter`. Returns the number written."""
+  counted in `counter`. Returns the number written.
+
+  `dst` is written under a temporary name and renamed when every record is in, so a malformed line
+  or a kill leaves no partial file; an existing `dst` is refused unless `overwrite`, and `dst` may
+  never be `src` itself."""
+  from qwenvl_jax.ckpt.atomic import atomic_file, check_disjoint
+
   src = pathlib.Path(src)
+  if not src.is_file():
+    raise FileNotFoundError(f"no such file: {src}")
+  check_disjoint(dst, src, what="--out")
   counter = counter if counter is not None else SkipCounter()
   first = next((rec for _, rec in _read_json_records(src)), {})
   if "conversations" in first:  # keep the relative paths as labels; read the files from src's folder
@@ -287,7 +303,8 @@ def pack(src, dst, verify: bool = True, counter: SkipCounter | None = None, prog
         yield embed_images(rec, base_dir=base, verify=verify)
       except CorruptImageError as e:
         counter.add("corrupt_image", e.name, e.reason)
-  return write_array_record(good(), dst)
+  with atomic_file(dst, overwrite=overwrite) as tmp:
+    return write_array_record(good(), tmp)
 
 
 # ------------------------------------------------------------------------------------------------
