@@ -89,10 +89,13 @@ def atomic_directory(dst, overwrite: bool = False):
   if dst.exists() and not dst.is_dir():
     raise FileExistsError(f"destination {dst} is a file, not a checkpoint folder: not replacing it")
   _check_parent(dst)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  remove_stale_partials(dst)
   tmp = _partial_name(dst)
-  tmp.mkdir()
+  try:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(dst)
+    tmp.mkdir()
+  except OSError as e:  # name the destination, not our hidden temporary name
+    raise OSError(e.errno, f"cannot write {dst}: {e.strerror}") from None
   try:
     yield tmp
   except BaseException:
@@ -117,9 +120,13 @@ def atomic_file(dst, overwrite: bool = False):
   if dst.is_dir():
     raise IsADirectoryError(f"{dst} is a folder: give a file name")
   _check_parent(dst)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  remove_stale_partials(dst)
   tmp = dst.parent / f"{_partial_name(dst).name}{dst.suffix}"
+  try:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(dst)
+    tmp.touch()
+  except OSError as e:
+    raise OSError(e.errno, f"cannot write {dst}: {e.strerror}") from None
   try:
     yield tmp
     os.replace(tmp, dst)
