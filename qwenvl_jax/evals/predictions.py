@@ -17,11 +17,14 @@ ID_KEYS = ("question_id", "image_id", "questionId", "id")
 OUTPUT_KEYS = ("answer", "caption", "prediction", "text")
 
 
+_JSON_SPACE = b" \t\r"  # blank lines hold only JSON whitespace (bytes.strip() would also drop \x0b)
+
+
 class PredictionsError(ValueError):
   """A predictions file that cannot be read as written by `Writer`; names the file and line."""
 
 
-def _scan(path: pathlib.Path, data: bytes) -> tuple[list[dict], int | None, bool]:
+def _scan(path, data: bytes) -> tuple[list[dict], int | None, bool]:
   """(records, torn_at, unterminated_ok) for a predictions file's bytes.
 
   A kill during `Writer.write` leaves a prefix of the last batch, so a torn line is always the final
@@ -36,7 +39,7 @@ def _scan(path: pathlib.Path, data: bytes) -> tuple[list[dict], int | None, bool
     last = nl < 0
     raw = data[pos:] if last else data[pos:nl]
     try:
-      rec = json.loads(raw.decode("utf-8")) if raw.strip() else None
+      rec = json.loads(raw.decode("utf-8")) if raw.strip(_JSON_SPACE) else None
       if rec is not None and not isinstance(rec, dict):
         raise PredictionsError(f"{path}: line {n} is not a JSON object")
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -52,9 +55,23 @@ def _scan(path: pathlib.Path, data: bytes) -> tuple[list[dict], int | None, bool
     if rec is not None:
       records.append(rec)
     if last:
-      return records, None, bool(raw.strip())
+      return records, None, bool(raw.strip(_JSON_SPACE))
     pos = nl + 1
   return records, None, False
+
+
+def parse_records(data: bytes, name="predictions") -> list[dict]:
+  """`read_records` on bytes already in memory; `name` goes into error messages."""
+  return _scan(name, data)[0]
+
+
+def repaired_bytes(data: bytes, name="predictions") -> bytes:
+  """What `repair` leaves of a file holding `data`: a torn final line cut off, or a complete final
+  record given its missing newline. Raises PredictionsError for damage anywhere else."""
+  _, torn_at, unterminated_ok = _scan(name, data)
+  if torn_at is not None:
+    return data[:torn_at]
+  return data + b"\n" if unterminated_ok else data
 
 
 def read_records(path) -> list[dict]:
@@ -63,23 +80,24 @@ def read_records(path) -> list[dict]:
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  return _scan(path, path.read_bytes())[0]
+  return parse_records(path.read_bytes(), path)
 
 
 def repair(path) -> int:
-  """Makes a file ready for appending after a kill: cuts off a torn final line (or ends a complete
-  final record with its missing newline); returns the number of good records. Damage anywhere else
-  raises PredictionsError and changes nothing."""
+  """Makes a file ready for appending after a kill (see `repaired_bytes`); returns the number of
+  good records. Damage anywhere but the torn last line raises PredictionsError and changes nothing."""
   path = pathlib.Path(path)
   if not path.exists():
     return 0
-  records, torn_at, unterminated_ok = _scan(path, path.read_bytes())
-  if torn_at is not None:
+  data = path.read_bytes()
+  records = parse_records(data, path)
+  fixed = repaired_bytes(data, path)
+  if len(fixed) < len(data):
     with open(path, "r+b") as f:
-      f.truncate(torn_at)
-  elif unterminated_ok:
+      f.truncate(len(fixed))
+  elif len(fixed) > len(data):
     with open(path, "ab") as f:
-      f.write(b"\n")
+      f.write(fixed[len(data):])
   return len(records)
 
 
