@@ -1,9 +1,10 @@
 """Atomic writes: build under a hidden temporary name, rename into place on success.
 
 An interrupted conversion (exception, Ctrl-C, or a killed process) therefore never leaves a
-directory under the destination name; at worst a `.NAME.partial-PID-*` sibling remains, which no
-loader looks at and which the next write into the same destination removes (unless the process
-named in it is still alive on this machine: two writers to one destination do not collide).
+directory under the destination name; at worst a `.NAME.partial-PID@HOST-*` sibling remains, which
+no loader looks at and which the next write into the same destination removes (unless the process
+named in it is still alive, or ran on another machine: two writers to one destination never delete
+each other's work).
 
 `check_disjoint` is the guard every converter calls first: replacing a destination that is, holds,
 or lies inside one of its sources would delete the input while reading it.
@@ -22,8 +23,17 @@ def _partial_prefix(dst: pathlib.Path) -> str:
   return f".{dst.name}.partial-"
 
 
+def _owner() -> str:
+  """This process as `PID@HOST` (host hashed: names stay short and free of odd characters), so a
+  leftover on a shared filesystem is only judged by the machine that can see its writer."""
+  import hashlib
+  import socket
+
+  return f"{os.getpid()}@{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]}"
+
+
 def _partial_name(dst: pathlib.Path) -> pathlib.Path:
-  return dst.parent / f"{_partial_prefix(dst)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  return dst.parent / f"{_partial_prefix(dst)}{_owner()}-{uuid.uuid4().hex[:8]}"
 
 
 def _alive(pid: int) -> bool:
@@ -45,9 +55,13 @@ def remove_stale_partials(dst) -> list[pathlib.Path]:
     return []
   removed = []
   prefix = _partial_prefix(dst)
+  me, host = _owner(), _owner().split("@")[1]
   for p in [p for p in dst.parent.iterdir() if p.name.startswith(prefix)]:
-    pid = p.name[len(prefix):].split("-")[0]
-    if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+    owner = p.name[len(prefix):].split("-")[0]
+    pid, _, their_host = owner.partition("@")
+    if their_host and their_host != host:
+      continue  # another machine's writer: it may still be running
+    if pid.isdigit() and owner != me and _alive(int(pid)):
       continue
     if p.is_dir() and not p.is_symlink():
       shutil.rmtree(p, ignore_errors=True)

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from qwenvl_jax.ckpt import convert
-from qwenvl_jax.ckpt.atomic import remove_stale_partials
+from qwenvl_jax.ckpt.atomic import _owner, remove_stale_partials
 from qwenvl_jax.cli import main
 from tests.cli_subprocess import error_line, run_cli, tree_bytes
 
@@ -159,15 +159,18 @@ def _dead_pid() -> int:
 
 def test_partial_folders_of_killed_conversions_are_removed(hf_fp32, tmp_path):
   dst = tmp_path / "o"
-  dead = tmp_path / f".o.partial-{_dead_pid()}-0badf00d"
-  legacy = tmp_path / ".o.partial-1234abcd"  # the name before writer pids were recorded
-  live = tmp_path / f".o.partial-{os.getppid()}-00c0ffee"  # a writer still running: kept
-  other = tmp_path / f".other.partial-{_dead_pid()}-11111111"  # another destination's: kept
-  for d in (dead, legacy, live, other):
+  host = _owner().split("@")[1]
+  dead = tmp_path / f".o.partial-{_dead_pid()}@{host}-0badf00d"
+  legacy = tmp_path / ".o.partial-1234abcd"  # the name before writers were recorded
+  live = tmp_path / f".o.partial-{os.getppid()}@{host}-00c0ffee"  # a writer still running: kept
+  remote = tmp_path / f".o.partial-{_dead_pid()}@zzzzzz-22222222"  # another machine's: kept
+  other = tmp_path / f".other.partial-{_dead_pid()}@{host}-11111111"  # another destination's: kept
+  for d in (dead, legacy, live, remote, other):
     (d / "params").mkdir(parents=True)
   convert.convert_hf_to_orbax(hf_fp32, dst)
   assert (dst / "model_config.json").exists()
-  assert not dead.exists() and not legacy.exists() and live.exists() and other.exists()
+  assert not dead.exists() and not legacy.exists()
+  assert live.exists() and remote.exists() and other.exists()
   assert remove_stale_partials(tmp_path / "other") == [other]
 
 
