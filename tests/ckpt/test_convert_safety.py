@@ -179,3 +179,60 @@ def test_header_shorter_than_declared_is_named(hf_copy):
   shard.write_bytes(struct.pack("<Q", 10 ** 9) + b"{}")
   with pytest.raises(ValueError, match=f"{shard.name}.*header of 1000000000 bytes"):
     convert.convert_hf_to_orbax(hf_copy, hf_copy.parent / "o")
+
+
+# --- interruption ---------------------------------------------------------------------------------
+
+def test_disk_full_keeps_the_old_destination(orbax_fp32, tmp_path, capsys, monkeypatch):
+  import errno
+
+  from qwenvl_jax.ckpt import hf_io
+
+  dst = tmp_path / "hf"
+  assert main(["convert", "--to", "hf", "--src", str(orbax_fp32), "--dst", str(dst), "--quiet"]) == 0
+  before = tree_bytes(dst)
+  calls = []
+
+  def full(self, name, data):
+    calls.append(name)
+    if len(calls) == 5:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, name, data)
+
+  real = hf_io.SafetensorsWriter.write
+  monkeypatch.setattr(hf_io.SafetensorsWriter, "write", full)
+  line = _one_error(capsys, ["convert", "--to", "hf", "--src", str(orbax_fp32), "--dst", str(dst),
+                             "--overwrite", "--quiet", "--dtype", "bf16"])
+  assert "No space left on device" in line
+  assert tree_bytes(dst) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_conversion_then_rerun(hf_fp32, tmp_path):
+  """A conversion killed with SIGKILL leaves no destination; the next one cleans up and succeeds."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  from tests.cli_subprocess import REPO
+
+  dst = tmp_path / "o"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  code = "import sys; from qwenvl_jax.cli import main; sys.exit(main())"
+  for _ in range(5):  # the tiny conversion is quick: retry until the kill lands mid-write
+    proc = subprocess.Popen([sys.executable, "-c", code, "convert", "--from", "hf", "--src", str(hf_fp32),
+                             "--dst", str(dst), "--quiet"], env=env, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not any(p.name.startswith(".o.partial-") for p in tmp_path.iterdir()):
+      time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if proc.returncode == -signal.SIGKILL and not dst.exists():
+      break
+    shutil.rmtree(dst, ignore_errors=True)
+  else:
+    pytest.skip("the conversion always finished before the kill")
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.partial-")]  # the leftover
+  proc = run_cli("convert", "--from", "hf", "--src", hf_fp32, "--dst", dst, "--quiet")
+  assert proc.returncode == 0, proc.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # leftover removed

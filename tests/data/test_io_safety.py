@@ -106,3 +106,25 @@ def test_synth_bad_out_and_size_are_one_line(tmp_path, capsys):
     err = _errors(capsys)
     assert len(err) == 1 and "between 32 and 4096" in err[0], err
   assert blocker.read_text() == "x" and not (tmp_path / "s").exists()
+
+
+def test_pack_disk_full_keeps_the_old_output(tmp_path, capsys, monkeypatch):
+  import errno
+
+  src = _raw_set(tmp_path / "set")
+  out = tmp_path / "out" / "packed.array_record"
+  out.parent.mkdir()
+  out.write_bytes(b"old")
+  (out.parent / f".packed.array_record.partial-1234abcd.array_record").write_bytes(b"killed run")
+  real, calls = sources.encode_record, []
+
+  def full(rec):
+    calls.append(rec["id"])
+    if len(calls) == 3:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(rec)
+
+  monkeypatch.setattr(sources, "encode_record", full)
+  assert main(["data", "pack", "--src", str(src), "--out", str(out), "--overwrite"]) == 2
+  assert "No space left on device" in _errors(capsys)[0]
+  assert out.read_bytes() == b"old" and _listing(out.parent) == ["packed.array_record"]
