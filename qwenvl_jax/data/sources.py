@@ -293,18 +293,25 @@ def pack(src, dst, verify: bool = True, counter: SkipCounter | None = None, prog
   else:
     records, base = read_raw(src), None
 
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(desc=f"pack {src.name}", unit="rec")
+
   def good():
-    it = records
-    if progress:
-      from tqdm import tqdm
-      it = tqdm(it, desc=f"pack {src.name}", unit="rec")
-    for rec in it:
+    for rec in records:
+      if bar is not None:
+        bar.update()
       try:
         yield embed_images(rec, base_dir=base, verify=verify)
       except CorruptImageError as e:
         counter.add("corrupt_image", e.name, e.reason)
-  with atomic_file(dst, overwrite=overwrite) as tmp:
-    return write_array_record(good(), tmp)
+  try:
+    with atomic_file(dst, overwrite=overwrite) as tmp:
+      return write_array_record(good(), tmp)
+  finally:
+    if bar is not None:
+      bar.close()  # ends the bar's line, so an error message starts on its own
 
 
 # ------------------------------------------------------------------------------------------------
