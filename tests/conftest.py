@@ -13,6 +13,12 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+  """Converted-HF caches go to a temporary folder, never the user's ~/.cache (subprocesses too)."""
+  os.environ["QWENVL_JAX_CACHE"] = str(tmp_path_factory.mktemp("qwenvl_jax_cache"))
+
+
 @pytest.fixture(scope="session")
 def sp_dir(tmp_path_factory):
   """A folder holding `tokenizer.model`: SentencePiece (600 ids) trained here on a synthetic corpus."""

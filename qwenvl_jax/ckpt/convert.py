@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 import shutil
 from typing import Sequence
@@ -25,13 +26,15 @@ from typing import Sequence
 import numpy as np
 
 from qwenvl_jax.ckpt import hf_io, hf_layout
-from qwenvl_jax.ckpt.atomic import atomic_directory
+from qwenvl_jax.ckpt.atomic import atomic_directory, check_disjoint
 from qwenvl_jax.ckpt.checkpoint import (HF_EXTRA, MODEL_CONFIG, PARAMS, TOKENIZER_DIR, copy_tokenizer,
                                         flatten_dict, read_model_config, resolve_checkpoint,
                                         write_model_config)
 from qwenvl_jax.ckpt.orbax_io import (CHUNK_BYTES, LazyArray, ParamReader, check_checkpoint,
                                       save_lazy_params)
 from qwenvl_jax.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 2 << 30
 BLOCK_BYTES = 64 << 20  # row blocks of big unstacked tensors (embedding, lm_head)
@@ -57,7 +60,41 @@ class _Progress:
       self.bar.close()
 
 
-def _lazy_from_hf(entry: hf_layout.Entry, cfg: ModelConfig, read, dtype: np.dtype, tick) -> LazyArray:
+class _FiniteCheck:
+  """Warns once per tensor (naming it) that holds NaN or inf: converting it is allowed (a user may
+  want to inspect a diverged run) but must not go unnoticed."""
+
+  def __init__(self):
+    self.reported: set[str] = set()
+
+  def __call__(self, key: str, arr: np.ndarray) -> np.ndarray:
+    if key not in self.reported and not np.isfinite(arr.astype(np.float32, copy=False)).all():
+      self.reported.add(key)
+      what = "only NaN/inf" if not np.isfinite(arr.astype(np.float32, copy=False)).any() else "NaN/inf values"
+      log.warning("tensor %s holds %s", key, what)
+    return arr
+
+
+def read_config_json(path: pathlib.Path) -> dict:
+  """A checkpoint's config.json; errors name the file."""
+  try:
+    cj = json.loads(path.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise hf_layout.ConfigError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(cj, dict):
+    raise hf_layout.ConfigError(f"{path}: must hold a JSON object, got {type(cj).__name__}")
+  return cj
+
+
+def _hf_config(path: pathlib.Path, base: ModelConfig | None) -> ModelConfig:
+  try:
+    return hf_layout.hf_config_to_model_config(read_config_json(path), base=base)
+  except hf_layout.ConfigError as e:
+    raise hf_layout.ConfigError(e.args[0] if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
+
+def _lazy_from_hf(entry: hf_layout.Entry, cfg: ModelConfig, read, dtype: np.dtype, tick,
+                  finite=lambda key, arr: arr) -> LazyArray:
   """Our array for `entry`, assembled from HF tensors while Orbax writes it.
 
   Stacked: one layer at a time (one chunk per layer on disk). Big unstacked tensors with a row
@@ -69,7 +106,7 @@ def _lazy_from_hf(entry: hf_layout.Entry, cfg: ModelConfig, read, dtype: np.dtyp
   nbytes = int(np.prod(shape)) * dtype.itemsize
 
   def convert(key, rows=None):
-    return entry.to_ours(read(key, rows), cfg, rows=rows is not None).astype(dtype)
+    return entry.to_ours(finite(key, read(key, rows)), cfg, rows=rows is not None).astype(dtype)
 
   if entry.stack is not None:
     layer_bytes = nbytes // shape[0]
@@ -167,9 +204,12 @@ def convert_hf_to_orbax(src, dst, model_cfg: ModelConfig | None = None, *,
   config's, float32), which is lossless for bf16 / fp16 sources.
   """
   src, dst = pathlib.Path(src), pathlib.Path(dst)
+  if not src.exists():
+    raise FileNotFoundError(f"no checkpoint at {src}")
+  check_disjoint(dst, src, tokenizer_file)
   config_path = src / "config.json"
   if config_path.exists():
-    cfg = hf_layout.hf_config_to_model_config(json.loads(config_path.read_text()), base=model_cfg)
+    cfg = _hf_config(config_path, model_cfg)
   elif model_cfg is not None:
     cfg = model_cfg
   else:
@@ -186,9 +226,11 @@ def convert_hf_to_orbax(src, dst, model_cfg: ModelConfig | None = None, *,
     eye = np.eye(cfg.llm.hidden, dtype=np.float32)
     read = lambda k, rows=None, _read=weights.read: eye if k == kv_key else _read(k, rows)
   hf_layout.check_tensors(shapes, cfg, side="hf", where=f"HF checkpoint {src}")
+  weights.check_float(hf_layout.hf_key_map(cfg))
   dtype = hf_io.np_dtype(cfg.param_dtype)
   bar = _Progress(len(hf_layout.hf_key_map(cfg)), "hf -> orbax", progress)
-  flat = {e.ours: _lazy_from_hf(e, cfg, read, dtype, bar) for e in hf_layout.ENTRIES}
+  finite = _FiniteCheck()
+  flat = {e.ours: _lazy_from_hf(e, cfg, read, dtype, bar, finite) for e in hf_layout.ENTRIES}
   tok = _tokenizer_for(src, tokenizer_file)
   try:
     with atomic_directory(dst, overwrite=overwrite) as tmp:
@@ -206,7 +248,7 @@ def convert_hf_to_orbax(src, dst, model_cfg: ModelConfig | None = None, *,
 def _source_dtype(ref) -> str:
   cfg_json = ref.hf_extra / "config.json"
   if cfg_json.exists():
-    name = json.loads(cfg_json.read_text()).get("torch_dtype")
+    name = read_config_json(cfg_json).get("torch_dtype")
     if name in hf_io.DTYPE_ALIASES:
       return hf_io.dtype_name(name)
   return "bfloat16"
@@ -220,7 +262,11 @@ def convert_orbax_to_hf(src, dst, *, dtype: str | None = None, shard_size: int =
   `dtype` defaults to the dtype of the HF checkpoint this one was converted from (recorded in
   hf_extra/config.json), else bfloat16 as released. Shards hold at most `shard_size` bytes.
   """
+  if not pathlib.Path(src).exists():
+    raise FileNotFoundError(f"no checkpoint at {src}")
+  check_disjoint(dst, src)
   ref = resolve_checkpoint(src)
+  check_disjoint(dst, ref.root)
   cfg = read_model_config(ref)
   check_checkpoint(ref, cfg)
   dtype = hf_io.dtype_name(dtype) if dtype is not None else _source_dtype(ref)
@@ -229,12 +275,17 @@ def convert_orbax_to_hf(src, dst, *, dtype: str | None = None, shard_size: int =
   key_map = hf_layout.hf_key_map(cfg)
   specs = [(k, e.hf_shape(cfg), np_dt) for k, (e, _) in key_map.items()]
 
+  finite = _FiniteCheck()
+
   def produce(key: str):
     entry, layer = key_map[key]
-    return _hf_blocks(entry, cfg, reader, layer, np_dt)
+    out = _hf_blocks(entry, cfg, reader, layer, np_dt)
+    if isinstance(out, np.ndarray):
+      return finite(key, out)
+    return (finite(key, block) for block in out)
 
   base_json = ref.hf_extra / "config.json"
-  base = json.loads(base_json.read_text()) if base_json.exists() else None
+  base = read_config_json(base_json) if base_json.exists() else None
   bar = _Progress(len(specs), "orbax -> hf", progress)
   try:
     with atomic_directory(dst, overwrite=overwrite) as tmp:
@@ -332,8 +383,10 @@ def _check_llm_config(src: pathlib.Path, cfg: ModelConfig):
   path = src / "config.json" if src.is_dir() else None
   if path is None or not path.exists():
     return
-  cj = json.loads(path.read_text())
-  theirs = hf_layout.hf_llm_config(cj)
+  try:
+    theirs = hf_layout.hf_llm_config(read_config_json(path))
+  except hf_layout.ConfigError as e:
+    raise hf_layout.ConfigError(e.args[0] if str(e).startswith(str(path)) else f"{path}: {e}") from None
   for field in ("vocab_size", "hidden", "layers", "heads", "head_dim", "mlp_dim"):
     if getattr(theirs, field) != getattr(cfg.llm, field):
       raise hf_layout.ConfigError(
@@ -354,11 +407,16 @@ def convert_stage1(dst, model_cfg: ModelConfig, *, openclip=None, qwen_llm=None,
   cfg = model_cfg if param_dtype is None else dataclasses.replace(
       model_cfg, param_dtype=hf_io.dtype_name(param_dtype))
   cfg.validate()
+  for given in (openclip, qwen_llm, tokenizer_file):
+    if given is not None and not pathlib.Path(given).exists():
+      raise FileNotFoundError(f"no such file or folder: {given}")
+  check_disjoint(dst, openclip, qwen_llm, tokenizer_file)
   dtype = hf_io.np_dtype(cfg.param_dtype)
   report = {"from_openclip": [], "from_qwen_llm": [], "fresh": [], "dropped": []}
   flat: dict[str, LazyArray] = {}
   opened = []
   n_total = sum(len(e.hf_keys(cfg)) for e in hf_layout.ENTRIES)
+  finite = _FiniteCheck()
   bar = _Progress(n_total, "stage-1 init", progress)
   try:
     if openclip is not None:
@@ -374,6 +432,7 @@ def convert_stage1(dst, model_cfg: ModelConfig, *, openclip=None, qwen_llm=None,
       hf_layout.check_tensors(check_shapes, cfg, side="hf", entries=entries,
                               where=f"OpenCLIP state dict {openclip}", ignore_unexpected=True)
       used = {k for e in entries for k in e.hf_keys(cfg)}
+      weights.check_float(used)
       report["dropped"] += sorted(k for k in shapes if k not in used)
 
       def read_clip(key, rows=None, _w=weights, _pos=pos_key):
@@ -381,7 +440,7 @@ def convert_stage1(dst, model_cfg: ModelConfig, *, openclip=None, qwen_llm=None,
         return _openclip_pos_embed(arr, cfg, key) if key == _pos else arr
 
       for e in entries:
-        flat[e.ours] = _lazy_from_hf(e, cfg, read_clip, dtype, bar)
+        flat[e.ours] = _lazy_from_hf(e, cfg, read_clip, dtype, bar, finite)
         report["from_openclip"].append(e.ours)
     tok = pathlib.Path(tokenizer_file) if tokenizer_file is not None else None
     if qwen_llm is not None:
@@ -394,10 +453,11 @@ def convert_stage1(dst, model_cfg: ModelConfig, *, openclip=None, qwen_llm=None,
       hf_layout.check_tensors(shapes, cfg, side="hf", entries=entries,
                               where=f"Qwen LLM checkpoint {src}", ignore_unexpected=True)
       used = {k for e in entries for k in e.hf_keys(cfg)}
+      weights.check_float(used)
       report["dropped"] += sorted(k for k in shapes if k not in used
                                   and not k.endswith(hf_layout.IGNORED_HF_SUFFIXES))
       for e in entries:
-        flat[e.ours] = _lazy_from_hf(e, cfg, weights.read, dtype, bar)
+        flat[e.ours] = _lazy_from_hf(e, cfg, weights.read, dtype, bar, finite)
         report["from_qwen_llm"].append(e.ours)
       tok = tok or hf_io.find_tokenizer_file(src)
     report["fresh"] = [e.ours for e in hf_layout.ENTRIES if e.ours not in flat]

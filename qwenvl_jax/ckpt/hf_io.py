@@ -28,7 +28,13 @@ DTYPE_NAMES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.b
 DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "float32": "float32", "bf16": "bfloat16",
                  "bfloat16": "bfloat16", "fp16": "float16", "f16": "float16", "float16": "float16"}
 
+FLOAT_DTYPES = frozenset(DTYPE_NAMES.values()) | {np.dtype(np.float64)}
+
 ST_INDEX = "model.safetensors.index.json"
+
+
+class CheckpointFileError(ValueError):
+  """A weight file that cannot be read (truncated, not the format, bad header); names the file."""
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 
@@ -51,12 +57,36 @@ class SafetensorsFile:
 
   def __init__(self, path: pathlib.Path):
     self.path = pathlib.Path(path)
+    size = self.path.stat().st_size
     with open(self.path, "rb") as f:
-      (n,) = struct.unpack("<Q", f.read(8))
-      header = json.loads(f.read(n))
+      head = f.read(8)
+      if len(head) < 8:
+        raise CheckpointFileError(f"{self.path}: not a safetensors file ({size} bytes, no header)")
+      (n,) = struct.unpack("<Q", head)
+      if n > size - 8:
+        raise CheckpointFileError(f"{self.path}: truncated or not a safetensors file (header of {n} "
+                                  f"bytes declared, file has {size})")
+      try:
+        header = json.loads(f.read(n))
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFileError(f"{self.path}: unreadable safetensors header ({e})") from None
+    if not isinstance(header, dict):
+      raise CheckpointFileError(f"{self.path}: the safetensors header is not a JSON object")
     self.data_start = 8 + n
     self.metadata = header.pop("__metadata__", None) or {}
     self.entries = header
+    for key, e in header.items():
+      try:
+        start, end = e["data_offsets"]
+        want = math.prod(e["shape"]) * ST_DTYPES[e["dtype"]].itemsize
+      except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointFileError(f"{self.path}: tensor {key}: malformed header entry ({err!r})") from None
+      if end - start != want or start < 0:
+        raise CheckpointFileError(f"{self.path}: tensor {key}: byte range {start}..{end} does not fit "
+                                  f"its shape {e['shape']} {e['dtype']}")
+      if self.data_start + end > size:
+        raise CheckpointFileError(f"{self.path}: truncated: tensor {key} ends at byte "
+                                  f"{self.data_start + end}, the file has {size}")
 
   def keys(self) -> list[str]:
     return list(self.entries)
@@ -111,7 +141,16 @@ class BinFile:
     import torch
 
     self.path = pathlib.Path(path)
-    self._sd = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+    try:
+      self._sd = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+    except OSError:
+      raise
+    except Exception as e:  # torch reports a bad zip / pickle with several exception types
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      raise CheckpointFileError(f"{self.path}: cannot read PyTorch weights ({type(e).__name__}: "
+                                f"{first})") from None
+    if not isinstance(self._sd, dict):
+      raise CheckpointFileError(f"{self.path}: holds a {type(self._sd).__name__}, not a state dict")
 
   def keys(self) -> list[str]:
     return list(self._sd)
@@ -162,8 +201,11 @@ class HFWeights:
     for index_name in (ST_INDEX, BIN_INDEX):
       index = src / index_name
       if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
+        try:
+          weight_map = json.loads(index.read_text())["weight_map"]
+          files = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+          raise CheckpointFileError(f"{index}: not a weight index ({type(e).__name__}: {e})") from None
         missing = [f for f in files if not (src / f).exists()]
         if missing:
           raise FileNotFoundError(f"{index} lists shard(s) that do not exist: {missing}")
@@ -205,6 +247,15 @@ class HFWeights:
 
   def dtype(self, key: str) -> np.dtype:
     return self._open(self._key_file[key]).dtype(key)
+
+  def check_float(self, keys: Iterable[str]):
+    """Refuses integer / bool tensors among `keys`: casting them to float would give nonsense."""
+    bad = [(k, self.dtype(k)) for k in keys if k in self._key_file and self.dtype(k) not in FLOAT_DTYPES]
+    if bad:
+      k, dt = bad[0]
+      more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+      raise CheckpointFileError(f"tensor {k} in {self._key_file[k]} has dtype {dt}, expected a float "
+                                f"type{more}")
 
   def read(self, key: str, rows: tuple[int, int] | None = None) -> np.ndarray:
     """The tensor `key`, or only rows [r0, r1) of its first axis."""

@@ -393,8 +393,39 @@ def _cfg_error(field: str, msg: str):
   raise ConfigError(f"config.json field '{field}': {msg}")
 
 
+_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "kv_channels", "seq_length")
+_FLOAT_FIELDS = ("rotary_emb_base", "layer_norm_epsilon", "rotary_pct")
+_VISUAL_INT_FIELDS = ("image_size", "patch_size", "width", "layers", "heads", "pos_grid", "n_queries",
+                      "adapter_heads", "output_dim", "image_start_id", "image_end_id", "image_pad_id")
+_VISUAL_FLOAT_FIELDS = ("mlp_ratio", "ln_eps")
+
+
+def _check_types(cj: Mapping):
+  """Numbers must be numbers (a string "two" would otherwise fail deep inside as a TypeError)."""
+  def check(d, prefix, ints, floats):
+    for f in ints:
+      v = d.get(f)
+      low = 0 if f.startswith("image_") else 1  # token ids may be 0; sizes and counts may not
+      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+        _cfg_error(prefix + f, f"{v!r} is not an integer >= {low}")
+    for f in floats:
+      v = d.get(f)
+      if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        _cfg_error(prefix + f, f"{v!r} is not a number")
+
+  if not isinstance(cj, Mapping):
+    raise ConfigError(f"config.json must hold a JSON object, got {type(cj).__name__}")
+  check(cj, "", _INT_FIELDS, _FLOAT_FIELDS)
+  vis = cj.get("visual")
+  if vis is not None and not isinstance(vis, Mapping):
+    _cfg_error("visual", f"must be an object, got {type(vis).__name__}")
+  check(vis or {}, "visual.", _VISUAL_INT_FIELDS, _VISUAL_FLOAT_FIELDS)
+
+
 def hf_llm_config(cj: Mapping) -> LLMConfig:
   """The LLM part of a Qwen / Qwen-VL config.json."""
+  _check_types(cj)
   for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size"):
     if field not in cj:
@@ -423,8 +454,8 @@ def hf_config_to_model_config(cj: Mapping, base: ModelConfig | None = None) -> M
   Runtime fields (dtype, param_dtype, remat, scan_layers, window attention) come from `base`; if
   `base` is given, its architecture must agree with config.json (the message names the field).
   """
-  vis = dict(cj.get("visual") or {})
   llm = hf_llm_config(cj)
+  vis = dict(cj.get("visual") or {})
   hidden = llm.hidden
   if "output_dim" in vis and vis["output_dim"] != hidden:
     _cfg_error("visual.output_dim", f"{vis['output_dim']} != hidden_size {hidden}")

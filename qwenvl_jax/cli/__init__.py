@@ -19,7 +19,20 @@ def build_parser() -> argparse.ArgumentParser:
     module = importlib.import_module(f"{__name__}.{info.name}")
     if hasattr(module, "register"):
       module.register(subparsers)
+  _add_debug_flag(parser)
   return parser
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser):
+  """`--debug` (tracebacks instead of one-line errors) on every subcommand that lacks it, nested
+  ones (`data pack`) included. SUPPRESS keeps a nested parser's default from hiding a given flag."""
+  for action in parser._actions:
+    if isinstance(action, argparse._SubParsersAction):
+      for sub in action.choices.values():
+        if not any("--debug" in a.option_strings for a in sub._actions):
+          sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="show tracebacks instead of one-line errors")
+        _add_debug_flag(sub)
 
 
 class UserError(Exception):
@@ -31,10 +44,13 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     return int(args.handler(args) or 0)
-  except (UserError, FileNotFoundError, ValueError, KeyError) as e:
+  except (UserError, OSError, ValueError, KeyError) as e:  # OSError: missing, unwritable, disk full
     if getattr(args, "debug", False):
       raise
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in str(msg):
+      msg = f"{msg}: {e.filename}"
+    msg = str(msg).strip().splitlines()[0] if str(msg).strip() else type(e).__name__
     print(f"qwenvl-jax {args.command}: error: {msg}", file=sys.stderr)
     return 2
 

@@ -7,14 +7,25 @@ Interactive commands: `/image PATH` attaches a picture to your next message (sev
 `/history` shows the conversation, `/clear` starts over, `/quit` (or Ctrl-D) leaves. Pictures are
 numbered across the whole conversation. When an answer holds boxes they are drawn on their picture
 and the PNG path is printed.
+
+An HF directory (config.json + weights) is converted once into a cache, never next to it:
+$QWENVL_JAX_CACHE, else $XDG_CACHE_HOME/qwenvl-jax, else ~/.cache/qwenvl-jax, under
+converted/<folder>-<path hash>-<files hash>. The files hash covers every file's name, size, mtime
+and inode, so a changed HF folder is converted again (its older entry is removed); deleting the
+cache is always safe.
 """
 
 HELP = "commands: /image PATH (attach a picture to the next message), /history, /clear, /quit"
 
 
 def register(subparsers):
-  p = subparsers.add_parser("chat", help="chat with a checkpoint about images (interactive or one-shot)")
-  p.add_argument("--ckpt", required=True, help="Orbax checkpoint directory (or an HF directory)")
+  import argparse
+
+  p = subparsers.add_parser("chat", help="chat with a checkpoint about images (interactive or one-shot)",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--ckpt", required=True,
+                 help="Orbax checkpoint directory, or an HF directory (converted once into the cache: "
+                      "see above)")
   p.add_argument("--image", action="append", default=[], metavar="PATH",
                  help="picture for the first message (repeatable)")
   p.add_argument("--prompt", help="ask this once, print the answer and exit")
@@ -51,6 +62,7 @@ def _load(args):
     from qwenvl_jax.sharding import create_mesh
 
     mesh = create_mesh(MeshConfig(data=-1, fsdp=1, tensor=args.tensor_parallel))
+  _say_hf_cache(args.ckpt)
   try:
     return load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, max_window=args.max_window,
                           batch_size=1)
@@ -61,6 +73,20 @@ def _load(args):
       raise
     raise UserError(f"cannot load checkpoint {args.ckpt}: {type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def _say_hf_cache(ckpt):
+  """Tells where an HF directory's conversion lives (and that it is being made), before loading."""
+  import pathlib
+  import sys
+
+  from qwenvl_jax.infer.api import converted_cache_dir, is_hf_dir
+
+  path = pathlib.Path(ckpt)
+  if path.is_dir() and is_hf_dir(path):
+    target = converted_cache_dir(path)
+    state = "using the converted copy" if target.exists() else "converting it once into"
+    print(f"{path} is an HF checkpoint: {state} {target}", file=sys.stderr, flush=True)
 
 
 class Session:

@@ -21,7 +21,9 @@ def register(subparsers):
   direction.add_argument("--to", dest="target", choices=("hf",), help="export to the HF layout")
   p.add_argument("--src", action="append", required=True,
                  help="source path; repeat once per --from item, in the same order")
-  p.add_argument("--dst", required=True, help="destination directory (must not exist)")
+  p.add_argument("--dst", required=True,
+                 help="destination directory (must not exist, unless --overwrite; never the source, a "
+                      "folder holding it, or a folder inside it)")
   p.add_argument("--config", help="model config (file or name, e.g. qwen_vl_7b): runtime fields for "
                                   "--from hf, the whole target model for openclip / qwen-llm")
   p.add_argument("--param-dtype", help="dtype of the stored Orbax arrays (default: the config's)")
@@ -31,7 +33,8 @@ def register(subparsers):
   p.add_argument("--shard-size", default="2GB", help="--to hf: max bytes per shard (e.g. 2GB, 500MB)")
   p.add_argument("--tokenizer", help="tokenizer file to include (default: found in the source)")
   p.add_argument("--seed", type=int, default=0, help="seed of freshly initialised parameters")
-  p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing destination (only once the new one is complete)")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   p.set_defaults(handler=run)
@@ -58,8 +61,10 @@ def run(args):
 
 
 def _run(args):
+  from qwenvl_jax.ckpt.atomic import check_disjoint
   from qwenvl_jax.cli import UserError
 
+  check_disjoint(args.dst, *args.src, args.tokenizer)  # before loading anything (the API checks too)
   progress = not args.quiet
   cfg = None
   if args.config:

@@ -10,7 +10,7 @@ def register(subparsers):
   s.add_argument("--n", type=int, required=True, help="number of images")
   s.add_argument("--out", required=True, help="output directory")
   s.add_argument("--seed", type=int, default=0)
-  s.add_argument("--size", type=int, default=None, help="image size in pixels (default: 224 shapes, 448 text/docs)")
+  s.add_argument("--size", type=int, default=None, help="image size in pixels, 32..4096 (default: 224 shapes, 448 text/docs)")
   s.add_argument("--workers", type=int, default=1, help="generator processes")
   s.set_defaults(handler=run_synth)
 
@@ -18,6 +18,7 @@ def register(subparsers):
   k.add_argument("--src", required=True, help="JSONL or JSON file; image paths relative to it")
   k.add_argument("--out", required=True, help="output .array_record file")
   k.add_argument("--no-verify", action="store_true", help="do not decode images while packing")
+  k.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   k.set_defaults(handler=run_pack)
 
 
@@ -27,8 +28,6 @@ def run_synth(args):
 
   if args.n < 1:
     raise UserError("--n must be at least 1")
-  if args.size is not None and args.size < 32:
-    raise UserError("--size must be at least 32 pixels")
   res = export_synth(args.kind, args.n, args.out, seed=args.seed, size=args.size, workers=args.workers,
                      progress=True)
   print(f"wrote {res.n} {args.kind} samples in {res.seconds:.1f}s ({res.images_per_s:.0f} images/s)")
@@ -45,7 +44,8 @@ def run_pack(args):
   if not pathlib.Path(args.src).is_file():
     raise FileNotFoundError(f"no such file: {args.src}")
   counter = SkipCounter()
-  n = pack(args.src, args.out, verify=not args.no_verify, counter=counter, progress=True)
+  n = pack(args.src, args.out, verify=not args.no_verify, counter=counter, progress=True,
+           overwrite=args.overwrite)
   print(f"wrote {n} records to {args.out}; {counter.summary()}")
   for reason, names in counter.examples.items():
     print(f"  {reason}: {', '.join(names)}{' ...' if counter.counts[reason] > len(names) else ''}")

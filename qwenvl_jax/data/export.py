@@ -34,6 +34,12 @@ def export_synth(kind: str, n: int, out, seed: int = 0, size: int | None = None,
   from array_record.python.array_record_module import ArrayRecordWriter
 
   out = pathlib.Path(out)
+  synth.check_size(size)
+  for p in [out, *out.parents]:  # a file where a folder must go: say which, before writing anything
+    if p.exists():
+      if not p.is_dir():
+        raise NotADirectoryError(f"--out {out}: {p} is a file, not a folder")
+      break
   (out / "images").mkdir(parents=True, exist_ok=True)
   paths = {"jsonl": out / f"{kind}.jsonl", "chat": out / f"{kind}_chat.jsonl",
            "array_record": out / f"{kind}.array_record", "preview": out / "preview.png"}

@@ -272,10 +272,20 @@ def embed_images(rec: dict, base_dir=None, verify: bool = True) -> dict:
   return {**rec, "image": bytes(img) if isinstance(img, (bytes, bytearray)) else get(img)}
 
 
-def pack(src, dst, verify: bool = True, counter: SkipCounter | None = None, progress: bool = False) -> int:
+def pack(src, dst, verify: bool = True, counter: SkipCounter | None = None, progress: bool = False,
+         overwrite: bool = False) -> int:
   """JSONL (either kind) -> ArrayRecord with embedded images; records with bad images are skipped and
-  counted in `counter`. Returns the number written."""
+  counted in `counter`. Returns the number written.
+
+  `dst` is written under a temporary name and renamed when every record is in, so a malformed line
+  or a kill leaves no partial file; an existing `dst` is refused unless `overwrite`, and `dst` may
+  never be `src` itself."""
+  from qwenvl_jax.ckpt.atomic import atomic_file, check_disjoint
+
   src = pathlib.Path(src)
+  if not src.is_file():
+    raise FileNotFoundError(f"no such file: {src}")
+  check_disjoint(dst, src, what="--out")
   counter = counter if counter is not None else SkipCounter()
   first = next((rec for _, rec in _read_json_records(src)), {})
   if "conversations" in first:  # keep the relative paths as labels; read the files from src's folder
@@ -283,17 +293,25 @@ def pack(src, dst, verify: bool = True, counter: SkipCounter | None = None, prog
   else:
     records, base = read_raw(src), None
 
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(desc=f"pack {src.name}", unit="rec")
+
   def good():
-    it = records
-    if progress:
-      from tqdm import tqdm
-      it = tqdm(it, desc=f"pack {src.name}", unit="rec")
-    for rec in it:
+    for rec in records:
+      if bar is not None:
+        bar.update()
       try:
         yield embed_images(rec, base_dir=base, verify=verify)
       except CorruptImageError as e:
         counter.add("corrupt_image", e.name, e.reason)
-  return write_array_record(good(), dst)
+  try:
+    with atomic_file(dst, overwrite=overwrite) as tmp:
+      return write_array_record(good(), tmp)
+  finally:
+    if bar is not None:
+      bar.close()  # ends the bar's line, so an error message starts on its own
 
 
 # ------------------------------------------------------------------------------------------------

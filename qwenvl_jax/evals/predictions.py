@@ -2,7 +2,8 @@
 
 One JSON object per line, `{"question_id": ..., "answer": ...}` (captions: `{"image_id", "caption"}`;
 likelihood tasks add `"losses"`). Each batch is flushed and fsync'ed, so a killed run loses at most the
-batch in flight; a torn last line is cut off on the next open.
+batch in flight; a torn last line is cut off on the next open. Any other unreadable line is refused
+(`PredictionsError`, naming the file and line) and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -16,51 +17,88 @@ ID_KEYS = ("question_id", "image_id", "questionId", "id")
 OUTPUT_KEYS = ("answer", "caption", "prediction", "text")
 
 
+_JSON_SPACE = b" \t\r"  # blank lines hold only JSON whitespace (bytes.strip() would also drop \x0b)
+
+
+class PredictionsError(ValueError):
+  """A predictions file that cannot be read as written by `Writer`; names the file and line."""
+
+
+def _scan(path, data: bytes) -> tuple[list[dict], int | None, bool]:
+  """(records, torn_at, unterminated_ok) for a predictions file's bytes.
+
+  A kill during `Writer.write` leaves a prefix of the last batch, so a torn line is always the final
+  one and has no newline: `torn_at` is its byte offset (None if there is none). An unterminated
+  final line that is a whole record is kept (`unterminated_ok`: only its newline is missing). Any
+  other unreadable line is damage, not a torn write: raises PredictionsError naming the line.
+  """
+  records, pos, n = [], 0, 0
+  while pos < len(data):
+    n += 1
+    nl = data.find(b"\n", pos)
+    last = nl < 0
+    raw = data[pos:] if last else data[pos:nl]
+    try:
+      rec = json.loads(raw.decode("utf-8")) if raw.strip(_JSON_SPACE) else None
+      if rec is not None and not isinstance(rec, dict):
+        raise PredictionsError(f"{path}: line {n} is not a JSON object")
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+      if last:
+        return records, pos, False
+      what = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not JSON"
+      raise PredictionsError(f"{path}: line {n} is {what}; only a torn last line is repaired "
+                             "automatically: fix or remove that line") from None
+    except PredictionsError:
+      if last:
+        return records, pos, False
+      raise
+    if rec is not None:
+      records.append(rec)
+    if last:
+      return records, None, bool(raw.strip(_JSON_SPACE))
+    pos = nl + 1
+  return records, None, False
+
+
+def parse_records(data: bytes, name="predictions") -> list[dict]:
+  """`read_records` on bytes already in memory; `name` goes into error messages."""
+  return _scan(name, data)[0]
+
+
+def repaired_bytes(data: bytes, name="predictions") -> bytes:
+  """What `repair` leaves of a file holding `data`: a torn final line cut off, or a complete final
+  record given its missing newline. Raises PredictionsError for damage anywhere else."""
+  _, torn_at, unterminated_ok = _scan(name, data)
+  if torn_at is not None:
+    return data[:torn_at]
+  return data + b"\n" if unterminated_ok else data
+
+
 def read_records(path) -> list[dict]:
-  """All complete records; a torn (unterminated or unparsable) final line is ignored."""
+  """All complete records; a torn final line (unterminated, unreadable) is ignored. Raises
+  PredictionsError (naming file and line) for any other unreadable line."""
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  records = []
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      if i >= len(lines) - 2:  # the last written line: an interrupted write
-        break
-      raise ValueError(f"{path}: line {i + 1} is not JSON")
-  return records
+  return parse_records(path.read_bytes(), path)
 
 
 def repair(path) -> int:
-  """Truncates a torn final line so appending continues cleanly; returns the number of good records."""
+  """Makes a file ready for appending after a kill (see `repaired_bytes`); returns the number of
+  good records. Damage anywhere but the torn last line raises PredictionsError and changes nothing."""
   path = pathlib.Path(path)
   if not path.exists():
     return 0
   data = path.read_bytes()
-  good_end = 0
-  n = 0
-  pos = 0
-  while pos < len(data):
-    nl = data.find(b"\n", pos)
-    if nl < 0:
-      break  # unterminated: torn
-    line = data[pos:nl]
-    if line.strip():
-      try:
-        json.loads(line)
-      except json.JSONDecodeError:
-        break
-      n += 1
-    pos = good_end = nl + 1
-  if good_end != len(data):
+  records = parse_records(data, path)
+  fixed = repaired_bytes(data, path)
+  if len(fixed) < len(data):
     with open(path, "r+b") as f:
-      f.truncate(good_end)
-  return n
+      f.truncate(len(fixed))
+  elif len(fixed) > len(data):
+    with open(path, "ab") as f:
+      f.write(fixed[len(data):])
+  return len(records)
 
 
 def record_id(rec: dict, preferred: str):

@@ -68,22 +68,75 @@ def set_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
   return model
 
 
+CACHE_ENV = "QWENVL_JAX_CACHE"
+
+
+def cache_root() -> pathlib.Path:
+  """$QWENVL_JAX_CACHE, else $XDG_CACHE_HOME/qwenvl-jax, else ~/.cache/qwenvl-jax."""
+  if os.environ.get(CACHE_ENV):
+    return pathlib.Path(os.environ[CACHE_ENV])
+  xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(xdg) / "qwenvl-jax"
+
+
+def _digest(text: str, n: int) -> str:
+  import hashlib
+
+  return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def converted_cache_dir(hf_dir) -> pathlib.Path:
+  """Where the Orbax conversion of an HF directory is cached:
+  `cache_root()/converted/<name>-<hash of its path>-<hash of its files>`.
+
+  The files' identity is (name, size, mtime, inode) of every file in the folder, so replacing or
+  editing any of them (a new download, a re-export) gives a new cache entry instead of stale weights.
+  """
+  src = pathlib.Path(hf_dir).resolve()
+  files = []
+  for f in sorted(src.iterdir()):
+    if f.is_file() and not f.name.startswith("."):
+      st = f.stat()
+      files.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+  return cache_root() / "converted" / f"{src.name}-{_digest(str(src), 8)}-{_digest(chr(10).join(files), 16)}"
+
+
+def _convert_hf_cached(hf_dir: pathlib.Path, target: pathlib.Path | None) -> pathlib.Path:
+  """The converted checkpoint of `hf_dir`: reused when its cache entry exists, else converted; older
+  entries of the same folder (its files have changed since) are removed."""
+  import shutil
+
+  from qwenvl_jax.ckpt import convert
+
+  if target is None:
+    target = converted_cache_dir(hf_dir)
+    stale_prefix = target.name[:target.name.rindex("-") + 1]
+    if target.parent.is_dir():
+      for old in target.parent.iterdir():
+        if old.name.startswith(stale_prefix) and old.name != target.name and old.is_dir():
+          shutil.rmtree(old, ignore_errors=True)
+  target = pathlib.Path(target)
+  if not target.exists():
+    try:
+      convert.convert_hf_to_orbax(hf_dir, target)
+    except (FileExistsError, OSError):
+      if not (target / "model_config.json").exists():  # not a concurrent conversion that won: real
+        raise
+  return target
+
+
 def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None):
   """An Orbax checkpoint directory or an HF directory -> (model, model_cfg, tokenizer).
 
-  HF directories are converted first (into `converted_dir`, default `<path>-orbax` next to it; an
-  existing conversion is reused). `tokenizer` overrides the checkpoint's own tokenizer file.
+  HF directories are converted first, into `converted_dir` if given (reused if it exists), else into
+  the cache entry `converted_cache_dir(path)` (keyed by the files' identity, so a changed HF folder
+  is converted again). `tokenizer` overrides the checkpoint's own tokenizer file.
   """
   path = pathlib.Path(path)
   if not path.is_dir():
     raise FileNotFoundError(f"checkpoint directory not found: {path}")
   if is_hf_dir(path):
-    from qwenvl_jax.ckpt import convert
-
-    target = pathlib.Path(converted_dir or path.with_name(path.name + "-orbax"))
-    if not target.exists():
-      convert.convert_hf_to_orbax(path, target)
-    path = target
+    path = _convert_hf_cached(path, pathlib.Path(converted_dir) if converted_dir else None)
   from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 
   model, cfg, tok_path = load_checkpoint(path, mesh=mesh, rules=rules)

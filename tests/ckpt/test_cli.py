@@ -23,4 +23,4 @@ def test_cli_errors_are_one_line(hf_fp32, tmp_path, capsys):
   assert main(["convert", "--from", "openclip,qwen-llm", "--src", "x", "--dst", str(tmp_path / "o")]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 3 and all(line.startswith("qwenvl-jax convert: error:") for line in err)
-  assert "already exists" in err[1] and "2 --src" in err[2]
+  assert "is the source itself" in err[1] and "2 --src" in err[2]

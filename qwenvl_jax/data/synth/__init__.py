@@ -29,6 +29,15 @@ import multiprocessing
 from typing import Callable, Iterator
 
 DEFAULT_SIZE = {"shapes": 224, "text": 448, "docs": 448}
+# Bounds on the image side: an RGB image of side s costs 3*s*s bytes several times over while it is
+# drawn and PNG-encoded (4096: ~50 MB each); 100000 asked for tens of GB and was OOM-killed.
+MIN_SIZE, MAX_SIZE = 32, 4096
+
+
+def check_size(size: int | None):
+  """Raises ValueError for an image side outside [MIN_SIZE, MAX_SIZE] (None: the kind's default)."""
+  if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
+    raise ValueError(f"--size {size}: image side must be between {MIN_SIZE} and {MAX_SIZE} pixels")
 
 
 def generator(kind: str) -> Callable[..., dict]:
@@ -54,6 +63,7 @@ def generate(kind: str, n: int, seed: int = 0, size: int | None = None, workers:
 
   Workers are spawned (not forked) so this is safe in a process that already imported JAX.
   """
+  check_size(size)
   size = size or DEFAULT_SIZE[kind]
   fn = functools.partial(_one, kind=kind, seed=seed, size=size)
   indices = range(start, start + n)
