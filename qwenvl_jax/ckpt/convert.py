@@ -68,10 +68,12 @@ class _FiniteCheck:
     self.reported: set[str] = set()
 
   def __call__(self, key: str, arr: np.ndarray) -> np.ndarray:
-    if key not in self.reported and not np.isfinite(arr.astype(np.float32, copy=False)).all():
+    if key in self.reported:
+      return arr
+    finite = np.isfinite(arr.astype(np.float32, copy=False))  # (numpy has no isfinite for bf16)
+    if not finite.all():
       self.reported.add(key)
-      what = "only NaN/inf" if not np.isfinite(arr.astype(np.float32, copy=False)).any() else "NaN/inf values"
-      log.warning("tensor %s holds %s", key, what)
+      log.warning("tensor %s holds %s", key, "NaN/inf values" if finite.any() else "only NaN/inf")
     return arr
 
 

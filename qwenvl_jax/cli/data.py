@@ -10,7 +10,8 @@ def register(subparsers):
   s.add_argument("--n", type=int, required=True, help="number of images")
   s.add_argument("--out", required=True, help="output directory")
   s.add_argument("--seed", type=int, default=0)
-  s.add_argument("--size", type=int, default=None, help="image size in pixels, 32..4096 (default: 224 shapes, 448 text/docs)")
+  s.add_argument("--size", type=int, default=None,
+                 help="image size in pixels, 32..2048 (default: 224 shapes, 448 text/docs)")
   s.add_argument("--workers", type=int, default=1, help="generator processes")
   s.set_defaults(handler=run_synth)
 

@@ -38,20 +38,20 @@ def _scan(path, data: bytes) -> tuple[list[dict], int | None, bool]:
     nl = data.find(b"\n", pos)
     last = nl < 0
     raw = data[pos:] if last else data[pos:nl]
+    rec, problem = None, None
     try:
       rec = json.loads(raw.decode("utf-8")) if raw.strip(_JSON_SPACE) else None
       if rec is not None and not isinstance(rec, dict):
-        raise PredictionsError(f"{path}: line {n} is not a JSON object")
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        problem = "not a JSON object"
+    except UnicodeDecodeError:
+      problem = "not UTF-8 text"
+    except (json.JSONDecodeError, RecursionError):
+      problem = "not JSON"
+    if problem:
       if last:
         return records, pos, False
-      what = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not JSON"
-      raise PredictionsError(f"{path}: line {n} is {what}; only a torn last line is repaired "
-                             "automatically: fix or remove that line") from None
-    except PredictionsError:
-      if last:
-        return records, pos, False
-      raise
+      raise PredictionsError(f"{path}: line {n} is {problem}; only a torn last line is repaired "
+                             "automatically: fix or remove that line")
     if rec is not None:
       records.append(rec)
     if last:

@@ -104,7 +104,7 @@ def test_synth_bad_out_and_size_are_one_line(tmp_path, capsys):
     assert main(["data", "synth", "--kind", "shapes", "--n", "2", "--size", size,
                  "--out", str(tmp_path / "s")]) == 2
     err = _errors(capsys)
-    assert len(err) == 1 and "between 32 and 4096" in err[0], err
+    assert len(err) == 1 and "between 32 and 2048" in err[0], err
   assert blocker.read_text() == "x" and not (tmp_path / "s").exists()
 
 

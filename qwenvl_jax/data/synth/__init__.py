@@ -30,8 +30,8 @@ from typing import Callable, Iterator
 
 DEFAULT_SIZE = {"shapes": 224, "text": 448, "docs": 448}
 # Bounds on the image side: an RGB image of side s costs 3*s*s bytes several times over while it is
-# drawn and PNG-encoded (4096: ~50 MB each); 100000 asked for tens of GB and was OOM-killed.
-MIN_SIZE, MAX_SIZE = 32, 4096
+# drawn and PNG-encoded (text at 4096 peaked at 0.95 GB per worker); 100000 was OOM-killed.
+MIN_SIZE, MAX_SIZE = 32, 2048
 
 
 def check_size(size: int | None):
