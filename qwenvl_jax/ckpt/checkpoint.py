@@ -234,8 +234,8 @@ class DataStateHandler(ocp.CheckpointHandler):
     path = directory / name
     if not path.exists():
       found = sorted(p.name for p in directory.iterdir())
-      raise ValueError(f"no data iterator state {name} in {directory} (found {found}): resume "
-                       f"with the same number of processes that saved it")
+      raise ConfigError(f"no data iterator state {name} in {directory} (found {found}): resume "
+                        f"with the same number of processes that saved it")
     payload = json.loads(path.read_text())
     return base64.b64decode(payload["bytes"]) if "bytes" in payload else payload["json"]
 
@@ -260,8 +260,11 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+  """The exception in one line of bounded length (the cause, e.g. an OS error, is often at the end)."""
+  text = " ".join(str(e).split())
+  if len(text) > 320:
+    text = f"{text[:120]} ... {text[-180:]}"
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class Checkpointer:
@@ -292,9 +295,17 @@ class Checkpointer:
       raise CheckpointError(f"refusing to save step {step}: {len(bad)} arrays are not finite "
                             f"(first: {bad[0]})")
     meta = dict(step=step, time=time.time(), model_config=model_config_to_dict(model_cfg))
-    return self.manager.save(step, force=True, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(full_params), opt_state=ocp.args.StandardSave(opt_state),
-        data_state=DataStateSave(data_state), meta=ocp.args.JsonSave(meta)))
+    try:  # also reports a failure of the previous (async) save, which Orbax awaits here
+      return self.manager.save(step, force=True, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(full_params), opt_state=ocp.args.StandardSave(opt_state),
+          data_state=DataStateSave(data_state), meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # noqa: BLE001 - disk full, permissions, ...: one line, earlier steps intact
+      raise self._write_failed(e) from e
+
+  def _write_failed(self, e: Exception) -> CheckpointError:
+    kept = self.manager.latest_step()
+    return CheckpointError(f"writing a checkpoint under {self.directory} failed ({_first_line(e)}); "
+                           f"the earlier checkpoints are intact (latest: step {kept})")
 
   def restore(self, step: int, abs_full_params: dict, abs_opt_state) -> tuple[dict, Any, Any]:
     """(params, opt_state, data_state) of `step`, arrays placed per the abstract trees' shardings."""
@@ -318,7 +329,11 @@ class Checkpointer:
     for i, step in enumerate(steps):
       try:
         return (step, *self.restore(step, abs_full_params, abs_opt_state))
-      except Exception as e:  # noqa: BLE001 - any failure to read a step means: try the previous one
+      except (ConfigError, MemoryError):  # the run or the machine is wrong, not the files
+        raise
+      except Exception as e:  # noqa: BLE001 - any other failure to read a step: try the previous one
+        if "RESOURCE_EXHAUSTED" in str(e):
+          raise
         reason = _first_line(e)
       aside = self._set_aside(step)
       older = steps[i + 1] if i + 1 < len(steps) else None
@@ -339,7 +354,10 @@ class Checkpointer:
     return dst
 
   def wait(self):
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - see save()
+      raise self._write_failed(e) from e
 
   def verify(self, step: int):
     """Cheap check of a finished save: every item is there and the params metadata reads back."""
@@ -350,8 +368,10 @@ class Checkpointer:
     ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / PARAMS))
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 # --------------------------------------------------------------------------------------------
