@@ -15,10 +15,11 @@ def _generate_fn(pred):
     out: list[str | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
-      groups.setdefault((r["max_new_tokens"], r["min_new_tokens"], r.get("chat", False)), []).append(i)
-    for (max_new, min_new, chat), idx in groups.items():
+      key = (r["max_new_tokens"], r["min_new_tokens"], r.get("chat", False), r.get("label_pictures", True))
+      groups.setdefault(key, []).append(i)
+    for (max_new, min_new, chat, labels), idx in groups.items():
       if chat:
-        texts = _chat_turns(pred, [requests[i]["segments"] for i in idx], max_new, min_new)
+        texts = _chat_turns(pred, [requests[i]["segments"] for i in idx], max_new, min_new, labels)
       else:
         texts = pred.generate([requests[i]["segments"] for i in idx], max_new, min_new)
       for i, t in zip(idx, texts):
@@ -27,14 +28,15 @@ def _generate_fn(pred):
   return predict
 
 
-def _chat_turns(pred, segment_lists, max_new: int, min_new: int) -> list[str]:
+def _chat_turns(pred, segment_lists, max_new: int, min_new: int, label_pictures: bool = True) -> list[str]:
   """One fresh ChatML turn per request, greedy (the MME protocol: the chat model with near-greedy
-  top_p=0.01), decoded in the predictor's batches."""
+  top_p=0.01), decoded in the predictor's batches. `label_pictures=False`: bare `<img>` spans, no
+  "Picture N: " (MME's released query)."""
   import dataclasses
 
   from qwenvl_jax.infer.generate import GREEDY
 
-  prompts = [pred.chat_prompt([], segments) for segments in segment_lists]
+  prompts = [pred.chat_prompt([], segments, label_pictures=label_pictures) for segments in segment_lists]
   sampling = dataclasses.replace(GREEDY, max_new_tokens=max_new, min_new_tokens=min_new)
   outs = pred.generate_from_ids([p[0] for p in prompts], [p[1] for p in prompts], sampling)
   return [pred.tokenizer.decode(out, skip_special=True).strip() for out in outs]

@@ -3,7 +3,9 @@
 The model side provides
   predict_fn(requests: list[dict]) -> list[str]         generation, one output per request, where a
       request is {"id", "segments": [{"image": path} | {"text": str}, ...], "max_new_tokens",
-      "min_new_tokens", "chat": bool}; decode greedily, skip special tokens (the runner strips).
+      "min_new_tokens", "chat": bool [, "label_pictures": bool]}; decode greedily, skip special tokens
+      (the runner strips). A chat request is one fresh ChatML user turn; with label_pictures False its
+      images are bare `<img>..</img>` spans (MME's released query), else "Picture N: " labelled.
   score_fn(requests: list[dict]) -> list[list[float]]   likelihood tasks (ScienceQA-Img, SEED-Bench),
       a request is {"id", "segments", "options": [" A", " B", ...]}; return per option the mean
       cross-entropy of the option's tokens appended to the prompt.
@@ -57,6 +59,8 @@ def build_requests(task: Task, items: list[dict], shots: int = 0, pool: list[dic
       req["options"] = option_targets(len(it["choices"]))
     else:
       req.update(max_new_tokens=task.max_new_tokens, min_new_tokens=task.min_new_tokens, chat=task.chat)
+      if task.chat:
+        req["label_pictures"] = task.label_pictures
     out.append(req)
   return out
 

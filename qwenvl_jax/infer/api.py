@@ -168,9 +168,10 @@ class Predictor:
                                     n_image_tokens=self.cfg.tokens_per_image)
     return enc.ids, enc.images
 
-  def chat_prompt(self, history, query_segments, system: str = DEFAULT_SYSTEM):
+  def chat_prompt(self, history, query_segments, system: str = DEFAULT_SYSTEM,
+                  label_pictures: bool = True):
     sample = chat_prompt(self.tokenizer, history, query_segments, system=system,
-                         n_image_tokens=self.cfg.tokens_per_image)
+                         n_image_tokens=self.cfg.tokens_per_image, label_pictures=label_pictures)
     return sample.ids.tolist(), sample.images
 
   # ---- generation -------------------------------------------------------------------------

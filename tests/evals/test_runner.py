@@ -180,8 +180,8 @@ class FakeChatPredictor(FakePredictor):
     self.chat_batches = []
     self.tokenizer = self
 
-  def chat_prompt(self, history, segments):
-    return [ord(c) for c in segments[-1]["text"]], []
+  def chat_prompt(self, history, segments, label_pictures=True):
+    return [ord(c) for c in ("" if label_pictures else "bare:") + segments[-1]["text"]], []
 
   def generate_from_ids(self, prompts, images, sampling):
     self.chat_batches.append((len(prompts), sampling.max_new_tokens))
@@ -199,3 +199,7 @@ def test_adapter_chat_requests_decode_in_one_batch_per_setting():
   reqs.append({"id": 9, "segments": [{"text": "raw"}], "max_new_tokens": 10, "min_new_tokens": 1, "chat": False})
   assert predict(reqs) == ["red", "star", "two", "raw"]
   assert pred.chat_batches == [(3, 48)] and pred.calls == [(1, 10, 1)]
+  # MME-style requests (bare <img>, no picture labels) decode in a batch of their own.
+  mme = {"id": 5, "segments": [{"text": "q"}], "max_new_tokens": 48, "min_new_tokens": 1, "chat": True,
+         "label_pictures": False}
+  assert predict(reqs[:1] + [mme]) == ["red", "bare:q"]

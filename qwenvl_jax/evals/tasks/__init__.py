@@ -15,7 +15,10 @@ from qwenvl_jax.evals.tasks.scoring import score_items
 _CIDER = ("coco", "coco-java")  # python PTB tokenisation (default) or pycocoevalcap's Java one
 _REC = dict(family="rec", prompt=prompts.grounding, metric="grounding_accuracy", variants=grounding.VARIANTS,
             max_new_tokens=28, min_new_tokens=10)
-_VQA = dict(family="vqa", prompt=prompts.vqa, metric="vqa_accuracy", variants=vqa_accuracy.VARIANTS)
+_VQA = dict(family="vqa", prompt=prompts.vqa, metric="vqa_accuracy", variants=("qwenvl", "official", "lmms"))
+# lmms-eval scores TextVQA, OK-VQA and VizWiz with its EvalAIAnswerProcessor on both sides (',' and '?'
+# deleted, "'s" split off first), unlike its VQAv2: their `lmms` is that metric variant.
+_VQA_EVALAI = dict(_VQA, variant_map=(("lmms", "lmms-evalai"),))
 _CAPTION = dict(family="caption", prompt=prompts.caption, metric="cider", variants=_CIDER,
                 max_new_tokens=30, min_new_tokens=8)
 # "qwenvl" exact match (its GQA answer clean-up) is offered on GQA only.
@@ -32,17 +35,17 @@ _ALL = [
   Task("vqav2", reader=general_vqa.read_vqav2, splits=("val2014", "test-dev2015", "train2014"),
        shot_split="train2014", description="VQAv2 (test-dev: predictions for the server)", **_VQA),
   Task("okvqa", reader=general_vqa.read_okvqa, splits=("val2014", "train2014"), shot_split="train2014",
-       description="OK-VQA val, VQA accuracy", **_VQA),
+       description="OK-VQA val, VQA accuracy", **_VQA_EVALAI),
   Task("gqa", reader=general_vqa.read_gqa, splits=("testdev_balanced", "val_balanced", "train_balanced"),
        shot_split="train_balanced", family="vqa", prompt=prompts.vqa, metric="exact_match",
        variants=exact_match.VARIANTS[::-1], description="GQA test-dev balanced, exact match"),
   Task("vizwiz", reader=general_vqa.read_vizwiz, splits=("val", "test", "train"), shot_split="train",
-       description="VizWiz VQA (test: predictions for the server)", **_VQA),
+       description="VizWiz VQA (test: predictions for the server)", **_VQA_EVALAI),
   Task("scienceqa_img", reader=general_vqa.read_scienceqa, splits=("test", "val", "train"),
        prompt=prompts.scienceqa, description="ScienceQA image test, choice by likelihood", **_CHOICE),
   # Text-oriented VQA (Table 5)
   Task("textvqa", reader=text_vqa.read_textvqa, splits=("val", "test", "train"), shot_split="train",
-       description="TextVQA val, VQA accuracy", **_VQA),
+       description="TextVQA val, VQA accuracy", **_VQA_EVALAI),
   Task("docvqa", reader=text_vqa.read_docvqa, splits=("val", "test", "train"), shot_split="train",
        family="vqa", prompt=prompts.vqa, metric="anls", variants=anls.VARIANTS, max_new_tokens=100,
        description="DocVQA (paper: test via the server; val scored here), ANLS"),
@@ -64,7 +67,7 @@ _ALL = [
        description="GRIT refexp (test: predictions for the server)", **_REC),
   # Instruction following (Table 7)
   Task("mme", reader=mme.read_mme, splits=("all",), family="mme", prompt=prompts.mme, metric="mme",
-       variants=mme_metric.VARIANTS, max_new_tokens=32, chat=True,
+       variants=mme_metric.VARIANTS, max_new_tokens=32, chat=True, label_pictures=False,
        description="MME perception + cognition (chat model)"),
   Task("seed_bench", reader=seed_bench.read_seed_bench, splits=("image",), prompt=prompts.seed_bench,
        description="SEED-Bench image dimensions, choice by likelihood", **_CHOICE),

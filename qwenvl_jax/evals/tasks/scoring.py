@@ -70,7 +70,10 @@ def score_items(task: Task, items: list[Item], outputs: dict[str, str], variant:
   if m == "cider":
     res = _cider(ids, preds, items, variant)
   elif m == "vqa_accuracy":
-    res = vqa_accuracy.vqa_accuracy(preds, answers, variant)
+    res = vqa_accuracy.vqa_accuracy(preds, answers, task.metric_variant(variant))
+    if task.metric_variant(variant) != variant:
+      res.details["metric_variant"] = task.metric_variant(variant)
+      res.variant = variant
   elif m == "exact_match":
     res = exact_match.exact_match_accuracy(preds, answers, variant)
   elif m == "anls":
