@@ -203,3 +203,23 @@ def test_adapter_chat_requests_decode_in_one_batch_per_setting():
   mme = {"id": 5, "segments": [{"text": "q"}], "max_new_tokens": 48, "min_new_tokens": 1, "chat": True,
          "label_pictures": False}
   assert predict(reqs[:1] + [mme]) == ["red", "bare:q"]
+
+
+def test_log_samples_adds_prompt_and_references(ocr, tmp_path):
+  plain = runner.evaluate("synth_ocr", ocr, fake_predict, tmp_path / "a", batch_size=4, progress=False)
+  logged = runner.evaluate("synth_ocr", ocr, fake_predict, tmp_path / "b", batch_size=4, progress=False,
+                           log_samples=True)
+  assert logged["score"] == plain["score"]
+  rec = json.loads((tmp_path / "b" / "synth_ocr_test_0shot.predictions.jsonl").read_text().splitlines()[0])
+  item = get_task("synth_ocr").read(ocr)[0]
+  assert rec["answer"] == "word0" and rec["references"] == item["answers"]
+  assert rec["prompt"] == f"<img>{item['image']}</img>{item['question']} Answer:"
+
+
+def test_max_new_tokens_override_is_part_of_the_run_config(ocr, tmp_path):
+  import dataclasses
+  task = get_task("synth_ocr")
+  runner.evaluate(task, ocr, fake_predict, tmp_path, limit=2, progress=False)
+  with pytest.raises(ValueError, match="other settings"):
+    runner.evaluate(dataclasses.replace(task, max_new_tokens=5), ocr, fake_predict, tmp_path, limit=2,
+                    progress=False)
