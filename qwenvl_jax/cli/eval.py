@@ -19,7 +19,8 @@ def register(subparsers):
                  help="print the files the task expects under --data, its splits, prompt and metric variants")
   p.add_argument("--verbose", action="store_true", help="with --task list: also each task's expected files")
   p.add_argument("--data", help="the benchmark's folder (with --task all: the root holding one per task)")
-  p.add_argument("--ckpt", help="checkpoint directory to evaluate (Orbax, or an HF dir converted on load)")
+  p.add_argument("--ckpt", help="checkpoint directory to evaluate (Orbax, a training workdir, or an HF dir "
+                                "converted on load)")
   p.add_argument("--predictions", nargs="+", metavar="FILE",
                  help="score these predictions JSONL files (one, or the shards of a run) instead of running a "
                       "model; with --task all: one folder of {task}_{split}_{k}shot.predictions.jsonl")
@@ -43,6 +44,7 @@ def register(subparsers):
                       "data x fsdp, weights over fsdp and tensor (default: one device)")
   p.add_argument("--tensor-parallel", type=int, metavar="N",
                  help="shorthand for --mesh data=-1,fsdp=1,tensor=N")
+  p.add_argument("--tokenizer", help="tokenizer file, for checkpoints that hold none (a training workdir's)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"),
                  help="parameter/compute dtype (default: the checkpoint's; bfloat16 halves the memory)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -81,7 +83,8 @@ def _load_model(args):
     if args.batch_size % rows:
       raise UserError(f"--batch-size {args.batch_size} is not a multiple of the mesh's data x fsdp = {rows}")
   try:
-    pred = api.load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, batch_size=args.batch_size)
+    pred = api.load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, batch_size=args.batch_size,
+                              tokenizer=args.tokenizer)
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
   return from_predictor(pred)
