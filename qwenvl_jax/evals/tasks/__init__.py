@@ -17,6 +17,7 @@ from qwenvl_jax.evals.tasks.files import FILES
 from qwenvl_jax.evals.tasks.base import Item, Task
 from qwenvl_jax.evals.tasks.scoring import score_items
 
+_or_converted = qwenvl_jsonl.or_converted  # the official files, else Qwen-VL's converted jsonl
 _CIDER = ("coco", "coco-java")  # python PTB tokenisation (default) or pycocoevalcap's Java one
 _REC = dict(family="rec", prompt=prompts.grounding, metric="grounding_accuracy", variants=grounding.VARIANTS,
             max_new_tokens=28, min_new_tokens=10)
@@ -37,29 +38,38 @@ _ALL = [
   Task("flickr30k", reader=caption.read_flickr30k, splits=("test", "val", "train"), shot_split="train",
        description="Flickr30K Karpathy test, CIDEr", **_CAPTION),
   # General VQA (Table 4)
-  Task("vqav2", reader=qwenvl_jsonl.or_converted("vqav2", general_vqa.read_vqav2), splits=("val2014", "test-dev2015", "train2014"),
+  Task("vqav2", reader=_or_converted("vqav2", general_vqa.read_vqav2),
+       splits=("val2014", "test-dev2015", "train2014"),
        shot_split="train2014", description="VQAv2 (test-dev: predictions for the server)", **_VQA),
-  Task("okvqa", reader=qwenvl_jsonl.or_converted("okvqa", general_vqa.read_okvqa), splits=("val2014", "train2014"), shot_split="train2014",
+  Task("okvqa", reader=_or_converted("okvqa", general_vqa.read_okvqa),
+       splits=("val2014", "train2014"), shot_split="train2014",
        description="OK-VQA val, VQA accuracy", **_VQA_EVALAI),
-  Task("gqa", reader=qwenvl_jsonl.or_converted("gqa", general_vqa.read_gqa), splits=("testdev_balanced", "val_balanced", "train_balanced"),
+  Task("gqa", reader=_or_converted("gqa", general_vqa.read_gqa),
+       splits=("testdev_balanced", "val_balanced", "train_balanced"),
        shot_split="train_balanced", family="vqa", prompt=prompts.vqa, metric="exact_match",
        variants=exact_match.VARIANTS[::-1], description="GQA test-dev balanced, exact match"),
-  Task("vizwiz", reader=qwenvl_jsonl.or_converted("vizwiz", general_vqa.read_vizwiz), splits=("val", "test", "train"), shot_split="train",
+  Task("vizwiz", reader=_or_converted("vizwiz", general_vqa.read_vizwiz),
+       splits=("val", "test", "train"), shot_split="train",
        description="VizWiz VQA (test: predictions for the server)", **_VQA_EVALAI),
   Task("scienceqa_img", reader=general_vqa.read_scienceqa, splits=("test", "val", "train"),
        prompt=prompts.scienceqa, description="ScienceQA image test, choice by likelihood", **_CHOICE),
   # Text-oriented VQA (Table 5)
-  Task("textvqa", reader=qwenvl_jsonl.or_converted("textvqa", text_vqa.read_textvqa), splits=("val", "test", "train"), shot_split="train",
+  Task("textvqa", reader=_or_converted("textvqa", text_vqa.read_textvqa),
+       splits=("val", "test", "train"), shot_split="train",
        description="TextVQA val, VQA accuracy", **_VQA_EVALAI),
-  Task("docvqa", reader=qwenvl_jsonl.or_converted("docvqa", text_vqa.read_docvqa), splits=("val", "test", "train"), shot_split="train",
+  Task("docvqa", reader=_or_converted("docvqa", text_vqa.read_docvqa),
+       splits=("val", "test", "train"), shot_split="train",
        family="vqa", prompt=prompts.vqa, metric="anls", variants=anls.VARIANTS, max_new_tokens=100,
        description="DocVQA (paper: test via the server; val scored here), ANLS"),
-  Task("chartqa", reader=qwenvl_jsonl.or_converted("chartqa", text_vqa.read_chartqa), splits=("test", "val", "train"), shot_split="train",
+  Task("chartqa", reader=_or_converted("chartqa", text_vqa.read_chartqa),
+       splits=("test", "val", "train"), shot_split="train",
        family="vqa", prompt=prompts.vqa, metric="relaxed_accuracy", variants=relaxed_accuracy.VARIANTS,
        max_new_tokens=100, description="ChartQA test human+augmented, relaxed accuracy"),
-  Task("ocrvqa", reader=qwenvl_jsonl.or_converted("ocrvqa", text_vqa.read_ocrvqa), splits=("test", "val", "train"), shot_split="train",
+  Task("ocrvqa", reader=_or_converted("ocrvqa", text_vqa.read_ocrvqa),
+       splits=("test", "val", "train"), shot_split="train",
        max_new_tokens=100, description="OCR-VQA test, exact match", **_EM),
-  Task("ai2d", reader=qwenvl_jsonl.or_converted("ai2d", text_vqa.read_ai2d), splits=("test", "train", "all"), shot_split="train",
+  Task("ai2d", reader=_or_converted("ai2d", text_vqa.read_ai2d),
+       splits=("test", "train", "all"), shot_split="train",
        description="AI2D test, exact match", **_EM),
   # Referring expression comprehension (Table 6)
   Task("refcoco", reader=rec.read_refcoco, splits=("val", "testA", "testB", "train"),
