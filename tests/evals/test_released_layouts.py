@@ -127,3 +127,20 @@ def test_mmbench_rotations_and_images(tmp_path):
   text = prompts.render(get_task("mmbench").prompt(first[1]))
   assert text.endswith("Context: N/A\nQuestion: What is the color of the square?\n"
                        "Options: A. green\nB. blue\nC. black\nD. red\nAnswer:")
+
+
+def test_mmbench_tsv_with_its_rotations_is_read_as_is(tmp_path):
+  """The released dev TSV carries the circular copies itself (index + k * 1e6, options already shifted):
+  no further rotation, grouped by index % 1e6 as mmbench_evaluation.py does."""
+  from tests.evals.fixtures import _b64_png
+  header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
+  img = _b64_png()
+  rows = [[7, "Color?", "nan", "red", "green", "", "", "B", "attr", img],
+          [1_000_007, "Color?", "nan", "green", "red", "", "", "A", "attr", img]]
+  (tmp_path / "mmbench_dev_20230712.tsv").write_text(
+    "\n".join("\t".join(map(str, r)) for r in [header] + rows) + "\n", encoding="utf-8")
+  items = get_task("mmbench").read(tmp_path)
+  assert [(it["id"], it["group"], it["choices"], it["answer"]) for it in items] == [
+    (7, 7, ["red", "green"], "B"), (1_000_007, 7, ["green", "red"], "A")]
+  res = score_items(get_task("mmbench"), items, {"7": "B", "1000007": "B"})  # second rotation wrong
+  assert res.score == 0.0 and res.details["per_rotation_accuracy"] == 50.0

@@ -49,7 +49,7 @@ FILES = {
          "  images/<subtask>/ (Qwen-VL's eval_mm/mme layout)",
   "seed_bench": "SEED-Bench.json, images in SEED-Bench-image/ or images/",
   "mmbench": "mmbench_dev_20230712.tsv (or any mmbench*_{split}*.tsv): index, question, hint, A..D, answer,\n"
-             "  category, image (base64); one circular pass per option rotation",
+             "  category, image (base64); the option rotations are its rows index + k*1e6 (made here if absent)",
   "infographicvqa": "infographicsVQA_{split}_v1.0.json ({data: [{questionId, question, image_local_name,\n"
                     "  answers}]}), images in infographicsvqa_images/ or images/",
   "pope": "coco_pope_{random,popular,adversarial}.json (lines {question_id, image, text, label}),\n"

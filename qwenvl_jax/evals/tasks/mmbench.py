@@ -1,10 +1,13 @@
 """MMBench reader: the dev TSV as released (mmbench_dev_20230712.tsv), images inline as base64.
 
-Columns: index, question, hint, A, B, C, D (unused options empty), answer, category, image, ... One
-item per option rotation (CircularEval): rotation k shifts the options left by k and moves the answer
-letter with them; its id is index + k * 1_000_000, as Qwen-VL's mmbench converter numbers them, and
-`group` is the original index. The images are decoded once into {tsv stem}_images/{index}.jpg beside
-the TSV (new files only; each written to a temporary name and renamed).
+Columns: index, question, hint, A, B, C, D (unused options empty), answer, category, image, ...
+CircularEval: the released dev TSV already holds each question's option rotations as rows of their own,
+index + k * 1_000_000 for rotation k (Qwen-VL's mmbench_evaluation.py groups them by index % 1e6); those
+rows are read as they are. A TSV without such rows (the original questions only) gets the rotations
+made here the same way: rotation k shifts the options left by k, the answer letter moving with them.
+`group` is index % 1_000_000; a question counts only if every rotation of it is right. The images are
+decoded once into {tsv stem}_images/{index}.jpg beside the TSV (new files only; each written to a
+temporary name and renamed).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def read_mmbench(root: pathlib.Path, split: str) -> list[Item]:
     if missing:
       raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
   images = path.with_name(path.stem + "_images")
+  rotated_in_file = any(int(row["index"]) >= ROTATION_STRIDE for row in rows)
   items = []
   for row in rows:
     index = int(row["index"])
@@ -63,6 +67,10 @@ def read_mmbench(root: pathlib.Path, split: str) -> list[Item]:
     gold = "ABCD".index(answer) if answer else None
     image = _image_file(images, str(index), row["image"])
     hint = "" if _blank(row.get("hint")) else row["hint"]
+    if rotated_in_file:
+      items.append({"id": index, "group": index % ROTATION_STRIDE, "image": image, "question": row["question"],
+                    "hint": hint, "choices": choices, "answer": answer, "category": row.get("category")})
+      continue
     for k in range(len(choices)):
       rotated = choices[k:] + choices[:k]
       items.append({"id": index + k * ROTATION_STRIDE, "group": index, "image": image,
