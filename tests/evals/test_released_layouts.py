@@ -15,8 +15,9 @@ def test_mme_release_folder_both_subtask_layouts(tmp_path):
   (base / "existence" / "000000006040.txt").write_text(
     "Is there a train in this image? Please answer yes or no.\tYes\n"
     "Is there a bed in this image? Please answer yes or no.\tNo\n")
-  _png(base / "artwork" / "images" / "10002.jpg")  # images/ + questions_answers_YN/
+  _png(base / "artwork" / "images" / "toy_dataset" / "10002.jpg")  # images/ + questions_answers_YN/
   (base / "artwork" / "questions_answers_YN").mkdir(parents=True)
+  (base / "artwork" / "questions_answers_YN" / "99999.txt").write_text("Unshipped image?\tYes\n")  # left out
   (base / "artwork" / "questions_answers_YN" / "10002.txt").write_text(
     "Is this artwork created by Giotto? Please answer yes or no.\tYes\n"
     "Is this artwork created by Monet? Please answer yes or no.\tNo\n")
@@ -24,7 +25,7 @@ def test_mme_release_folder_both_subtask_layouts(tmp_path):
     items = get_task("mme").read(root)
     assert [it["id"] for it in items] == ["existence/000000006040.jpg/0", "existence/000000006040.jpg/1",
                                           "artwork/10002.jpg/0", "artwork/10002.jpg/1"]
-    assert items[2]["image"] == str(base / "artwork" / "images" / "10002.jpg")
+    assert items[2]["image"] == str(base / "artwork" / "images" / "toy_dataset" / "10002.jpg")
     assert [it["answer"] for it in items] == ["Yes", "No", "Yes", "No"]
     assert items[1]["question"] == "Is there a bed in this image? Please answer yes or no."
   res = score_items(get_task("mme"), items, {it["id"]: it["answer"] for it in items})

@@ -3,7 +3,7 @@
   release  the benchmark as released: MME_Benchmark_release_version/<subtask>/ (the data path may be that
            folder or hold it). Per subtask either image + txt pairs side by side (000000006040.jpg +
            000000006040.txt) or images/ + questions_answers_YN/ (artwork, celebrity, landmark, posters,
-           scene); each txt has lines `question<TAB>answer`.
+           scene; artwork's images may sit in images/toy_dataset/); each txt has lines `question<TAB>answer`.
   results  one `{subtask}.txt` per subtask, lines `image<TAB>question<TAB>answer` (the MME eval tool's
            Your_Results format, as Qwen-VL's eval reads it), in the data path or its Your_Results/;
            images in images/{subtask}/, {subtask}/ or {subtask}/images/.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import pathlib
+import sys
 
 from qwenvl_jax.evals.metrics.mme import COGNITION, PERCEPTION
 from qwenvl_jax.evals.tasks.base import Item, image_path
@@ -30,15 +31,25 @@ def _release_root(root: pathlib.Path) -> pathlib.Path | None:
 
 
 def _pairs(sub: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
-  """(question txt, image) per image of one release subtask folder."""
-  txt_dir, img_dir = ((sub / "questions_answers_YN", sub / "images") if (sub / "questions_answers_YN").is_dir()
-                      else (sub, sub))
-  out = []
+  """(question txt, image) per image of one release subtask folder.
+
+  artwork's questions_answers_YN/ has txt files for more images than the release ships (its evaluated
+  images sit in images/toy_dataset/, as Qwen-VL's get_images.py copies them): a txt without its image
+  is left out, with one warning line per subtask."""
+  split_layout = (sub / "questions_answers_YN").is_dir()
+  txt_dir = sub / "questions_answers_YN" if split_layout else sub
+  img_dirs = (sub / "images", sub / "images" / "toy_dataset") if split_layout else (sub,)
+  out, missing = [], 0
   for txt in sorted(txt_dir.glob("*.txt")):
-    image = next((img_dir / (txt.stem + ext) for ext in _IMAGE_EXTS if (img_dir / (txt.stem + ext)).is_file()), None)
+    image = next((d / (txt.stem + ext) for d in img_dirs for ext in _IMAGE_EXTS if (d / (txt.stem + ext)).is_file()),
+                 None)
     if image is None:
-      raise FileNotFoundError(f"MME: no image {txt.stem}.jpg/.png in {img_dir} for {txt}")
+      missing += 1
+      continue
     out.append((txt, image))
+  if missing:
+    print(f"warning: MME {sub.name}: {missing} question file(s) without their image in "
+          f"{', '.join(str(d) for d in img_dirs)}: left out", file=sys.stderr)
   return out
 
 
