@@ -28,7 +28,7 @@ VQA_FILES = {
   "vizwiz": {"val": ("vizwiz_val.jsonl",), "train": ("vizwiz_train.jsonl",), "test": ("vizwiz_test.jsonl",)},
   "docvqa": {"val": ("val.jsonl",), "train": ("train.jsonl",), "test": ("test.jsonl",)},
   "chartqa": {"test": ("test_human.jsonl", "test_augmented.jsonl"), "val": ("val_human.jsonl", "val_augmented.jsonl"),
-              "train": ("train_human.jsonl", "train_augmented.jsonl")},
+              "train": ("train.jsonl",)},
   "gqa": {"testdev_balanced": ("testdev_balanced.jsonl",), "train_balanced": ("train.jsonl",)},
   "ocrvqa": {"test": ("ocrvqa_test.jsonl",), "val": ("ocrvqa_val.jsonl",), "train": ("ocrvqa_train.jsonl",)},
   "ai2d": {"test": ("test.jsonl",), "train": ("train.jsonl",)},
@@ -75,7 +75,7 @@ def read_vqa(task: str, root: pathlib.Path, split: str, files: list[pathlib.Path
   official = _answers_from_annotations(task, root, split)
   items = []
   for path in files:
-    subset = path.stem.rsplit("_", 1)[-1] if task == "chartqa" else None
+    subset = path.stem.rsplit("_", 1)[-1] if task == "chartqa" and "_" in path.stem else None
     for i, rec in enumerate(load_jsonl(path)):
       missing = [k for k in ("image", "question") if k not in rec]
       if missing:
