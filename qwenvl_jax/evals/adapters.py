@@ -16,10 +16,12 @@ def _generate_fn(pred):
     out: list[str | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
-      groups.setdefault((r["max_new_tokens"], r["min_new_tokens"], r.get("chat", False)), []).append(i)
-    for (max_new, min_new, chat), idx in groups.items():
+      key = (r["max_new_tokens"], r["min_new_tokens"], r.get("chat", False), r.get("label_pictures", True))
+      groups.setdefault(key, []).append(i)
+    for (max_new, min_new, chat, labels), idx in groups.items():
       if chat:
-        texts = pred.generate_chat([requests[i]["segments"] for i in idx], max_new, min_new)
+        texts = pred.generate_chat([requests[i]["segments"] for i in idx], max_new, min_new,
+                                   label_pictures=labels)
       else:
         texts = pred.generate([requests[i]["segments"] for i in idx], max_new, min_new)
       for i, t in zip(idx, texts):

@@ -3,7 +3,9 @@
 The model side provides
   predict_fn(requests: list[dict]) -> list[str]         generation, one output per request, where a
       request is {"id", "segments": [{"image": path} | {"text": str}, ...], "max_new_tokens",
-      "min_new_tokens", "chat": bool}; decode greedily, skip special tokens (the runner strips).
+      "min_new_tokens", "chat": bool [, "label_pictures": bool]}; decode greedily, skip special tokens
+      (the runner strips). A chat request is one fresh ChatML user turn; with label_pictures False its
+      images are bare `<img>..</img>` spans (MME's released query), else "Picture N: " labelled.
   score_fn(requests: list[dict]) -> list[list[float]]   likelihood tasks (ScienceQA-Img, SEED-Bench),
       a request is {"id", "segments", "options": [" A", " B", ...]}; return per option the mean
       cross-entropy of the option's tokens appended to the prompt.
@@ -26,7 +28,8 @@ from typing import Callable
 
 from qwenvl_jax.evals import predictions as P
 from qwenvl_jax.evals.metrics.multiple_choice import choose_letter, option_targets
-from qwenvl_jax.evals.tasks import Task, get_task, prompts, score_items
+from qwenvl_jax.evals.tasks import TASKS, Task, get_task, prompts, score_items
+from qwenvl_jax.evals.tasks.scoring import GROUND_TRUTH
 
 PredictFn = Callable[[list[dict]], list[str]]
 ScoreFn = Callable[[list[dict]], list[list[float]]]
@@ -57,6 +60,8 @@ def build_requests(task: Task, items: list[dict], shots: int = 0, pool: list[dic
       req["options"] = option_targets(len(it["choices"]))
     else:
       req.update(max_new_tokens=task.max_new_tokens, min_new_tokens=task.min_new_tokens, chat=task.chat)
+      if task.chat:
+        req["label_pictures"] = task.label_pictures
     out.append(req)
   return out
 
@@ -76,6 +81,17 @@ def _check_config(path: pathlib.Path, config: dict):
                        "use another output folder or remove them")
   else:
     P.write_json_atomic(path, config)
+
+
+def references(task: Task, item: dict):
+  """The item's ground truth as its metric reads it (None on splits without public answers)."""
+  return item.get(GROUND_TRUTH[task.family])
+
+
+def _with_samples(task: Task, records: list[dict], batch: list[dict], items: list[dict]) -> list[dict]:
+  """--log-samples: each line also holds the prompt as the released scripts write it and the references."""
+  return [{**rec, "prompt": prompts.render(r["segments"]), "references": references(task, it)}
+          for rec, r, it in zip(records, batch, items)]
 
 
 def _run_batch(task: Task, batch: list[dict], predict_fn, score_fn) -> list[dict]:
@@ -100,10 +116,11 @@ def _run_batch(task: Task, batch: list[dict], predict_fn, score_fn) -> list[dict
 def evaluate(task, data_path, predict_fn: PredictFn | None = None, out_dir="eval_out", shots: int = 0,
              limit: int | None = None, batch_size: int = 8, *, split: str | None = None,
              score_fn: ScoreFn | None = None, variant: str | None = None, seed: int = 0,
-             shot_data_path=None, shard: tuple[int, int] = (0, 1), progress: bool = True) -> dict:
+             shot_data_path=None, shard: tuple[int, int] = (0, 1), progress: bool = True,
+             log_samples: bool = False) -> dict:
   """Predicts what is missing from the predictions file, then scores. Returns the metrics dict
   (without a score when `shard` splits the run: score the shard files together with
-  `score_predictions`)."""
+  `score_predictions`). `log_samples`: prediction lines also carry "prompt" and "references"."""
   from tqdm import tqdm
 
   task = _task(task)
@@ -121,9 +138,12 @@ def evaluate(task, data_path, predict_fn: PredictFn | None = None, out_dir="eval
   out_dir.mkdir(parents=True, exist_ok=True)
   stem = output_stem(task, split, shots, shard)
   pred_path = out_dir / f"{stem}.predictions.jsonl"
-  _check_config(out_dir / f"{stem}.config.json",
-                {"task": task.name, "split": split, "shots": shots, "seed": seed,
-                 "shot_data": str(shot_data_path) if shot_data_path else None})
+  config = {"task": task.name, "split": split, "shots": shots, "seed": seed,
+            "shot_data": str(shot_data_path) if shot_data_path else None}
+  registered = TASKS.get(task.name)
+  if registered is not None and not task.likelihood and task.max_new_tokens != registered.max_new_tokens:
+    config["max_new_tokens"] = task.max_new_tokens  # recorded only when overridden: old runs still resume
+  _check_config(out_dir / f"{stem}.config.json", config)
   P.repair(pred_path)
   done = set(P.outputs_by_id(P.read_records(pred_path), task.id_key, task.output_key))
   todo = [it for it in items if str(it["id"]) not in done]
@@ -132,8 +152,10 @@ def evaluate(task, data_path, predict_fn: PredictFn | None = None, out_dir="eval
              disable=not progress, file=sys.stderr)
   with P.Writer(pred_path) as writer:
     for start in range(0, len(todo), batch_size):
-      batch = build_requests(task, todo[start:start + batch_size], shots, pool, seed)
-      writer.write(_run_batch(task, batch, predict_fn, score_fn))
+      chunk = todo[start:start + batch_size]
+      batch = build_requests(task, chunk, shots, pool, seed)
+      records = _run_batch(task, batch, predict_fn, score_fn)
+      writer.write(_with_samples(task, records, batch, chunk) if log_samples else records)
       bar.update(len(batch))
   bar.close()
 

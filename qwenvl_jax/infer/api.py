@@ -221,9 +221,10 @@ class Predictor:
                                     n_image_tokens=self.cfg.tokens_per_image)
     return enc.ids, enc.images
 
-  def chat_prompt(self, history, query_segments, system: str = DEFAULT_SYSTEM):
+  def chat_prompt(self, history, query_segments, system: str = DEFAULT_SYSTEM,
+                  label_pictures: bool = True):
     sample = chat_prompt(self.tokenizer, history, query_segments, system=system,
-                         n_image_tokens=self.cfg.tokens_per_image)
+                         n_image_tokens=self.cfg.tokens_per_image, label_pictures=label_pictures)
     return sample.ids.tolist(), sample.images
 
   # ---- generation -------------------------------------------------------------------------
@@ -260,11 +261,12 @@ class Predictor:
     return [self.tokenizer.decode(r, skip_special=skip_special).strip() for r in ids]
 
   def generate_chat(self, prompts: Sequence[Sequence[dict]], max_new_tokens: int = 512,
-                    min_new_tokens: int = 0) -> list[str]:
+                    min_new_tokens: int = 0, label_pictures: bool = True) -> list[str]:
     """One fresh ChatML turn per prompt (segment lists), greedy (the MME protocol: the chat model
-    with near-greedy top_p=0.01) -> decoded, stripped replies."""
+    with near-greedy top_p=0.01) -> decoded, stripped replies. `label_pictures=False`: bare `<img>`
+    spans, no "Picture N: " (MME's released query)."""
     sampling = dataclasses.replace(GREEDY, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
-    turns = [self.chat_prompt([], segments) for segments in prompts]
+    turns = [self.chat_prompt([], segments, label_pictures=label_pictures) for segments in prompts]
     outs = self.generate_from_ids([t[0] for t in turns], [t[1] for t in turns], sampling)
     return [self.tokenizer.decode(out, skip_special=True).strip() for out in outs]
 

@@ -5,9 +5,9 @@ History is a list of turns `(query_segments, answer_text)`. Images only ever com
 `<img>x.png</img>` stays plain text. Pictures are numbered "Picture N: " across the whole
 conversation (paper B.2) because the prompt is rebuilt from the full history every turn.
 
-The model's own answers are re-encoded with their `<ref>`/`<box>`/`<quad>` tags as special tokens
-when they go back into the prompt (the reference re-tokenises them with all specials allowed); any
-`<img>` the model writes stays text, so the model can never make us open a file.
+The model's own answers go back into the prompt exactly as written, each literal `<ref>`/`<box>`/
+`<quad>` tag (closed or not, any coordinates) one special id, as the released make_context
+re-tokenises them; any `<img>` the model writes stays text, so the model can never make us open a file.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ def build_query(query: str, images: Sequence[str | os.PathLike] = ()) -> list[di
 
 
 def answer_segments(answer: str) -> list[dict]:
-  """The model's answer as segments: box/ref/quad markup -> specials, anything else plain text."""
-  # Never follow a path the model wrote: an <img> span in the answer stays text.
-  return interface.merge_text({"text": f"<img>{seg['image']}</img>"} if "image" in seg else seg
-                              for seg in interface.parse_markup(answer, strict=False))
+  """The model's answer as the released make_context re-tokenises it: exactly as written, each literal
+  box/ref/quad tag a special id (`interface.model_text_segments`). An <img> the model wrote stays text."""
+  return interface.model_text_segments(answer)
 
 
 def history_images(history: Sequence[Turn]) -> list[str]:

@@ -253,6 +253,9 @@ class Generator:
           f"({self.max_window} tokens)")
     n = len(prompts)
     b = batch_size or batch_bucket(n)
+    if batch_size is None and self.mesh is not None:  # pad to split rows over every data-parallel device
+      shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+      b = -(-b // shards) * shards
     plen = prompt_len or prompt_bucket(int(lengths.max()), self.min_prompt_bucket)
     if b < n or plen < lengths.max():
       raise ValueError(f"batch {n} x {int(lengths.max())} tokens does not fit a {b} x {plen} bucket")

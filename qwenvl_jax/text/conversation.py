@@ -163,14 +163,16 @@ def pretrain_sample(tok: Tokenizer, prompt: Content, target: Content, *,
 def chat_prompt(tok: Tokenizer, history: Sequence[tuple[Content, Content]], query: Content, *,
                 system: str = DEFAULT_SYSTEM,
                 n_image_tokens: int = interface.DEFAULT_IMAGE_TOKENS,
-                image_fill: str = "pad") -> TokenizedSample:
+                image_fill: str = "pad", label_pictures: bool = True) -> TokenizedSample:
   """Inference context for `query` after `history` [(query, response), ...].
 
   Same layout as training, ending with "<|im_start|>assistant\\n"; generation stops at
   `chat_stop_ids`. Picture numbers continue across the whole history. (The reference chat helper
   numbers pictures per call of `from_list_format`; pass pre-built segments to mimic that.)
+  `label_pictures=False` writes images as bare `<img>..</img>` spans, as a query typed in the
+  released markup without `from_list_format` (MME's eval) is tokenised.
   """
-  b = _Builder(tok, n_image_tokens, image_fill, label_pictures=True)
+  b = _Builder(tok, n_image_tokens, image_fill, label_pictures=label_pictures)
   b.turn("system", system, False)
   for q, r in history:
     b.turn("user", q, False)

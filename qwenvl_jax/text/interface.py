@@ -8,8 +8,10 @@ A sample is a list of segments, each a dict with one kind:
                               the tags with the image's features, images in order of appearance)
   {"ref": phrase}             <ref> phrase </ref>
   {"box": (x1,y1,x2,y2)}      <box> "(x1,y1),(x2,y2)" </box>, normalised ints in [0, 1000); a list of
-                              boxes gives one <box> each; may carry "ref": phrase (emitted first)
-  {"quad": [(x,y)] * 4}       <quad> "(x1,y1),...,(x4,y4)" </quad>
+                              boxes gives one <box> each; may carry "ref": phrase (emitted first), or
+                              "written": the coordinate text as a record wrote it ("(10, 20),(30,40)",
+                              "(010,020),..."), encoded verbatim; it must read back as the same box
+  {"quad": [(x,y)] * 4}       <quad> "(x1,y1),...,(x4,y4)" </quad> (may carry "written" likewise)
   {"special": "<|extra_0|>"}  one special id, by name (for code, never for user data)
 
 Adjacent text (including the "Picture N: " labels and the coordinate strings) is merged before
@@ -69,8 +71,10 @@ def _segment_kind(seg) -> str:
   if not isinstance(seg, Mapping):
     raise TypeError(f"a segment is a dict like {{'text': ...}}, got {type(seg).__name__}: {seg!r}")
   keys = set(seg)
-  if keys == {"box", "ref"}:
+  if keys in ({"box", "ref"}, {"box", "written"}):
     return "box"
+  if keys == {"quad", "written"}:
+    return "quad"
   if len(keys) != 1 or not keys <= set(_KINDS):
     raise ValueError(f"segment {dict(seg)!r} must have exactly one key of {_KINDS} "
                      "(or 'box' with 'ref')")
@@ -134,10 +138,15 @@ def encode_segments(tok: Tokenizer, segments: Sequence[Segment], *,
     elif kind == "box":
       if "ref" in seg:
         tagged(tok.ref_start_id, seg["ref"], tok.ref_end_id)
+      if "written" in seg:
+        tagged(tok.box_start_id, _written(seg, box_lib.read_box_body, tuple(value)), tok.box_end_id)
+        continue
       for b in _as_box_list(value):
         tagged(tok.box_start_id, box_lib.box_text(b), tok.box_end_id)
     elif kind == "quad":
-      tagged(tok.quad_start_id, box_lib.quad_text(value), tok.quad_end_id)
+      body = (_written(seg, box_lib.read_quad_body, tuple(tuple(p) for p in value)) if "written" in seg
+              else box_lib.quad_text(value))
+      tagged(tok.quad_start_id, body, tok.quad_end_id)
     else:  # special
       ids(tok.special(value))
 
@@ -145,6 +154,39 @@ def encode_segments(tok: Tokenizer, segments: Sequence[Segment], *,
   for p in pieces:
     out.extend(tok.encode(p) if isinstance(p, str) else p)
   return Encoded(out, images)
+
+
+def _written(seg: Segment, read, value) -> str:
+  """The segment's coordinate text as written, if it reads back as its value (else ValueError)."""
+  text = seg["written"]
+  if not isinstance(text, str) or read(text) != value:
+    raise ValueError(f"segment {dict(seg)!r}: 'written' does not read back as the same coordinates")
+  return text
+
+
+# The tags the released make_context re-tokenises as special ids inside a model's earlier answer (its
+# encode(..., allowed_special=IMAGE_ST)). <img>, </img> and <imgpad> are IMAGE_ST too, but here they
+# stay text: a path the model wrote is never opened (module docstring's security rule).
+ANSWER_TAGS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>")
+_ANSWER_TAG = re.compile("|".join(re.escape(t) for t in ANSWER_TAGS))
+
+
+def model_text_segments(text: str) -> list[Segment]:
+  """A model's own earlier answer, as the released chat tokenises it when it goes back into history:
+  the text exactly as written, split at every literal box/ref/quad tag (balanced or not, whatever its
+  coordinates), each tag one special id, the stretches between BPE-encoded as they are."""
+  if not isinstance(text, str):
+    raise TypeError(f"answer must be a str, got {type(text).__name__}")
+  out: list[Segment] = []
+  pos = 0
+  for m in _ANSWER_TAG.finditer(text):
+    if m.start() > pos:
+      out.append({"text": text[pos:m.start()]})
+    out.append({"special": m.group(0)})
+    pos = m.end()
+  if pos < len(text):
+    out.append({"text": text[pos:]})
+  return out
 
 
 def merge_text(segments: Iterable[Segment]) -> list[Segment]:
@@ -212,8 +254,9 @@ def parse_markup(text: str, *, strict: bool = True) -> list[Segment]:
 
   Recognises `<img>path</img>`, `<ref>phrase</ref>`, `<box>(x1,y1),(x2,y2)</box>` and
   `<quad>(x,y),(x,y),(x,y),(x,y)</quad>`; everything else ("Picture 1: ", "\\n", the question,
-  even "<|im_start|>") stays plain text. Malformed tags raise MarkupError when `strict`, else they
-  stay text.
+  even "<|im_start|>") stays plain text. Coordinates are kept as the record wrote them (spaces, leading
+  zeros: a "written" key when not canonical), so the ids equal the released tokenizer's. Malformed tags
+  raise MarkupError when `strict` (the data pipeline then skips the record by id), else they stay text.
   """
   segments: list[dict] = []
 
@@ -236,10 +279,10 @@ def parse_markup(text: str, *, strict: bool = True) -> list[Segment]:
       seg = {"ref": body}
     elif kind == "box":
       b = box_lib.read_box_body(body)
-      seg = {"box": b} if b is not None else None
+      seg = None if b is None else {"box": b} if body == box_lib.box_text(b) else {"box": b, "written": body}
     else:
       q = box_lib.read_quad_body(body)
-      seg = {"quad": q} if q is not None else None
+      seg = None if q is None else {"quad": q} if body == box_lib.quad_text(q) else {"quad": q, "written": body}
     if seg is None:
       if strict:
         raise MarkupError(f"malformed <{kind}> markup: {m.group(0)[:120]!r}")

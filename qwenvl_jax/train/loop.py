@@ -34,6 +34,7 @@ import numpy as np
 from qwenvl_jax.ckpt import checkpoint as ckpt_lib
 from qwenvl_jax.config import (ConfigError, mesh_config_from_dict, model_config_from_dict,
                                train_config_from_dict)
+from qwenvl_jax.evals import in_loop
 from qwenvl_jax.sharding import batch_sharding, create_mesh, logical_rules, rules_for
 from qwenvl_jax.train import metrics as metrics_lib
 from qwenvl_jax.train import optim
@@ -224,6 +225,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
         f"{optim.count_state(params):,} parameters (frozen: {list(train_cfg.optim.frozen)})")
 
     train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
+    evals = in_loop.from_config(config, total_steps=train_cfg.steps, mesh=mesh, workdir=workdir, log=log)
     writer = metrics_lib.MetricsWriter(workdir, start)
     peak = metrics_lib.peak_flops_per_device(train_cfg.peak_flops)
     parts = metrics_lib.trainable_parts(train_cfg.optim.frozen)
@@ -258,6 +260,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
         dt = time.perf_counter() - t0
         loss = float(m["loss"])
         record = _record(step, m, dt, train_cfg, model_cfg, parts, peak, len(mesh.devices.flat))
+        if evals is not None and math.isfinite(loss):  # config.evals on the live parameters
+          record.update(evals(step, setup.graphdef, params, buffers))
         writer.write(record)
         if not bool(m["finite"]):
           ckpt.wait()

@@ -265,12 +265,59 @@ def synth_vqa(root):  # a raw export of `qwenvl-jax data synth --kind shapes`: e
   return "test", 2
 
 
+def _b64_png(size=(8, 6)) -> str:
+  import base64
+  import io
+
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.new("RGB", size, (10, 200, 10)).save(buf, format="PNG")
+  return base64.b64encode(buf.getvalue()).decode()
+
+
+def mmbench(root):
+  """mmbench_dev_20230712.tsv as released: base64 image column, empty C/D when a question has 2 options."""
+  header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source",
+            "l2-category", "comment", "split"]
+  rows = [[241, "What is the color of the square?", "nan", "red", "green", "blue", "black", "B",
+           "attribute_recognition", _b64_png(), "MMBench", "finegrained_perception", "nan", "dev"],
+          [1011, "Is this a photo?", "A simple image.", "yes", "no", "", "", "A", "image_style", _b64_png((5, 5)),
+           "MMBench", "coarse_perception", "nan", "dev"]]
+  root.mkdir(parents=True, exist_ok=True)
+  (root / "mmbench_dev_20230712.tsv").write_text(
+    "\n".join("\t".join(map(str, r)) for r in [header] + rows) + "\n", encoding="utf-8")
+  return "dev", 6  # 4 rotations + 2 rotations
+
+
+def infographicvqa(root):
+  _json(root / "infographicsVQA_val_v1.0_withQT.json", {"dataset_name": "infographicVQA", "dataset_split": "val",
+    "data": [{"questionId": 65718, "question": "What percentage of people use Facebook?",
+              "image_local_name": "38447.jpeg", "image_url": "https://example.invalid/38447.jpeg",
+              "ocr_output_file": "38447.json", "answers": ["79%", "79"], "data_split": "val"},
+             {"questionId": 65719, "question": "Which country is shown?", "image_local_name": "38448.jpeg",
+              "ocr_output_file": "38448.json", "answers": ["india"], "data_split": "val"}]})
+  return "val", 2
+
+
+def pope(root):
+  rows = [{"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?",
+           "label": "yes"},
+          {"question_id": 2, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a dog in the image?",
+           "label": "no"},
+          {"question_id": 3, "image": "COCO_val2014_000000210789.jpg", "text": "Is there a car in the image?",
+           "label": "yes"}]
+  for split in ("random", "popular", "adversarial"):
+    _jsonl(root / f"coco_pope_{split}.json", rows)
+  return "random", 3
+
+
 BUILDERS = {
   "nocaps": nocaps, "flickr30k": flickr30k, "vqav2": vqav2, "okvqa": okvqa, "gqa": gqa, "vizwiz": vizwiz,
   "scienceqa_img": scienceqa_img, "textvqa": textvqa, "docvqa": docvqa, "chartqa": chartqa,
   "ocrvqa": ocrvqa, "ai2d": ai2d, "refcoco": refcoco, "refcoco+": refcoco_plus, "refcocog": refcocog,
   "grit": grit, "mme": mme, "seed_bench": seed_bench, "synth_grounding": synth_grounding,
   "synth_ocr": synth_ocr, "synth_caption": synth_caption, "synth_vqa": synth_vqa,
+  "mmbench": mmbench, "infographicvqa": infographicvqa, "pope": pope,
 }
 BUILDERS.update({f"{name}_chat": BUILDERS[name] for name in ("synth_grounding", "synth_ocr", "synth_caption",
                                                              "synth_vqa")})  # same sets, ChatML prompts

@@ -71,3 +71,42 @@ def test_shard_files_scored_together(tmp_path, capsys):
   assert main(["eval", "--task", "synth_ocr", "--data", str(tmp_path / "d"), "--predictions", str(a), str(b)]) == 0
   m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert m["score"] == 50.0 and m["n"] == 10 and m["n_missing"] == 0
+
+
+def test_task_all_runs_every_task_and_lists_failures(tmp_path, capsys):
+  root = tmp_path / "bench"
+  BUILDERS["synth_ocr"](root / "synth_ocr")
+  (root / "textvqa").mkdir(parents=True)  # a folder without the files: that task fails, the rest run
+  pdir = tmp_path / "preds"
+  pdir.mkdir()
+  _preds(pdir / "synth_ocr_test_0shot.predictions.jsonl",
+         [{"question_id": f"o{i}", "answer": f"word{i}"} for i in range(10)])
+  _preds(pdir / "textvqa_val_0shot.predictions.jsonl", [{"question_id": 1, "answer": "x"}])
+  assert main(["eval", "--task", "all", "--data", str(root), "--predictions", str(pdir)]) == 1
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert [m["task"] for m in json.loads(lines[-1])] == ["synth_ocr"]
+  failed = [line for line in lines if line.startswith("FAILED textvqa/val")]
+  assert len(failed) == 1 and "TextVQA_0.5.1_val.json" in failed[0]
+  assert "1 of 2 task splits failed" in lines
+
+
+def test_describe_and_verbose_list_name_the_files(capsys):
+  assert main(["eval", "--task", "mme", "--describe"]) == 0
+  out = capsys.readouterr().out
+  assert "MME_Benchmark_release_version" in out and "variants: official" in out
+  assert main(["eval", "--task", "textvqa", "--describe"]) == 0
+  out = capsys.readouterr().out
+  assert "textvqa_val.jsonl" in out and "lmms (= lmms-evalai)" in out
+  assert main(["eval", "--task", "list", "--verbose"]) == 0
+  out = capsys.readouterr().out
+  from qwenvl_jax.evals.tasks import TASKS
+  assert out.count("files under --data:") == len(TASKS)
+
+
+def test_every_option_has_help():
+  import argparse
+
+  from qwenvl_jax.cli import build_parser
+  sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+  for action in sub.choices["eval"]._actions:
+    assert action.help, action.dest

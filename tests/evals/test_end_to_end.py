@@ -56,3 +56,24 @@ def test_eval_cli_runs_a_checkpoint(ckpt, tmp_path, capsys, task, limit):
                "--predictions", str(out / f"{stem}.predictions.jsonl")]) == 0
   rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert rescored["score"] == metrics["score"] and rescored["n"] == limit
+
+
+@pytest.mark.slow  # two model loads and compiles, ~1 min
+@pytest.mark.skipif(__import__("jax").device_count() < 8, reason="needs 8 (fake) devices")
+def test_sharded_eval_gives_the_single_device_predictions(ckpt, tmp_path, capsys):
+  """`--mesh` loads the checkpoint sharded (weights over fsdp x tensor, batch over data x fsdp) and writes
+  the same predictions and metrics as a single-device run."""
+  data = _with_images("synth_grounding", tmp_path / "data")
+  common = ["eval", "--task", "synth_grounding", "--data", str(data), "--ckpt", str(ckpt), "--limit", "2",
+            "--batch-size", "4", "--no-progress"]
+  runs = {}
+  for name, extra in (("single", []), ("sharded", ["--mesh", "data=2,fsdp=2,tensor=2"]),
+                      ("tp", ["--tensor-parallel", "2"])):
+    out = tmp_path / name
+    assert main(common + ["--out", str(out)] + extra) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    preds = (out / "synth_grounding_test_0shot.predictions.jsonl").read_text()
+    runs[name] = (preds, metrics["score"])
+  assert runs["sharded"] == runs["single"] == runs["tp"]
+  assert main(common + ["--out", str(tmp_path / "bad"), "--mesh", "data=3,fsdp=1,tensor=1"]) == 2
+  assert main(common + ["--out", str(tmp_path / "bad"), "--mesh", "data=8,fsdp=1,tensor=1", "--batch-size", "4"]) == 2

@@ -173,15 +173,19 @@ def test_adapter_from_predictor():
 
 
 class FakeChatPredictor(FakePredictor):
-  """Adds the ChatML side: the prompt ids are the request's text codes, decoding echoes them."""
+  """Adds the ChatML side: the prompt ids are the request's text codes, decoding echoes them; the
+  real Predictor.generate_chat drives them."""
+
+  from qwenvl_jax.infer.api import Predictor
+  generate_chat = Predictor.generate_chat
 
   def __init__(self):
     super().__init__()
     self.chat_batches = []
     self.tokenizer = self
 
-  def chat_prompt(self, history, segments):
-    return [ord(c) for c in segments[-1]["text"]], []
+  def chat_prompt(self, history, segments, label_pictures=True):
+    return [ord(c) for c in ("" if label_pictures else "bare:") + segments[-1]["text"]], []
 
   def generate_from_ids(self, prompts, images, sampling):
     self.chat_batches.append((len(prompts), sampling.max_new_tokens))
@@ -199,3 +203,27 @@ def test_adapter_chat_requests_decode_in_one_batch_per_setting():
   reqs.append({"id": 9, "segments": [{"text": "raw"}], "max_new_tokens": 10, "min_new_tokens": 1, "chat": False})
   assert predict(reqs) == ["red", "star", "two", "raw"]
   assert pred.chat_batches == [(3, 48)] and pred.calls == [(1, 10, 1)]
+  # MME-style requests (bare <img>, no picture labels) decode in a batch of their own.
+  mme = {"id": 5, "segments": [{"text": "q"}], "max_new_tokens": 48, "min_new_tokens": 1, "chat": True,
+         "label_pictures": False}
+  assert predict(reqs[:1] + [mme]) == ["red", "bare:q"]
+
+
+def test_log_samples_adds_prompt_and_references(ocr, tmp_path):
+  plain = runner.evaluate("synth_ocr", ocr, fake_predict, tmp_path / "a", batch_size=4, progress=False)
+  logged = runner.evaluate("synth_ocr", ocr, fake_predict, tmp_path / "b", batch_size=4, progress=False,
+                           log_samples=True)
+  assert logged["score"] == plain["score"]
+  rec = json.loads((tmp_path / "b" / "synth_ocr_test_0shot.predictions.jsonl").read_text().splitlines()[0])
+  item = get_task("synth_ocr").read(ocr)[0]
+  assert rec["answer"] == "word0" and rec["references"] == item["answers"]
+  assert rec["prompt"] == f"<img>{item['image']}</img>{item['question']} Answer:"
+
+
+def test_max_new_tokens_override_is_part_of_the_run_config(ocr, tmp_path):
+  import dataclasses
+  task = get_task("synth_ocr")
+  runner.evaluate(task, ocr, fake_predict, tmp_path, limit=2, progress=False)
+  with pytest.raises(ValueError, match="other settings"):
+    runner.evaluate(dataclasses.replace(task, max_new_tokens=5), ocr, fake_predict, tmp_path, limit=2,
+                    progress=False)

@@ -80,3 +80,29 @@ def test_multiple_choice():
   assert choose([math.nan, 3.0]) == 1
   assert choose_letter([2.0, 1.0, 0.5]) == "C"
   assert choice_accuracy(["A", "c"], ["A", "B"]).score == 50.0
+
+
+def test_pope_parsing_and_scores():
+  from qwenvl_jax.evals.metrics.pope import parse_yes_no, pope_scores
+  # POPE's own rule: first sentence, ',' deleted, any of No/no/not among the words -> no
+  assert parse_yes_no("No, there is not.") == "no"
+  assert parse_yes_no("Yes. No dog though.") == "yes"  # only the first sentence counts
+  assert parse_yes_no("There is not a dog") == "no"
+  assert parse_yes_no("NO") == "yes"  # case-sensitive in the official script
+  assert parse_yes_no("Nothing") == "yes"
+  # 3 yes + 2 no labels; predictions yes, yes, no | yes, no -> TP 2, FN 1, FP 1, TN 1
+  res = pope_scores(["Yes", "yes", "No", "yes", "no"], ["yes", "yes", "yes", "no", "no"])
+  d = res.details
+  assert (d["tp"], d["fn"], d["fp"], d["tn"]) == (2, 1, 1, 1)
+  assert d["accuracy"] == res.score == pytest.approx(60.0)
+  assert d["precision"] == pytest.approx(200 / 3) and d["recall"] == pytest.approx(200 / 3)
+  assert d["f1"] == pytest.approx(200 / 3) and d["yes_ratio"] == pytest.approx(60.0)
+
+
+def test_circular_accuracy_needs_every_rotation():
+  from qwenvl_jax.evals.metrics.multiple_choice import circular_accuracy
+  rows = [(1, "A", "A"), (1, "D", "D"), (1, "C", "C"), (1, "B", "B"),  # all 4 rotations right
+          (2, "A", "A"), (2, "A", "B")]  # one rotation wrong: the question fails
+  res = circular_accuracy(rows)
+  assert res.score == 50.0 and res.details["per_rotation_accuracy"] == pytest.approx(500 / 6)
+  assert res.details["questions"] == 2 and res.n == 6

@@ -55,8 +55,8 @@ def test_user_text_never_becomes_an_image(pred, tok, picture_paths):
 def test_model_answers_keep_box_tags_as_special_tokens(pred, tok):
   answer = "<ref>the dog</ref><box>(10,20),(300,400)</box> and <img>x.png</img>"
   segs = chat_lib.answer_segments(answer)
-  assert segs[:2] == [{"ref": "the dog"}, {"box": (10, 20, 300, 400)}]
-  assert segs[2] == {"text": " and <img>x.png</img>"}  # a path the model wrote is never opened
+  assert segs[:4] == [{"special": "<ref>"}, {"text": "the dog"}, {"special": "</ref>"}, {"special": "<box>"}]
+  assert segs[-1] == {"text": " and <img>x.png</img>"}  # a path the model wrote is never opened
   ids, pictures = pred.chat_prompt([([{"text": "hi"}], segs)], chat_lib.build_query("again"))
   assert tok.box_start_id in ids and tok.ref_start_id in ids and pictures == []
   assert tok.decode(ids).count(answer) == 1

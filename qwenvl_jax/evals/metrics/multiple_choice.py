@@ -40,3 +40,16 @@ def choose_letter(losses: Sequence[float]) -> str:
 def choice_accuracy(predicted: Sequence[str], gold: Sequence[str]) -> MetricResult:
   scores = [float(p.strip().upper() == g.strip().upper()) for p, g in zip(predicted, gold, strict=True)]
   return MetricResult("choice_accuracy", "likelihood", 100.0 * mean(scores), len(scores))
+
+
+def circular_accuracy(rows: Sequence[tuple[object, str, str]]) -> MetricResult:
+  """MMBench's CircularEval: `rows` (question group, predicted letter, gold letter), one per option
+  rotation of a question; a question counts only if every one of its rotations is right. `n` counts
+  rotations (the items scored); the details give the questions and the plain per-rotation accuracy."""
+  groups: dict = {}
+  for group, pred, gold in rows:
+    groups.setdefault(group, []).append(pred.strip().upper() == gold.strip().upper())
+  per_rotation = [ok for oks in groups.values() for ok in oks]
+  return MetricResult("circular_accuracy", "circular", 100.0 * mean(all(v) for v in groups.values()),
+                      len(per_rotation), {"questions": len(groups), "rotations": len(per_rotation),
+                                    "per_rotation_accuracy": 100.0 * mean(per_rotation)})

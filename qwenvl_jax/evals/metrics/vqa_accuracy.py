@@ -6,7 +6,12 @@ The three published evaluators disagree on *when* they normalise, so each is off
   qwenvl    (default; the paper's numbers) prediction always normalised; the answers only get the
             punctuation pass, and only when they are not unanimous.
   official  nothing is normalised when the answers are unanimous; otherwise both sides are.
-  lmms      both sides are always normalised (lmms-eval).
+  lmms      both sides are always normalised (lmms-eval's VQAv2 anchor).
+  lmms-evalai  lmms-eval's TextVQA / OK-VQA / VizWiz scoring: both sides always go through its
+            EvalAIAnswerProcessor, which first lower-cases, deletes every ',' and '?' and splits "'s" off
+            ("what's" -> "what 's") before the official normalisation. So "whats" (-> "what's" by the
+            contractions table) no longer matches "what's", and "red,white" becomes "redwhite". Those
+            tasks offer it under the name `lmms` (tasks/__init__.py maps it).
 
 E.g. `Two` against ten `2`: 1 (qwenvl), 0 (official), 1 (lmms).
 """
@@ -18,7 +23,7 @@ from typing import Sequence
 
 from qwenvl_jax.evals.metrics.base import MetricResult, check_variant, mean
 
-VARIANTS = ("qwenvl", "official", "lmms")
+VARIANTS = ("qwenvl", "official", "lmms", "lmms-evalai")
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
   ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
@@ -92,6 +97,11 @@ def normalize_answer(text: str) -> str:
   return digits_and_articles(strip_punctuation(text))
 
 
+def evalai_word_tokenize(text: str) -> str:
+  """lmms-eval's EvalAIAnswerProcessor.word_tokenize, applied before the official normalisation."""
+  return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+
+
 def _clean(text: str) -> str:
   return text.replace("\n", " ").replace("\t", " ").strip()
 
@@ -112,6 +122,9 @@ def vqa_score(prediction: str, answers: Sequence[str], variant: str = "qwenvl") 
     if len(set(answers)) > 1:
       answers = [normalize_answer(a) for a in answers]
       pred = normalize_answer(pred)
+  elif variant == "lmms-evalai":
+    answers = [normalize_answer(_clean(evalai_word_tokenize(a))) for a in answers]
+    pred = normalize_answer(_clean(evalai_word_tokenize(pred)))
   else:  # lmms
     answers = [normalize_answer(_clean(a)) for a in answers]
     pred = normalize_answer(pred)

@@ -45,6 +45,16 @@ class Task:
   eval_splits: tuple[str, ...] = ()
   extra_metrics: tuple[str, ...] = ()  # also reported in the metrics' details
   description: str = ""
+  # Task-level variant name -> the metric's variant, where this benchmark's anchor scores differently
+  # from the metric's default reading of that name (lmms-eval's TextVQA vs its VQAv2, say).
+  variant_map: tuple[tuple[str, str], ...] = ()
+  # Chat tasks: "Picture N: " labels around images (the stage-3 data's wording). MME's released eval
+  # sends `<img>path</img>\n{question}` to chat as is, without them.
+  label_pictures: bool = True
+  files: str = ""  # what --data must hold (`eval --task NAME --describe`)
+
+  def metric_variant(self, variant: str) -> str:
+    return dict(self.variant_map).get(variant, variant)
 
   @property
   def default_split(self) -> str:

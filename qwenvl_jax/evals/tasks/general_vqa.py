@@ -13,6 +13,7 @@ A split without answers (VQAv2 test-dev, VizWiz test) reads with answers None: p
 
 from __future__ import annotations
 
+import json
 import pathlib
 import string
 
@@ -82,4 +83,21 @@ def read_scienceqa(root: pathlib.Path, split: str) -> list[Item]:
       "answer": string.ascii_uppercase[p["answer"]] if p.get("answer") is not None else None,
       "category": p.get("subject"),
     })
+  return items
+
+
+POPE_SPLITS = ("random", "popular", "adversarial")
+
+
+def read_pope(root: pathlib.Path, split: str) -> list[Item]:
+  """POPE: coco_pope_{split}.json, one JSON object per line {question_id, image, text, label}."""
+  path = find_file(root, f"coco_pope_{split}.json", f"output/coco/coco_pope_{split}.json", f"{split}.json")
+  items = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        q = json.loads(line)
+        items.append({"id": q["question_id"], "image": image_path(root, q["image"], "val2014", "images", ""),
+                      "question": q["text"], "answers": [q["label"]] if "label" in q else None,
+                      "shot_answer": q.get("label")})
   return items

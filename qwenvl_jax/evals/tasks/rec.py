@@ -3,7 +3,9 @@
 Layouts (under the task's data path):
   refcoco*  refs(unc).p (RefCOCO, RefCOCO+), refs(umd).p or refs(google).p (RefCOCOg), or the same list
             as refs.json; instances.json (COCO: images with width/height, annotations with xywh bbox);
-            images in images/ or train2014/. One item per sentence, id "{ref_id}/{sent_id}".
+            images in images/, train2014/, or where refer lays them (images/mscoco/images/train2014/
+            in this folder or beside it). One item per sentence, id "{ref_id}/{sent_id}".
+            Or Qwen-VL's converted {task}_{split}.jsonl (qwenvl_jsonl.py; ids are line numbers).
   grit      samples/{split}/refexp.json ([{input: {example_id, image_id, task_query},
             output: {bboxes: [[x1,y1,x2,y2]]}}], no output on test), images/{image_id}
 Boxes become xyxy pixels (COCO xywh -> x, y, x+w, y+h).
@@ -15,7 +17,11 @@ from __future__ import annotations
 import pathlib
 import pickle
 
+from qwenvl_jax.evals.tasks import qwenvl_jsonl
 from qwenvl_jax.evals.tasks.base import Item, find_file, image_path, image_size, load_json
+
+# refer's data root holds refcoco/ (this folder) beside images/mscoco/images/train2014/.
+_COCO_DIRS = ("images", "train2014", "images/mscoco/images/train2014", "../images/mscoco/images/train2014", "")
 
 
 def _load_refs(root: pathlib.Path) -> list[dict]:
@@ -30,7 +36,13 @@ def _load_refs(root: pathlib.Path) -> list[dict]:
 
 
 def read_refcoco(root: pathlib.Path, split: str) -> list[Item]:
-  refs = _load_refs(root)
+  try:
+    refs = _load_refs(root)
+  except FileNotFoundError as e:
+    converted = qwenvl_jsonl.grounding_file(root, split)
+    if converted is None:
+      raise FileNotFoundError(f"{e}; or Qwen-VL's converted {{refcoco,refcoco+,refcocog}}_{split}.jsonl") from None
+    return qwenvl_jsonl.read_grounding(converted, root)
   inst = load_json(find_file(root, "instances.json"))
   images = {im["id"]: im for im in inst["images"]}
   anns = {a["id"]: a for a in inst["annotations"]}
@@ -40,7 +52,7 @@ def read_refcoco(root: pathlib.Path, split: str) -> list[Item]:
       continue
     img = images[ref["image_id"]]
     x, y, w, h = anns[ref["ann_id"]]["bbox"]
-    path = image_path(root, img["file_name"], "images", "train2014", "")
+    path = image_path(root, img["file_name"], *_COCO_DIRS)
     for sent in ref["sentences"]:
       items.append({"id": f"{ref['ref_id']}/{sent['sent_id']}", "image": path, "expression": sent["sent"],
                     "box": [x, y, x + w, y + h], "width": img["width"], "height": img["height"]})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import collections
 
-from qwenvl_jax.evals.metrics import anls, cider, exact_match, grounding, mme, multiple_choice
+from qwenvl_jax.evals.metrics import anls, cider, exact_match, grounding, mme, multiple_choice, pope
 from qwenvl_jax.evals.metrics import relaxed_accuracy, vqa_accuracy
 from qwenvl_jax.evals.metrics.base import MetricResult, check_variant
 from qwenvl_jax.evals.tasks.base import Item, Task
 
-_GROUND_TRUTH = {"caption": "captions", "vqa": "answers", "rec": "box", "choice": "answer", "mme": "answer"}
+GROUND_TRUTH = {"caption": "captions", "vqa": "answers", "rec": "box", "choice": "answer", "mme": "answer"}
 
 
 def _java_ptb(texts: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -61,7 +61,7 @@ def score_items(task: Task, items: list[Item], outputs: dict[str, str], variant:
   items = [it for it in items if str(it["id"]) in outputs]
   ids = [str(it["id"]) for it in items]
   preds = [outputs[i] for i in ids]
-  gt_key = _GROUND_TRUTH[task.family]
+  gt_key = GROUND_TRUTH[task.family]
   if any(it.get(gt_key) is None for it in items):
     return MetricResult(task.metric, variant, None, len(items),
                         {"note": "this split has no public ground truth: predictions only"})
@@ -70,7 +70,10 @@ def score_items(task: Task, items: list[Item], outputs: dict[str, str], variant:
   if m == "cider":
     res = _cider(ids, preds, items, variant)
   elif m == "vqa_accuracy":
-    res = vqa_accuracy.vqa_accuracy(preds, answers, variant)
+    res = vqa_accuracy.vqa_accuracy(preds, answers, task.metric_variant(variant))
+    if task.metric_variant(variant) != variant:
+      res.details["metric_variant"] = task.metric_variant(variant)
+      res.variant = variant
   elif m == "exact_match":
     res = exact_match.exact_match_accuracy(preds, answers, variant)
   elif m == "anls":
@@ -82,6 +85,10 @@ def score_items(task: Task, items: list[Item], outputs: dict[str, str], variant:
     res = grounding.grounding_accuracy(preds, [it["box"] for it in items], sizes)
   elif m == "choice_accuracy":
     res = _choice(preds, items)
+  elif m == "circular_accuracy":
+    res = multiple_choice.circular_accuracy([(it["group"], p, it["answer"]) for p, it in zip(preds, items)])
+  elif m == "pope":
+    res = pope.pope_scores(preds, [it["answers"][0] for it in items])
   elif m == "mme":
     res = mme.mme_scores((it["subtask"], it["image_name"], p, it["answer"]) for p, it in zip(preds, items))
   else:

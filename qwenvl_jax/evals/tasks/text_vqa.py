@@ -10,7 +10,8 @@ Layouts (under the task's data path):
   ocrvqa   dataset.json ({imageId: {imageURL, questions, answers, split: 1 train/2 val/3 test}}),
            images images/{imageId}{extension of imageURL}
   ai2d     questions/*.json ({imageName, questions: {text: {answerTexts, correctAnswer, questionId}}}),
-           images/{imageName}; split "test" needs ai2d_test_ids.csv (one image id per line)
+           images/{imageName}, directly or as the archive unpacks (ai2d/questions/, ai2d/images/);
+           split "test" needs ai2d_test_ids.csv (one image id per line) beside them or beside ai2d/
 AI2D prompt: the paper's VQA prompt with the options listed ("{q}\\nOptions: A. ..\\nB. .."); the
 Qwen-VL converted file is not published, so exact match accepts the letter or the option text.
 """
@@ -44,6 +45,21 @@ def read_docvqa(root: pathlib.Path, split: str) -> list[Item]:
     answers = q.get("answers") or None
     items.append({"id": q["questionId"], "image": os.fspath(base / q["image"]), "question": q["question"],
                   "answers": answers, "shot_answer": answers[0] if answers else None})
+  return items
+
+
+def read_infographicvqa(root: pathlib.Path, split: str) -> list[Item]:
+  """InfographicVQA (DocVQA's RRC task 3): {data: [{questionId, question, image_local_name, answers}]}."""
+  hits = [p for p in sorted(root.glob("*.json")) if "infographic" in p.name.lower() and f"_{split}" in p.name]
+  if not hits:
+    raise FileNotFoundError(f"InfographicVQA: no infographicsVQA_{split}_v1.0.json (or ..._withQT.json) under {root}")
+  items = []
+  for q in load_json(hits[0])["data"]:
+    answers = q.get("answers") or None
+    items.append({"id": q["questionId"], "question": q["question"], "answers": answers,
+                  "image": image_path(root, q["image_local_name"], "infographicsvqa_images",
+                                      f"infographicVQA_{split}_v1.0_images", "images", ""),
+                  "shot_answer": answers[0] if answers else None})
   return items
 
 
@@ -83,8 +99,11 @@ def read_ocrvqa(root: pathlib.Path, split: str) -> list[Item]:
   return items
 
 
-def _ai2d_test_ids(root: pathlib.Path) -> set[str]:
-  path = find_file(root, "ai2d_test_ids.csv", "test_ids.csv")
+def _ai2d_test_ids(root: pathlib.Path, base: pathlib.Path) -> set[str]:
+  try:
+    path = find_file(root, "ai2d_test_ids.csv", "test_ids.csv")
+  except FileNotFoundError:
+    path = find_file(base, "ai2d_test_ids.csv", "test_ids.csv")
   ids = set()
   for line in path.read_text().split():
     ids.update(tok.strip().removesuffix(".png") for tok in line.split(",") if tok.strip())
@@ -92,10 +111,12 @@ def _ai2d_test_ids(root: pathlib.Path) -> set[str]:
 
 
 def read_ai2d(root: pathlib.Path, split: str) -> list[Item]:
-  qdir = root / "questions"
+  # The release archive unpacks to ai2d/{images,questions,annotations}, ai2d_test_ids.csv beside it.
+  base = root / "ai2d" if (root / "ai2d" / "questions").is_dir() else root
+  qdir = base / "questions"
   if not qdir.is_dir():
-    raise FileNotFoundError(f"no questions/ folder under {root}")
-  test_ids = _ai2d_test_ids(root) if split != "all" else set()
+    raise FileNotFoundError(f"no questions/ or ai2d/questions/ folder under {root}")
+  test_ids = _ai2d_test_ids(root, base) if split != "all" else set()
   items = []
   for path in sorted(qdir.glob("*.json")):
     rec = load_json(path)
@@ -107,7 +128,7 @@ def read_ai2d(root: pathlib.Path, split: str) -> list[Item]:
       choices = list(q["answerTexts"])
       letter = string.ascii_uppercase[q["correctAnswer"]]
       options = "\n".join(f"{string.ascii_uppercase[i]}. {c}" for i, c in enumerate(choices))
-      items.append({"id": q["questionId"], "image": image_path(root, image_name, "images", ""),
+      items.append({"id": q["questionId"], "image": image_path(base, image_name, "images", ""),
                     "question": f"{text}\nOptions: {options}", "choices": choices,
                     "answers": [letter, choices[q["correctAnswer"]]], "shot_answer": letter})
   return items
