@@ -29,7 +29,13 @@ qwenvl-jax convert --from hf --src demo/base --dst "$OUT/base" --quiet
 banner "2/7 data: synthetic scenes (1-2 shapes, 96 px) with ChatML conversations; a held-out set"
 qwenvl-jax data synth "${SHAPES[@]}" --n 2000 --seed 0 --out "$OUT/data/train" | tail -n 3
 qwenvl-jax data synth "${SHAPES[@]}" --n 60 --seed 1 --out "$OUT/data/heldout" | tail -n 1
-head -c 600 "$OUT/data/train/shapes_chat.jsonl"; echo " ..."
+python - "$OUT/data/train/shapes_chat.jsonl" <<'EOF'
+import json, sys
+conv = json.loads(open(sys.argv[1]).readline())["conversations"]
+print("one training conversation:")
+for m in conv[:6]:
+  print(f"  {m['from']:>9}: {m['value']}".replace("\n", " | "))
+EOF
 for task in synth_grounding_chat synth_vqa_chat; do  # `eval --task all` reads ROOT/<task>/
   mkdir -p "$OUT/evaldata" && ln -s "$OUT/data/heldout" "$OUT/evaldata/$task"
 done
