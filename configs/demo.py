@@ -44,6 +44,7 @@ def get_config(variant=None):
                      layout="unpacked", max_images=1, num_workers=0, read_prefetch=64))
   config = build(pathlib.Path(__file__).parent, "tiny", {"tiny": v})
   model = _xs_model(96, hf["vocab_size"])
+  model.llm.seq_length = v["seq_len"]  # the training length (past it inference switches on NTK / log-n)
   start = hf["visual"]["image_start_id"]  # config.json names end / pad only where they are not start + 1 / + 2
   model.image_start_id = start
   model.image_end_id = hf["visual"].get("image_end_id", start + 1)
