@@ -60,7 +60,7 @@ def main(argv=None):
   import optax
   from flax import nnx
 
-  from configs.experiments import xs_model
+  from experiments.configs import xs_model
   from qwenvl_jax.config import AdapterConfig, VisionConfig
   from qwenvl_jax.model.adapter import Adapter
   from qwenvl_jax.model.vit import VisionTransformer

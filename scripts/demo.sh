@@ -1,87 +1,76 @@
 #!/usr/bin/env bash
-# End-to-end demo on the tiny config, on a CPU: synthetic data -> SentencePiece vocabulary -> training
-# on the grain pipeline (Orbax checkpoint) -> HF export and back (checked equal) -> one-shot chat with a
-# drawn box -> evaluation on a held-out synthetic set. Everything lands in $DEMO_OUT (default demo_out).
-# DEMO_STEPS sets the training steps (default 150). A tiny model trained for a minute on a CPU shows the
-# plumbing, not accuracy: its chat answer may hold no well-formed box (then nothing is drawn; say so).
+# The first-run demo (docs/demo.md), ~4 minutes on 2 CPU cores: a small vision-language model learns
+# to answer questions about pictures and to box the object it is asked about.
+# It starts, as Qwen-VL does, from pre-trained parts that never saw an image-text pair: demo/base
+# (5 MB, made by `python -m experiments.demo_base`), scores it on a held-out set, fine-tunes it on
+# ChatML conversations about synthetic scenes, scores it again, and asks it for a box on a held-out
+# picture. Only `qwenvl-jax` subcommands do the work; demo/report.py prints the table at the end.
+# Everything lands in $DEMO_OUT (default demo_out). DEMO_STEPS overrides the training steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu
 OUT="${DEMO_OUT:-demo_out}"
-STEPS="${DEMO_STEPS:-150}"
+STEPS="${DEMO_STEPS:-}"
+EVAL_LIMIT="${DEMO_EVAL_LIMIT:-60}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 # Rerunnable: remove only what this script writes.
-rm -rf "$OUT"/{data,tokenizer,run,hf,orbax_back,chat,eval}
+rm -rf "$OUT"/{base,data,evaldata,eval_before,eval_after,run,chat,jax_cache,loss_curve.png,summary.json}
+# Processes reuse each other's compiled programs (the two evaluations share every shape).
+export JAX_COMPILATION_CACHE_DIR="$OUT/jax_cache"
 start=$SECONDS
 banner() { printf '\n== [%3ds] %s\n' "$((SECONDS - start))" "$*"; }
+SHAPES=(--kind shapes --size 96 --max-objects 2 --radius 0.12 0.2)
 
-banner "1/7 parameter counts: the released 7B configuration (abstract shapes) and the tiny one"
-qwenvl-jax params --config qwen_vl_7b
-qwenvl-jax params --config tiny
+banner "1/7 the pre-trained base (demo/base: LLM + vision encoder, never trained together): HF -> Orbax"
+python -c "import json; b = json.load(open('demo/base/base.json')); print('made by:', b['made_by'])"
+qwenvl-jax convert --from hf --src demo/base --dst "$OUT/base" --quiet
 
-banner "2/7 synthetic data: shapes (captions, grounding, VQA), rendered text (OCR), a held-out set"
-qwenvl-jax data synth --kind shapes --n 200 --size 112 --seed 0 --out "$OUT/data/shapes"
-qwenvl-jax data synth --kind text --n 100 --size 112 --seed 0 --out "$OUT/data/text"
-qwenvl-jax data synth --kind shapes --n 20 --size 112 --seed 1 --out "$OUT/data/heldout"
-qwenvl-jax data synth --kind text --n 20 --size 112 --seed 1 --out "$OUT/data/heldout_text"
-
-banner "3/7 tokenizer: SentencePiece trained on the records' texts, sized to the tiny model (512 ids)"
-qwenvl-jax tokenize --train-sp "$OUT/data/shapes/shapes.jsonl" --train-sp "$OUT/data/text/text.jsonl" \
-  --train-sp "$OUT/data/shapes/shapes_chat.jsonl" --vocab-size 480 --model-vocab 512 \
-  --out "$OUT/tokenizer/tokenizer"
-
-banner "4/7 train: stage 2 (packed multi-task rows) on the grain pipeline, $STEPS steps"
-# model.llm.seq_length = the training length: past it, inference switches on dynamic NTK / log-n scaling.
-qwenvl-jax train --config configs/stage2.py:tiny --workdir "$OUT/run" \
-  --set data.source=jsonl \
-  --set "data.paths=('$OUT/data/shapes/shapes_chat.jsonl', '$OUT/data/shapes/shapes.jsonl', '$OUT/data/text/text.jsonl')" \
-  --set data.tokenizer="$OUT/tokenizer/tokenizer.model" --set data.format=auto \
-  --set "data.tasks=('caption', 'ref_grounding', 'vqa', 'ocr')" --set data.max_images=4 \
-  --set seq_len=384 --set model.llm.seq_length=384 --set batch_size=8 --set steps="$STEPS" \
-  --set checkpoint_every=50 --set optim.warmup_steps=10 --set optim.peak_lr=3e-3 --set log_every=25
-ls "$OUT/run/checkpoints"
-
-banner "5/7 convert: Orbax -> HF (safetensors) -> Orbax, then compare every array"
-qwenvl-jax convert --to hf --src "$OUT/run" --dst "$OUT/hf" --dtype fp32 --quiet
-qwenvl-jax convert --from hf --src "$OUT/hf" --dst "$OUT/orbax_back" --quiet
-python - "$OUT/run" "$OUT/orbax_back" <<'EOF'
-import sys
-import numpy as np
-from qwenvl_jax.ckpt.orbax_io import ParamReader, resolve_checkpoint
-a, b = (ParamReader(resolve_checkpoint(p).params_dir) for p in sys.argv[1:])
-missing = sorted(set(a.meta) ^ set(b.meta))
-if missing:
-  sys.exit(f"round trip changed the parameter set: {missing}")
-for name in a.meta:
-  if not np.array_equal(a.read(name), b.read(name)):
-    sys.exit(f"round trip changed {name}")
-print(f"round trip: all {len(a.meta)} arrays identical")
+banner "2/7 data: synthetic scenes (1-2 shapes, 96 px) with ChatML conversations; a held-out set"
+qwenvl-jax data synth "${SHAPES[@]}" --n 2000 --seed 0 --out "$OUT/data/train" | tail -n 3
+qwenvl-jax data synth "${SHAPES[@]}" --n 60 --seed 1 --out "$OUT/data/heldout" | tail -n 1
+python - "$OUT/data/train/shapes_chat.jsonl" <<'EOF'
+import json, sys
+conv = json.loads(open(sys.argv[1]).readline())["conversations"]
+print("one training conversation:")
+for m in conv[:6]:
+  print(f"  {m['from']:>9}: {m['value']}".replace("\n", " | "))
 EOF
+for task in synth_grounding_chat synth_vqa_chat; do  # `eval --task all` reads ROOT/<task>/
+  mkdir -p "$OUT/evaldata" && ln -s "$OUT/data/heldout" "$OUT/evaldata/$task"
+done
 
-banner "6/7 chat: one question with a held-out picture, boxes drawn"
-read -r IMAGE PHRASE < <(python - "$OUT/data/heldout/shapes.jsonl" <<'EOF'
+banner "3/7 tokenizer: a grounding answer in the base's SentencePiece vocabulary"
+qwenvl-jax tokenize --tokenizer demo/base/sp.model \
+  --text "<ref>the red circle</ref><box>(120,340),(400,610)</box>"
+
+banner "4/7 before training: the base on the held-out set"
+qwenvl-jax eval --task all --data "$OUT/evaldata" --ckpt "$OUT/base" --limit "$EVAL_LIMIT" \
+  --batch-size 16 --out "$OUT/eval_before" --no-progress | sed '$d'
+
+banner "5/7 train: ChatML fine-tuning, ViT + adapter frozen (demo/config.py)"
+qwenvl-jax train --config demo/config.py --init "$OUT/base" --workdir "$OUT/run" \
+  --set "data.paths=('$OUT/data/train/shapes_chat.jsonl',)" \
+  ${STEPS:+--set steps=$STEPS --set checkpoint_every=$STEPS --set optim.warmup_steps=$(( STEPS < 40 ? STEPS / 2 : 20 ))}
+
+banner "6/7 after training: the same held-out set"
+qwenvl-jax eval --task all --data "$OUT/evaldata" --ckpt "$OUT/run" --limit "$EVAL_LIMIT" \
+  --batch-size 16 --out "$OUT/eval_after" --no-progress | sed '$d'
+
+banner "7/7 chat: a held-out picture, the box drawn"
+read -r IMAGE W H X1 Y1 X2 Y2 PHRASE < <(python - "$OUT/data/heldout/shapes.jsonl" <<'EOF'
 import json, pathlib, sys
 path = pathlib.Path(sys.argv[1])
 rec = json.loads(path.read_text().splitlines()[0])
-print(path.parent / rec["image"], rec["objects"][0]["phrase"])
+obj = rec["objects"][0]
+print(path.parent / rec["image"], rec["width"], rec["height"], *obj["box"], obj["phrase"])
 EOF
 )
-qwenvl-jax chat --ckpt "$OUT/orbax_back" --image "$IMAGE" --greedy --max-new-tokens 48 \
-  --prompt "Output the bounding box of $PHRASE." --out "$OUT/chat"
-if ls "$OUT"/chat/*.png >/dev/null 2>&1; then
-  echo "boxes drawn: $(ls "$OUT"/chat/*.png)"
-else
-  echo "(the answer held no well-formed box, so nothing was drawn: the tiny model needs far more training)"
-fi
+mkdir -p "$OUT/chat"
+qwenvl-jax chat --ckpt "$OUT/run" --image "$IMAGE" --greedy --max-new-tokens 48 \
+  --prompt "Output the bounding box of $PHRASE." --out "$OUT/chat" | tee "$OUT/chat/answer.txt"
 
-banner "7/7 eval: grounding (IoU >= 0.5), OCR and VQA exact match on the held-out sets"
-for task in synth_grounding synth_vqa; do
-  qwenvl-jax eval --task "$task" --data "$OUT/data/heldout" --ckpt "$OUT/run" --limit 40 \
-    --out "$OUT/eval" --no-progress
-done
-qwenvl-jax eval --task synth_ocr --data "$OUT/data/heldout_text" --ckpt "$OUT/run" --limit 40 \
-  --out "$OUT/eval" --no-progress
-ls "$OUT"/eval/*.metrics.json
-
-banner "done: outputs in $OUT (preview: data/shapes/preview.png, boxes: chat/*.png, scores: eval/)"
+banner "summary (held-out scores before and after training)"
+python demo/report.py "$OUT" --phrase "$PHRASE" --box "$X1" "$Y1" "$X2" "$Y2" --size "$W" "$H" \
+  --seconds "$((SECONDS - start))"
+banner "done: outputs in $OUT"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -39,9 +40,21 @@ class UserError(Exception):
   """An error caused by the user's input: printed as one line, no traceback."""
 
 
+def quiet_library_logs():
+  """Orbax reports through absl every parameter it reads or writes ("ParamInfo(...) created with
+  ts_context=None", "Metadata file does not exist"), dozens of WARNING lines per command that say
+  nothing to a user; TensorFlow (tfds) adds its C++ start-up lines. Only errors pass; --debug or
+  QWENVL_JAX_LIBRARY_LOGS=1 keeps everything."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)
+
+
 def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
+  if not getattr(args, "debug", False) and os.environ.get("QWENVL_JAX_LIBRARY_LOGS") != "1":
+    quiet_library_logs()
   try:
     return int(args.handler(args) or 0)
   except (UserError, OSError, ValueError, KeyError) as e:  # OSError: missing, unwritable, disk full

@@ -13,6 +13,9 @@ def register(subparsers):
   s.add_argument("--size", type=int, default=None,
                  help="image size in pixels, 32..2048 (default: 224 shapes, 448 text/docs)")
   s.add_argument("--workers", type=int, default=1, help="generator processes")
+  s.add_argument("--max-objects", type=int, default=None, help="shapes: at most this many shapes per image (default 5)")
+  s.add_argument("--radius", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                 help="shapes: range of shape radii as fractions of the side (default 0.06 0.15)")
   s.set_defaults(handler=run_synth)
 
   k = sub.add_parser("pack", help="JSONL (raw or conversations) -> ArrayRecord with the images embedded")
@@ -29,8 +32,21 @@ def run_synth(args):
 
   if args.n < 1:
     raise UserError("--n must be at least 1")
+  options = {}
+  if args.max_objects is not None or args.radius is not None:
+    if args.kind != "shapes":
+      raise UserError("--max-objects and --radius apply to --kind shapes")
+    if args.max_objects is not None:
+      if args.max_objects < 1:
+        raise UserError("--max-objects must be at least 1")
+      options["max_objects"] = args.max_objects
+    if args.radius is not None:
+      lo, hi = args.radius
+      if not 0 < lo <= hi < 0.5:
+        raise UserError("--radius wants 0 < MIN <= MAX < 0.5 (fractions of the image side)")
+      options["radius"] = (lo, hi)
   res = export_synth(args.kind, args.n, args.out, seed=args.seed, size=args.size, workers=args.workers,
-                     progress=True)
+                     progress=True, **options)
   print(f"wrote {res.n} {args.kind} samples in {res.seconds:.1f}s ({res.images_per_s:.0f} images/s)")
   for name, path in res.paths.items():
     print(f"  {name:<13} {path}")

@@ -30,7 +30,7 @@ class ExportResult:
 
 
 def export_synth(kind: str, n: int, out, seed: int = 0, size: int | None = None, workers: int = 1,
-                 preview: int = 4, progress: bool = False) -> ExportResult:
+                 preview: int = 4, progress: bool = False, **options) -> ExportResult:
   from array_record.python.array_record_module import ArrayRecordWriter
 
   out = pathlib.Path(out)
@@ -43,10 +43,10 @@ def export_synth(kind: str, n: int, out, seed: int = 0, size: int | None = None,
   (out / "images").mkdir(parents=True, exist_ok=True)
   paths = {"jsonl": out / f"{kind}.jsonl", "chat": out / f"{kind}_chat.jsonl",
            "array_record": out / f"{kind}.array_record", "preview": out / "preview.png"}
-  records = synth.generate(kind, n, seed=seed, size=size, workers=workers)
+  records = synth.generate(kind, n, seed=seed, size=size, workers=workers, **options)
   if progress:
     from tqdm import tqdm
-    records = tqdm(records, total=n, desc=f"synth {kind}", unit="img")
+    records = tqdm(records, total=n, desc=f"synth {kind}", unit="img", disable=None)  # no bar when not a terminal
   writer = ArrayRecordWriter(str(paths["array_record"]), "group_size:1")
   shown, count, t0 = [], 0, time.perf_counter()
   try:

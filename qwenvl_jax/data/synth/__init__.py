@@ -53,19 +53,20 @@ def generator(kind: str) -> Callable[..., dict]:
   return mod.generate
 
 
-def _one(index: int, kind: str, seed: int, size: int) -> dict:
-  return generator(kind)(index, seed=seed, size=size)
+def _one(index: int, kind: str, seed: int, size: int, options: dict) -> dict:
+  return generator(kind)(index, seed=seed, size=size, **options)
 
 
 def generate(kind: str, n: int, seed: int = 0, size: int | None = None, workers: int = 1,
-             start: int = 0) -> Iterator[dict]:
+             start: int = 0, **options) -> Iterator[dict]:
   """Yields records `start .. start+n-1` of the set `(kind, seed)` in order, using `workers` processes.
+  `options` go to the kind's generator (shapes: `max_objects`, `radius`).
 
   Workers are spawned (not forked) so this is safe in a process that already imported JAX.
   """
   check_size(size)
   size = size or DEFAULT_SIZE[kind]
-  fn = functools.partial(_one, kind=kind, seed=seed, size=size)
+  fn = functools.partial(_one, kind=kind, seed=seed, size=size, options=options)
   indices = range(start, start + n)
   if workers <= 1 or n < 4 * workers:
     yield from map(fn, indices)
