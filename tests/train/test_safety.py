@@ -187,7 +187,7 @@ def test_a_step_with_a_non_finite_update_keeps_the_old_state():
 # The CLI's error paths: one line, nothing written.
 
 
-def run_cli(*args, env=None, timeout=300):
+def run_cli(*args, env=None, timeout=900):
   return subprocess.run([sys.executable, "-c", CLI, *args], cwd=ROOT, env=env or dict(os.environ),
                         capture_output=True, text=True, timeout=timeout)
 
