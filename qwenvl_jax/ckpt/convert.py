@@ -27,7 +27,7 @@ import numpy as np
 
 from qwenvl_jax.ckpt import hf_io, hf_layout
 from qwenvl_jax.ckpt.atomic import atomic_directory, check_disjoint
-from qwenvl_jax.ckpt.checkpoint import (HF_EXTRA, MODEL_CONFIG, PARAMS, TOKENIZER_DIR, copy_tokenizer,
+from qwenvl_jax.ckpt.checkpoint import (HF_EXTRA, PARAMS, TOKENIZER_DIR, copy_tokenizer,
                                         flatten_dict, read_model_config, resolve_checkpoint,
                                         write_model_config)
 from qwenvl_jax.ckpt.orbax_io import (CHUNK_BYTES, LazyArray, ParamReader, check_checkpoint,

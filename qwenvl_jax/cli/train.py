@@ -6,7 +6,8 @@ Multi-host: every process runs the same command. `jax.distributed.initialize` is
 With a record source (`--set data.source=jsonl --set "data.paths=('train.jsonl',)" --set
 data.tokenizer=tok.model`) the tokenizer is copied to WORKDIR/tokenizer/, so `qwenvl-jax chat / eval /
 convert` find it in the workdir.
-Exit codes: 0 done, 3 loss diverged, 143 preempted (SIGTERM, state saved: rerun with --resume).
+Exit codes: 0 done, 2 bad input (one line), 3 diverged (a non-finite step: not applied, not saved), 143
+preempted (SIGTERM, state saved: rerun with --resume).
 """
 
 from __future__ import annotations
