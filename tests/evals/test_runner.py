@@ -173,22 +173,15 @@ def test_adapter_from_predictor():
 
 
 class FakeChatPredictor(FakePredictor):
-  """Adds the ChatML side: the prompt ids are the request's text codes, decoding echoes them."""
+  """Adds Predictor.generate_chat: records each batch, echoes the request's text."""
 
   def __init__(self):
     super().__init__()
     self.chat_batches = []
-    self.tokenizer = self
 
-  def chat_prompt(self, history, segments):
-    return [ord(c) for c in segments[-1]["text"]], []
-
-  def generate_from_ids(self, prompts, images, sampling):
-    self.chat_batches.append((len(prompts), sampling.max_new_tokens))
-    return [list(p) for p in prompts]
-
-  def decode(self, ids, skip_special=False):
-    return " " + "".join(map(chr, ids)) + " "
+  def generate_chat(self, prompts, max_new_tokens, min_new_tokens):
+    self.chat_batches.append((len(prompts), max_new_tokens))
+    return [segments[-1]["text"] for segments in prompts]
 
 
 def test_adapter_chat_requests_decode_in_one_batch_per_setting():
