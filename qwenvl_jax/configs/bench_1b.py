@@ -11,6 +11,8 @@ The variant sets the LLM depth: `bench_1b:8` is the same model with 8 LLM layers
 
 import ml_collections
 
+from qwenvl_jax.config import model_file_config
+
 
 def model_config(vocab_size: int = 32000, llm_layers: int = 16) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -29,4 +31,4 @@ def get_config(variant=None):
   if variant is not None and not str(variant).isdigit():
     raise ValueError(f"configs/bench_1b.py: variant {variant!r} must be an LLM layer count, e.g. 8")
   model = model_config(llm_layers=int(variant) if variant else 16)
-  return ml_collections.ConfigDict(dict(model=model, mesh=dict(data=1, fsdp=-1, tensor=1)))
+  return model_file_config(model)

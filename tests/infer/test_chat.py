@@ -105,6 +105,23 @@ def test_generate_batches_raw_prompts(pred, tok, picture_paths):
   assert pred.last_timing.new_tokens >= 1
 
 
+def test_generate_chat_is_one_greedy_chatml_turn_per_prompt(pred, tok, picture_paths):
+  """What evaluations of chat models (MME, *_chat tasks) call: each prompt a fresh ChatML turn, greedy;
+  the answer equals the chat API's at greedy settings, batched or alone. (Only the longest row is
+  compared batched: it sets the batch's dynamic-NTK alpha, past the tiny model's 64-token context.)"""
+  from qwenvl_jax.infer.generate import GREEDY
+  from qwenvl_jax.text.tokenizer import special_token_names
+  prompts = [[{"image": picture_paths[0]}, {"text": "What is this?"}], [{"text": "Say hi."}]]
+  together = pred.generate_chat(prompts, max_new_tokens=6, min_new_tokens=1)
+  alone = pred.generate_chat(prompts[:1], max_new_tokens=6, min_new_tokens=1)
+  assert len(together) == 2 and together[0] == alone[0]
+  answer, _ = pred.chat("What is this?", images=[picture_paths[0]],
+                        sampling=dataclasses.replace(GREEDY, max_new_tokens=6, min_new_tokens=1))
+  for name in special_token_names():  # the chat API keeps special tags as text; generate_chat drops them
+    answer = answer.replace(name, "")
+  assert alone[0] == answer.strip()
+
+
 def test_score_options_is_mean_ce_of_each_option(pred, model, tok, picture_paths):
   prompt = [{"image": picture_paths[2]}, {"text": "Which animal? Answer:"}]
   options = [" dog", " cat on the bench", " red"]
