@@ -13,6 +13,7 @@ def model_config() -> ml_collections.ConfigDict:
                use_logn_attn=True),
       image_start_id=151857, image_end_id=151858, image_pad_id=151859,
       dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True,
+      attention="auto", loss_chunk=256,
   ))
 
 
