@@ -212,7 +212,7 @@ def abstract_train_batch(rows: int, seq_len: int, images_per_row: int, image_siz
   shapes = dict(tokens=((rows, seq_len), jnp.int32), loss_mask=((rows, seq_len), jnp.bool_),
                 segment_ids=((rows, seq_len), jnp.int32), positions=((rows, seq_len), jnp.int32))
   if images_per_row:
-    shapes["images"] = ((rows, images_per_row, image_size, image_size, 3), jnp.float32)
+    shapes["images"] = ((rows, images_per_row, image_size, image_size, 3), jnp.uint8)
     shapes["num_images"] = ((rows,), jnp.int32)
   plain = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
   sh = batch_shardings(plain)
@@ -350,7 +350,7 @@ def compile_inference(config, topology: str, *, mesh: MeshConfig | str | None = 
 
   with jax.set_mesh(mesh_obj):
     ids = sds((batch, prompt_len), jnp.int32, bsh(2))
-    images = sds((batch, images_per_row, size, size, 3), jnp.float32, bsh(5)) if images_per_row else None
+    images = sds((batch, images_per_row, size, size, 3), jnp.uint8, bsh(5)) if images_per_row else None
     counts = sds((batch,), jnp.int32, bsh(1)) if images_per_row else None
     prefill = jax.jit(functools.partial(generate._prefill, graphdef, logn),
                       static_argnames=("cache_len",))
