@@ -3,11 +3,10 @@
 import json
 
 import numpy as np
-
-from qwenvl_jax.model import pixels
 import pytest
 
 from qwenvl_jax.data import pipeline, synth
+from qwenvl_jax.model import pixels
 from qwenvl_jax.text.tokenizer import load_tokenizer
 from tests.data.helpers import assert_same, take
 

@@ -43,8 +43,8 @@ def test_chunked_equals_plain_value_and_gradients(chunk):
 
 
 def test_chunks_without_targets_are_skipped():
-  """Skipping is real: the head runs on ceil(most targets in a row / chunk) chunks. Counted with a
-  head whose matmuls are tallied through a host callback (the only way to see a cond's branch)."""
+  """Skipping is real: the head runs on ceil(most targets in a row / chunk) chunks, once per chunk
+  also when differentiated. Counted with a head tallied through a host callback."""
   h, k, lab, w = _inputs(b=2, n=64, v=11)
   w = jnp.zeros_like(w).at[0, :5].set(True).at[1, 40:50].set(True)  # at most 10 targets per row
   calls = []
@@ -60,8 +60,17 @@ def test_chunks_without_targets_are_skipped():
   finally:
     lm_loss._head = orig
   assert len(calls) == 3  # ceil(10 / 4) of 16 chunks
+  calls.clear()
+  lm_loss._head = counting_head
+  try:  # differentiated: the gradients come from the same pass, no second head call per chunk
+    jax.block_until_ready(jax.jit(jax.grad(
+        lambda h: lm_loss.chunked_cross_entropy(h, k, lab, w, chunk=4)[0]))(h))
+  finally:
+    lm_loss._head = orig
+  assert len(calls) == 3
 
 
+@pytest.mark.slow  # two whole-model gradient compiles: minutes on the loaded shared host
 def test_train_step_gradients_match_plain_path():
   """The whole model's gradients through `step.loss_sums`: chunked (default) vs loss_chunk=0."""
   base = load_config_dict("configs/stage2.py:tiny")
