@@ -41,7 +41,7 @@ def pin_to_one_core():
 
 def train_batch(cfg: ModelConfig, rows: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
   """Full rows (no padding, one segment) with one image each: `<img> pad*Q </img>` after 3 text
-  tokens; targets are the text tokens. Follows the contract of `train/batch.py`."""
+  tokens; targets are the text tokens; uint8 pixels. Follows the contract of `train/batch.py`."""
   q = cfg.tokens_per_image
   if seq_len < q + 8:
     raise ValueError(f"seq_len {seq_len} is too short for an image span of {q + 2} tokens")
@@ -58,7 +58,7 @@ def train_batch(cfg: ModelConfig, rows: int, seq_len: int, seed: int = 0) -> dic
   size = cfg.vision.image_size
   return dict(tokens=tokens, loss_mask=mask, segment_ids=np.ones((rows, seq_len), np.int32),
               positions=np.broadcast_to(np.arange(seq_len, dtype=np.int32), (rows, seq_len)).copy(),
-              images=rng.normal(size=(rows, 1, size, size, 3)).astype(np.float32),
+              images=rng.integers(0, 256, size=(rows, 1, size, size, 3), dtype=np.uint8),
               num_images=np.ones(rows, np.int32))
 
 
@@ -111,7 +111,8 @@ class JaxTrainer:
   """The project's `TrainStep` on one device, started from `model`'s parameters (which it consumes:
   params are donated to the step)."""
 
-  def __init__(self, model, optim_cfg: OptimConfig = BENCH_OPTIM):
+  def __init__(self, model, optim_cfg: OptimConfig = BENCH_OPTIM, **model_overrides):
+    """`model_overrides`: ModelConfig fields that change no tensor (attention, loss_chunk, remat)."""
     import jax
     from flax import nnx
 
@@ -119,7 +120,8 @@ class JaxTrainer:
     from qwenvl_jax.train import step as step_lib
 
     mesh = create_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-    self.setup = step_lib.build_setup(model.cfg, optim_cfg, BENCH_STEPS, mesh)
+    cfg = dataclasses.replace(model.cfg, **model_overrides).validate()
+    self.setup = step_lib.build_setup(cfg, optim_cfg, BENCH_STEPS, mesh)
     params, buffers = step_lib.split_full(self.setup, nnx.state(model).to_pure_dict())
     self.params = jax.device_put(params, self.setup.param_sh)
     self.buffers = jax.device_put(buffers, self.setup.buffer_sh)
@@ -198,12 +200,15 @@ class TorchTrainer:
   def _tensors(self, batch: dict):
     import torch
 
+    from qwenvl_jax.model import pixels
+
     key = id(batch)
     if key not in self._batches:
       ids = torch.from_numpy(batch["tokens"]).long()
       seg = batch["segment_ids"]
       w = batch["loss_mask"][:, 1:] & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-      self._batches[key] = (ids, torch.from_numpy(batch["images"]), torch.from_numpy(w))
+      images = pixels.normalize_host(batch["images"])  # JAX normalises on device, in its step
+      self._batches[key] = (ids, torch.from_numpy(images), torch.from_numpy(w))
     return self._batches[key]
 
   def loss(self, batch: dict):

@@ -106,13 +106,14 @@ def _progress(msg: str):
 class Worker:
   """A worker.py process; `run()` -> its JSON result for one timed run."""
 
-  def __init__(self, side: str, task: str, spec: str, ck, s: dict, threads: int, log_dir: pathlib.Path):
-    self.what = f"{side} {task}"
+  def __init__(self, side: str, task: str, spec: str, ck, s: dict, threads: int, log_dir: pathlib.Path,
+               extra: tuple[str, ...] = (), name: str | None = None):
+    self.what = name or f"{side} {task}"
     cmd = [sys.executable, str(HERE / "worker.py"), "--side", side, "--task", task, "--config", spec,
            "--hf", str(ck.hf_dir), "--orbax", str(ck.orbax_dir), "--rows", str(s["rows"]),
            "--seq-len", str(s["seq_len"]), "--prompt-len", str(s["prompt_len"]),
-           "--new-tokens", str(s["new_tokens"]), "--threads", str(threads)]
-    self.log = log_dir / f"{side}_{task}.log"
+           "--new-tokens", str(s["new_tokens"]), "--threads", str(threads), *extra]
+    self.log = log_dir / f"{(name or side).replace(' ', '_')}_{task}.log"
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=self.log.open("w"), text=True, cwd=ROOT)
     self.info = self._read()

@@ -2,7 +2,7 @@
 
   python benchmarks/worker.py --side jax|torch --task train|generate --config SPEC --hf DIR
                               --orbax DIR [--rows R --seq-len T | --prompt-len P --new-tokens N]
-                              [--threads 1]
+                              [--threads 1] [--set loss_chunk=0]
 
 Prints {"ready": true, "setup_s": ..., "compile_s": ...} once built (JAX: compiled), then for every "run" line one JSON
 line with wall and CPU seconds (`time.process_time`: all threads of this process, so a busy-waiting
@@ -32,7 +32,11 @@ def build(args):
   if args.task == "train":
     batch = harness.train_batch(cfg, args.rows, args.seq_len)
     if args.side == "jax":
-      trainer = harness.JaxTrainer(harness.load_jax(ck))
+      overrides = {}
+      for item in args.set:  # model fields that change no tensor, e.g. loss_chunk=0
+        key, _, raw = item.partition("=")
+        overrides[key] = raw if key == "attention" else int(raw)
+      trainer = harness.JaxTrainer(harness.load_jax(ck), **overrides)
       trainer.compile(batch)
     else:
       trainer = harness.TorchTrainer(harness.load_torch(ck))
@@ -71,7 +75,9 @@ def main(argv=None):
   p.add_argument("--seq-len", type=int, default=64)
   p.add_argument("--prompt-len", type=int, default=64)
   p.add_argument("--new-tokens", type=int, default=16)
-  p.add_argument("--threads", type=int, default=1)
+  p.add_argument("--threads", type=int, default=1, help="1: one pinned core; 0: library defaults")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="JAX side: a ModelConfig field that changes no tensor (loss_chunk, attention)")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -81,7 +87,8 @@ def main(argv=None):
     harness.pin_to_one_core()
   import torch
 
-  torch.set_num_threads(args.threads)
+  if args.threads:
+    torch.set_num_threads(args.threads)
   info, run = build(args)
   out = sys.stdout
   print(json.dumps(dict(ready=True, **info)), file=out, flush=True)

@@ -121,6 +121,7 @@ class LLMConfig:
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _REMAT = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,12 @@ class ModelConfig:
   param_dtype: str = "float32"  # master weights
   remat: str = "none"
   scan_layers: bool = True
+  # Kernel for self-attention (ViT and LLM): "xla" (einsum + softmax), "splash" (Pallas TPU kernel),
+  # "cudnn" (jax.nn.dot_product_attention on GPU); "auto" picks per platform (model/attention.py).
+  attention: str = "auto"
+  # Training loss: the LM head runs on chunks of this many positions per row, targets only
+  # (model/lm_loss.py); 0 = full [rows, T, vocab] logits (the reference path).
+  loss_chunk: int = 256
 
   def validate(self):
     self.vision.validate()
@@ -147,6 +154,9 @@ class ModelConfig:
     _check(self.dtype in _DTYPES, "model.dtype", f"{self.dtype!r} not in {_DTYPES}")
     _check(self.param_dtype in _DTYPES, "model.param_dtype", f"{self.param_dtype!r} not in {_DTYPES}")
     _check(self.remat in _REMAT, "model.remat", f"{self.remat!r} not in {_REMAT}")
+    _check(self.attention in ATTENTION_IMPLS, "model.attention",
+           f"{self.attention!r} not in {ATTENTION_IMPLS}")
+    _check(self.loss_chunk >= 0, "model.loss_chunk", f"must be >= 0, got {self.loss_chunk}")
     return self
 
   @property
@@ -269,6 +279,7 @@ def scaled_model_config(vocab_size: int, vision: Mapping[str, Any], adapter: Map
       llm=dataclasses.asdict(LLMConfig(vocab_size=v, **llm)),
       image_start_id=v - 3, image_end_id=v - 2, image_pad_id=v - 1,
       dtype="float32", param_dtype="float32", remat="none", scan_layers=True,
+      attention="auto", loss_chunk=256,
   ))
 
 

@@ -118,6 +118,15 @@ def _active_mesh():
   return None if mesh is None or mesh.empty else mesh
 
 
+def active_spec(names: Sequence[str | None], shape: Sequence[int]):
+  """(active abstract mesh, the PartitionSpec the rules give `names` for `shape`), or (None, None)
+  without a mesh: the placement manual-sharding code (`shard_map` around a kernel) must match."""
+  mesh = _active_mesh()
+  if mesh is None:
+    return None, None
+  return mesh, _fit_spec(logical_to_spec(names), tuple(shape), mesh)
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """with_sharding_constraint by logical names; identity when no mesh is active."""
   mesh = _active_mesh()

@@ -170,7 +170,8 @@ def write_text_atomic(path: pathlib.Path, text: str):
 # attention pattern (window attention, Appendix E.3, changes no tensor) and initialisation choices.
 COMPATIBLE_FIELDS = ("vision.image_size", "dtype", "param_dtype", "remat", "scan_layers",
                      "llm.seq_length", "llm.use_dynamic_ntk", "llm.use_logn_attn",
-                     "vision.window_patches", "vision.global_every", "adapter.local_init")
+                     "vision.window_patches", "vision.global_every", "adapter.local_init",
+                     "attention", "loss_chunk")
 
 
 def check_compatible(saved: ModelConfig, ours: ModelConfig, source: str,

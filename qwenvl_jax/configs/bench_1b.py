@@ -24,6 +24,7 @@ def model_config(vocab_size: int = 32000, llm_layers: int = 16) -> ml_collection
                use_logn_attn=True),
       image_start_id=vocab_size - 3, image_end_id=vocab_size - 2, image_pad_id=vocab_size - 1,
       dtype="float32", param_dtype="float32", remat="none", scan_layers=True,
+      attention="auto", loss_chunk=256,
   ))
 
 

@@ -16,9 +16,9 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-# OpenAI CLIP normalisation constants, as in the released Qwen-VL `visual.py`.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# OpenAI CLIP normalisation constants, as in the released Qwen-VL `visual.py` (one home: the model
+# normalises uint8 pixels on the device with the same numbers, model/pixels.py).
+from qwenvl_jax.model.pixels import CLIP_MEAN, CLIP_STD  # noqa: E402
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -77,8 +77,19 @@ def normalize(pixels_uint8: np.ndarray) -> np.ndarray:
 
 
 def preprocess(img: Image.Image, size: int = 448) -> np.ndarray:
-  """A PIL image -> the model's float32 [size, size, 3] input."""
-  return normalize(np.asarray(resize(img, size)))
+  """A PIL image -> the model's float32 [size, size, 3] input (normalised on the host)."""
+  return normalize(pixels(img, size))
+
+
+def pixels(img: Image.Image, size: int = 448) -> np.ndarray:
+  """A PIL image -> uint8 [size, size, 3], resized but not normalised: what travels to the device
+  (the model normalises it there, bit-identically to `normalize`: model/pixels.py)."""
+  return np.asarray(resize(img, size))
+
+
+def load_pixels(src: ImageSource, size: int = 448, name: str | None = None) -> np.ndarray:
+  """`load_image` + `pixels`; raises `CorruptImageError` for a bad image."""
+  return pixels(load_image(src, name=name), size)
 
 
 def load_and_preprocess(src: ImageSource, size: int = 448, name: str | None = None) -> np.ndarray:

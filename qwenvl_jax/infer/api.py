@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qwenvl_jax.data.preprocess import load_and_preprocess, preprocess
+from qwenvl_jax.data.preprocess import load_pixels, pixels
 from qwenvl_jax.infer import chat as chat_lib
 from qwenvl_jax.infer.generate import (CHAT_DEFAULTS, GREEDY, Generator, SamplingConfig, Timing)
 from qwenvl_jax.infer.score import Scorer
@@ -197,23 +197,24 @@ class Predictor:
   # ---- inputs -----------------------------------------------------------------------------
 
   def image_array(self, src: Any) -> np.ndarray:
-    """A path / bytes / PIL image / preprocessed array -> float32 [S, S, 3] (paths cached)."""
+    """A path / bytes / PIL image -> uint8 [S, S, 3] resized pixels (normalised on the device; paths
+    cached); a preprocessed array: uint8 pixels as they are, anything else as normalised float32."""
     size = self.cfg.vision.image_size
     if isinstance(src, np.ndarray):
       if src.shape != (size, size, 3):
         raise ValueError(f"image array must be preprocessed to {(size, size, 3)}, got {src.shape}")
-      return src.astype(np.float32)
+      return src if src.dtype == np.uint8 else src.astype(np.float32)
     if hasattr(src, "convert"):  # PIL image
-      return preprocess(src, size)
+      return pixels(src, size)
     if isinstance(src, (str, os.PathLike)):
       key = os.fspath(src)
       if key not in self._images:
-        self._images[key] = load_and_preprocess(key, size)
+        self._images[key] = load_pixels(key, size)
         while len(self._images) > self._image_cache:
           self._images.popitem(last=False)
       self._images.move_to_end(key)
       return self._images[key]
-    return load_and_preprocess(src, size)
+    return load_pixels(src, size)
 
   def encode(self, segments: Sequence[dict]) -> tuple[list[int], list]:
     """Raw-prompt segments -> (ids, image sources) with `<img>` + pads + `</img>` spans."""

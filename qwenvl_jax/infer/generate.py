@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from qwenvl_jax.model import pixels
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import KVCache, init_cache
 from qwenvl_jax.model.qwenvl import check_image_spans
@@ -139,7 +140,7 @@ class Batch:
   segment_ids: np.ndarray  # [B, P] 1 = real, 0 = padding
   positions: np.ndarray  # [B, P] 0.. from each row's first real token
   lengths: np.ndarray  # [B] real prompt lengths
-  images: np.ndarray | None  # [B, M, H, W, 3] float32
+  images: np.ndarray | None  # [B, M, H, W, 3] uint8 pixels (or float32 normalised)
   num_images: np.ndarray  # [B]
   n_rows: int  # real rows (the rest pad the batch bucket)
 
@@ -276,10 +277,8 @@ class Generator:
     if images is not None and any(len(row) for row in images):
       m = next_pow2(max(len(row) for row in images))
       size = self.cfg.vision.image_size
-      image_arr = np.zeros((b, m, size, size, 3), np.float32)
+      image_arr = pixels.stack_rows(images, b, size, m)  # uint8 when the images are
       for i, row in enumerate(images):
-        for j, img in enumerate(row):
-          image_arr[i, j] = img
         counts[i] = len(row)
     check_image_spans(ids, counts, self.cfg.tokens_per_image, self.cfg.image_start_id,
                       self.cfg.image_end_id)

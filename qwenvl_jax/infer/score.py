@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from qwenvl_jax.infer.generate import ContextLengthError, batch_bucket, next_pow2, prompt_bucket
-from qwenvl_jax.model import layers
+from qwenvl_jax.model import layers, pixels
 from qwenvl_jax.model.qwenvl import check_image_spans
 
 
@@ -60,8 +60,7 @@ class Scorer:
     image_arr, counts = None, np.zeros(b, np.int32)
     if len(images):
       m = next_pow2(len(images))
-      image_arr = np.zeros((b, m) + np.shape(images[0]), np.float32)
-      image_arr[:n, :len(images)] = np.stack(images)[None]
+      image_arr = pixels.stack_rows([list(images)] * n, b, np.shape(images[0])[0], m)
       counts[:n] = len(images)
     check_image_spans(ids, counts, self.cfg.tokens_per_image, self.cfg.image_start_id,
                       self.cfg.image_end_id)

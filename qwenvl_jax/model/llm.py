@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qwenvl_jax.config import LLMConfig
-from qwenvl_jax.model import layers
+from qwenvl_jax.model import attention, layers
 from qwenvl_jax.model.layers import Linear, RMSNorm, constrain
 from qwenvl_jax.model.masks import attention_mask
 
@@ -47,15 +47,16 @@ def init_cache(cfg: LLMConfig, batch: int, max_len: int, dtype=jnp.float32) -> K
 
 class Attention(nnx.Module):
 
-  def __init__(self, cfg: LLMConfig, *, rngs, dtype, param_dtype):
+  def __init__(self, cfg: LLMConfig, *, rngs, dtype, param_dtype, impl: str = "xla"):
     self.cfg = cfg
+    self.impl = impl  # model.attention (model/attention.py); KV-cache calls always use XLA
     self.qkv = Linear((cfg.hidden,), (3, cfg.heads, cfg.head_dim), ("embed",),
                       ("qkv", "heads", "head_dim"), use_bias=True, rngs=rngs, dtype=dtype,
                       param_dtype=param_dtype)
     self.out = Linear((cfg.heads, cfg.head_dim), (cfg.hidden,), ("heads", "head_dim"), ("embed",),
                       use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None):
+  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None, seg_pos=None):
     qkv = self.qkv(x)
     names = ("act_batch", "act_length", "act_heads", None)
     q, k, v = (constrain(qkv[:, :, i], names) for i in range(3))
@@ -67,8 +68,12 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
       v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
       cache_kv = (k, v)
-    out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
-                                       self.cfg.head_dim ** -0.5)
+    scale = self.cfg.head_dim ** -0.5
+    if cache_kv is None and attention.resolve(self.impl, q.dtype) != "xla":
+      out = attention.self_attention(q, k, v, impl=self.impl, scale=scale, causal=True,
+                                     segment_ids=seg_pos[0], positions=seg_pos[1])
+    else:
+      out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale)
     return self.out(out), cache_kv
 
 
@@ -88,14 +93,14 @@ class MLP(nnx.Module):
 
 class DecoderBlock(nnx.Module):
 
-  def __init__(self, cfg: LLMConfig, *, rngs, dtype, param_dtype):
+  def __init__(self, cfg: LLMConfig, *, rngs, dtype, param_dtype, attention_impl: str = "xla"):
     self.ln_1 = RMSNorm(cfg.hidden, cfg.rms_eps, ("embed",), param_dtype=param_dtype)
-    self.attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, impl=attention_impl)
     self.ln_2 = RMSNorm(cfg.hidden, cfg.rms_eps, ("embed",), param_dtype=param_dtype)
     self.mlp = MLP(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None):
-    h, cache_kv = self.attn(self.ln_1(x), cos, sin, mask, q_scale, cache_kv, index)
+  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None, seg_pos=None):
+    h, cache_kv = self.attn(self.ln_1(x), cos, sin, mask, q_scale, cache_kv, index, seg_pos)
     x = x + h
     x = x + self.mlp(self.ln_2(x))
     return constrain(x, ("act_batch", "act_length", "act_embed")), cache_kv
@@ -104,7 +109,7 @@ class DecoderBlock(nnx.Module):
 class QwenLM(nnx.Module):
 
   def __init__(self, cfg: LLMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = "none", scan_layers: bool = True):
+               remat: str = "none", scan_layers: bool = True, attention: str = "xla"):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = remat
@@ -112,7 +117,8 @@ class QwenLM(nnx.Module):
     self.embed = layers.param(rngs, layers.normal(0.02), (cfg.vocab_size, cfg.hidden),
                               ("vocab", "embed"), param_dtype)
     self.blocks = layers.stacked(
-        lambda r: DecoderBlock(cfg, rngs=r, dtype=dtype, param_dtype=param_dtype), cfg.layers, rngs)
+        lambda r: DecoderBlock(cfg, rngs=r, dtype=dtype, param_dtype=param_dtype,
+                               attention_impl=attention), cfg.layers, rngs)
     self.ln_f = RMSNorm(cfg.hidden, cfg.rms_eps, ("embed",), param_dtype=param_dtype)
     self.lm_head = layers.param(rngs, layers.normal(0.02), (cfg.hidden, cfg.vocab_size),
                                 ("embed", "vocab"), param_dtype)
@@ -150,10 +156,11 @@ class QwenLM(nnx.Module):
       mask = attention_mask(segment_ids, kv_seg, positions, kv_pos)
 
     if isinstance(self.blocks, nnx.List):
-      return self._run_unstacked(x, cos, sin, mask, q_scale, cache, kv_seg, kv_pos)
+      return self._run_unstacked(x, cos, sin, mask, q_scale, cache, kv_seg, kv_pos,
+                                 (segment_ids, positions))
     if cache is None:
       def body(x, block):
-        return block(x, cos, sin, mask, q_scale)[0]
+        return block(x, cos, sin, mask, q_scale, seg_pos=(segment_ids, positions))[0]
 
       x = layers.scan_layers(body, x, self.blocks, remat=self.remat, scan=self.scan,
                              n_layers=cfg.layers)
@@ -168,11 +175,11 @@ class QwenLM(nnx.Module):
     new_cache = KVCache(k, v, kv_seg, kv_pos, cache.index + t)
     return self.ln_f(x), new_cache
 
-  def _run_unstacked(self, x, cos, sin, mask, q_scale, cache, kv_seg, kv_pos):
+  def _run_unstacked(self, x, cos, sin, mask, q_scale, cache, kv_seg, kv_pos, seg_pos):
     """The blocks as an unrolled loop over per-layer modules (see `unstack_layers`)."""
     if cache is None:
       for block in self.blocks:
-        x = block(x, cos, sin, mask, q_scale)[0]
+        x = block(x, cos, sin, mask, q_scale, seg_pos=seg_pos)[0]
       return self.ln_f(x), None
     k, v = cache.k, cache.v
     for i, block in enumerate(self.blocks):

@@ -78,9 +78,11 @@ class QwenVL(nnx.Module):
     self.cfg = cfg
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.visual = VisionTransformer(cfg.vision, remat=cfg.remat, scan_layers=cfg.scan_layers, **kw)
+    self.visual = VisionTransformer(cfg.vision, remat=cfg.remat, scan_layers=cfg.scan_layers,
+                                    attention=cfg.attention, **kw)
     self.adapter = Adapter(cfg.adapter, cfg.vision, cfg.llm.hidden, **kw)
-    self.llm = QwenLM(cfg.llm, remat=cfg.remat, scan_layers=cfg.scan_layers, **kw)
+    self.llm = QwenLM(cfg.llm, remat=cfg.remat, scan_layers=cfg.scan_layers,
+                      attention=cfg.attention, **kw)
 
   def encode_images(self, images: jax.Array) -> jax.Array:
     """[B, M, H, W, 3] -> [B, M, n_queries, hidden]."""

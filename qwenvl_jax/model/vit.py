@@ -14,16 +14,18 @@ import numpy as np
 from flax import nnx
 
 from qwenvl_jax.config import VisionConfig
-from qwenvl_jax.model import layers
+from qwenvl_jax.model import attention, layers
 from qwenvl_jax.model.layers import LayerNorm, Linear, constrain
+from qwenvl_jax.model.pixels import normalize_on_device
 from qwenvl_jax.model.resize import resize_grid_table
 
 
 class VisionAttention(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype):
+  def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype, impl: str = "xla"):
     h, d = cfg.heads, cfg.head_dim
     self.cfg = cfg
+    self.impl = impl  # model.attention (model/attention.py) for global layers; windows use XLA
     self.qkv = Linear((cfg.width,), (3, h, d), ("vit_embed",), ("qkv", "vit_heads", "head_dim"),
                       use_bias=True, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.out = Linear((h, d), (cfg.width,), ("vit_heads", "head_dim"), ("vit_embed",),
@@ -33,10 +35,11 @@ class VisionAttention(nnx.Module):
     qkv = self.qkv(x)  # [B, N, 3, H, D]
     q, k, v = (constrain(qkv[:, :, i], ("act_batch", "act_length", "act_heads", None)) for i in range(3))
     scale = self.cfg.head_dim ** -0.5
+    global_attn = lambda q, k, v: attention.self_attention(q, k, v, impl=self.impl, scale=scale,
+                                                           causal=False)
     if not self.cfg.window_patches:
-      out = layers.dot_product_attention(q, k, v, None, scale)
+      out = global_attn(q, k, v)
     else:
-      global_attn = lambda q, k, v: layers.dot_product_attention(q, k, v, None, scale)
       local_attn = lambda q, k, v: self._windowed(q, k, v, scale)
       out = jax.lax.cond(windowed, local_attn, global_attn, q, k, v)
     return self.out(out)
@@ -73,9 +76,10 @@ class VisionMLP(nnx.Module):
 
 class VisionBlock(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype):
+  def __init__(self, cfg: VisionConfig, *, rngs, dtype, param_dtype, attention_impl: str = "xla"):
     self.ln_1 = LayerNorm(cfg.width, cfg.ln_eps, ("vit_embed",), param_dtype=param_dtype)
-    self.attn = VisionAttention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.attn = VisionAttention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                                impl=attention_impl)
     self.ln_2 = LayerNorm(cfg.width, cfg.ln_eps, ("vit_embed",), param_dtype=param_dtype)
     self.mlp = VisionMLP(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
@@ -88,7 +92,8 @@ class VisionBlock(nnx.Module):
 class VisionTransformer(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat: str = "none", scan_layers: bool = True):
+               param_dtype=jnp.float32, remat: str = "none", scan_layers: bool = True,
+               attention: str = "xla"):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = remat
@@ -101,7 +106,8 @@ class VisionTransformer(nnx.Module):
                                   ("pos", "vit_embed"), param_dtype)
     self.ln_pre = LayerNorm(cfg.width, cfg.ln_eps, ("vit_embed",), param_dtype=param_dtype)
     self.blocks = layers.stacked(
-        lambda r: VisionBlock(cfg, rngs=r, dtype=dtype, param_dtype=param_dtype), cfg.layers, rngs)
+        lambda r: VisionBlock(cfg, rngs=r, dtype=dtype, param_dtype=param_dtype,
+                              attention_impl=attention), cfg.layers, rngs)
 
   def window_flags(self) -> np.ndarray:
     """Per layer: True = windowed attention. Every `global_every`-th layer (1-based) is global."""
@@ -118,9 +124,10 @@ class VisionTransformer(nnx.Module):
     return x.reshape(b, (hgt // p) * (wid // p), p * p * c)
 
   def __call__(self, images: jax.Array) -> jax.Array:
-    """images [B, H, W, 3] (normalised) -> features [B, (H/p)*(W/p), width]."""
+    """images [B, H, W, 3] (uint8 pixels, or float normalised) -> features [B, (H/p)*(W/p), width]."""
     if images.shape[1] != images.shape[2]:
       raise ValueError(f"images must be square, got {images.shape[1]}x{images.shape[2]}")
+    images = normalize_on_device(images)
     grid = images.shape[1] // self.cfg.patch_size
     kernel = self.patch_embed[...].reshape(-1, self.cfg.width).astype(self.dtype)
     x = self.patchify(images.astype(self.dtype)) @ kernel

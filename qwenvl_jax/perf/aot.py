@@ -140,7 +140,12 @@ _OOM_TEMPS = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available
 def _oom_memory(message: str, hbm: float | None) -> dict:
   """XLA's RESOURCE_EXHAUSTED message -> the memory part of a report (XLA stops at the first
   figure over the limit, so the temporaries it names are a lower bound of the total)."""
-  out = dict(fits=False, hbm=hbm, xla_message=message.strip().splitlines()[0][:500])
+  lines = message.strip().splitlines()
+  out = dict(fits=False, hbm=hbm, xla_message=lines[0][:500])
+  # libtpu lists the largest allocations after the summary: keep them (what to shrink).
+  start = next((i for i, l in enumerate(lines) if "largest" in l.lower()), None)
+  if start is not None:
+    out["xla_largest"] = [l.rstrip() for l in lines[start:start + 60] if l.strip()]
   m = _OOM_TEMPS.search(message)
   if m:
     scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -157,7 +162,47 @@ def _compile(lowered, hbm: float | None) -> tuple[Any, dict, float]:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     return None, _oom_memory(str(e), hbm), time.perf_counter() - t0
-  return compiled, _memory(compiled, hbm), time.perf_counter() - t0
+  memory = _memory(compiled, hbm)
+  memory["largest_buffers"] = largest_buffers(compiled.as_text())
+  return compiled, memory, time.perf_counter() - t0
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
+                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8}
+_HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\][^ ]*\s+([\w\-]+)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_SOURCE = re.compile(r'source_file="([^"]*)"\s+source_line=(\d+)')
+# Instructions that allocate nothing new (views, plumbing) or are the step's inputs.
+_NO_ALLOC = {"parameter", "get-tuple-element", "bitcast", "tuple", "constant", "reshape",
+             "after-all", "partition-id", "replica-id", "copy-done", "all-gather-done",
+             "all-reduce-done", "collective-permute-done", "async-done", "opt-barrier"}
+
+
+def largest_buffers(hlo_text: str, top: int = 12) -> list[dict]:
+  """The largest array buffers the optimised per-chip program creates, grouped by the JAX operation
+  that made them (op_name), largest first: what fills HBM besides the arguments. A buffer's size
+  is its own (not all are live at once; XLA's buffer assignment reuses memory), so this says which
+  operations dominate, not their sum."""
+  groups: dict[str, dict] = {}
+  for line in hlo_text.splitlines():
+    m = _HLO_INSTR.match(line)
+    if not m or m.group(4) in _NO_ALLOC or m.group(2) not in _DTYPE_BYTES:
+      continue
+    dims = [int(d) for d in m.group(3).split(",") if d]
+    size = _DTYPE_BYTES[m.group(2)]
+    for d in dims:
+      size *= d
+    op = _OP_NAME.search(line)
+    name = op.group(1) if op else f"<{m.group(4)}>"
+    name = "/".join(p for p in name.split("/") if not p.startswith(("jit(", "jvp(", "transpose(")))
+    src = _SOURCE.search(line)
+    g = groups.setdefault(name, dict(op=name, bytes=0, count=0, shape="", hlo=m.group(4),
+                                     source=f"{src.group(1).rsplit('/', 1)[-1]}:{src.group(2)}"
+                                     if src else ""))
+    g["count"] += 1
+    if size > g["bytes"]:
+      g.update(bytes=size, shape=f"{m.group(2)}[{m.group(3)}]", hlo=m.group(4))
+  return sorted(groups.values(), key=lambda g: -g["bytes"])[:top]
 
 
 def _xla_flops(compiled, chips: int) -> float | None:
@@ -186,6 +231,13 @@ def _prediction(model: float, program: float, target: Target, assumed_mfu: float
   return out
 
 
+def _attention_impl(model_cfg, target: Target) -> str:
+  """What `model.attention` runs as on the target ("auto" resolved for its platform)."""
+  from qwenvl_jax.model import attention
+  platform = "cpu" if target.device_kind == "cpu" else "tpu"
+  return attention.resolve(model_cfg.attention, model_cfg.dtype, platform)
+
+
 def _check_mesh(mesh_shape: Mapping[str, int], target: Target, rows: int, what: str):
   shards = mesh_shape["data"] * mesh_shape["fsdp"]
   if rows % shards:
@@ -212,7 +264,7 @@ def abstract_train_batch(rows: int, seq_len: int, images_per_row: int, image_siz
   shapes = dict(tokens=((rows, seq_len), jnp.int32), loss_mask=((rows, seq_len), jnp.bool_),
                 segment_ids=((rows, seq_len), jnp.int32), positions=((rows, seq_len), jnp.int32))
   if images_per_row:
-    shapes["images"] = ((rows, images_per_row, image_size, image_size, 3), jnp.float32)
+    shapes["images"] = ((rows, images_per_row, image_size, image_size, 3), jnp.uint8)
     shapes["num_images"] = ((rows,), jnp.int32)
   plain = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
   sh = batch_shardings(plain)
@@ -286,6 +338,7 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
       kind="train", config=cfg.get("stage") and f"stage{cfg.stage}", topology=target.name,
       device_kind=target.device_kind, chips=target.chips, mesh=mesh_shape,
       remat=model_cfg.remat, scan_layers=model_cfg.scan_layers, trainable=list(parts),
+      attention=_attention_impl(model_cfg, target), loss_chunk=model_cfg.loss_chunk,
       global_batch=train_cfg.batch_size, microbatches=train_cfg.grad_accum, microbatch_rows=rows,
       rows_per_shard=rows / shards, seq_len=train_cfg.seq_len, images_per_row=m_images,
       image_size=size, memory=memory,
@@ -368,7 +421,7 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
 
   with jax.set_mesh(mesh_obj):
     ids = sds((batch, prompt_len), jnp.int32, bsh(2))
-    images = sds((batch, images_per_row, size, size, 3), jnp.float32, bsh(5)) if images_per_row else None
+    images = sds((batch, images_per_row, size, size, 3), jnp.uint8, bsh(5)) if images_per_row else None
     counts = sds((batch,), jnp.int32, bsh(1)) if images_per_row else None
     prefill = jax.jit(functools.partial(generate._prefill, graphdef, logn),
                       static_argnames=("cache_len",))
@@ -432,6 +485,7 @@ def format_report(r: dict) -> str:
                        f"({r['rows_per_shard']:g} rows per data x fsdp shard), "
                        f"{r['images_per_row']} images/row at {r['image_size']}px"),
              ("memory options", f"remat={r['remat']}, scan_layers={r['scan_layers']}, "
+                                f"attention={r.get('attention')}, loss_chunk={r.get('loss_chunk')}, "
                                 f"trained: {', '.join(r['trainable'])}")]
   else:
     rows += [("batch", f"{r['batch']} rows, prompt {r['prompt_len']}, KV cache {r['cache_len']}, "
@@ -449,6 +503,14 @@ def format_report(r: dict) -> str:
   rows += [("memory total", f"{used}: {fit}")]
   if mem.get("xla_message"):
     rows += [("XLA", mem["xla_message"])]
+  if mem.get("largest_buffers"):
+    rows += [("largest buffers", "per chip, by the JAX op that creates them (not all live at once)")]
+    rows += [("", f"{_gib(g['bytes']):>10}  {g['shape']:<28} {g['hlo']:<14} x{g['count']:<4} "
+                  f"{g['op'][-70:]}" + (f"  ({g['source']})" if g["source"] else ""))
+             for g in mem["largest_buffers"]]
+  if mem.get("xla_largest"):
+    rows += [("XLA's largest", "allocations XLA listed when it refused the program:")]
+    rows += [("", l[:160]) for l in mem["xla_largest"][:40]]
   rows += [("model FLOPs", f"{_num(fl['model'], 'FLOP')} (model/flops.py formula)"),
            ("program FLOPs", f"{_num(fl['program'], 'FLOP')} (lowered matmuls x loop trip counts, "
                              f"remat included; {fl['program'] / fl['model']:.2f}x model)"),

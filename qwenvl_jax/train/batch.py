@@ -9,8 +9,13 @@ A batch is a dict of numpy arrays holding this host's rows of one optimizer step
                                packing boundary or into padding)
   segment_ids  int32   [B, T]  0 = padding, 1, 2, ... = packed samples of the row
   positions    int32   [B, T]  restart at 0 in every segment
-  images       float32 [B, M, S, S, 3]  normalised pixels, M = most images a row may hold (zeros
-                               where unused); omitted for text-only batches
+  images       uint8   [B, M, S, S, 3]  pixels resized to S x S (PIL bicubic, `data.preprocess.pixels`)
+                               but NOT normalised: the model normalises them on the device
+                               (`model/pixels.py`, bit-identical to the released pipeline), so the
+                               host -> device transfer and the step's batch argument are 4x smaller
+                               than float32. M = most images a row may hold (zeros where unused);
+                               omitted for text-only batches. float32 is accepted as already
+                               normalised pixels (host-side preprocessing, tests).
   num_images   int32   [B]     real images per row; present iff `images` is
 
 B = global batch / process count, T = seq_len, S = the model's image size. The model call is
@@ -29,7 +34,8 @@ import numpy as np
 from qwenvl_jax.config import ModelConfig
 
 REQUIRED = {"tokens": np.int32, "loss_mask": np.bool_, "segment_ids": np.int32, "positions": np.int32}
-IMAGE_KEYS = {"images": np.float32, "num_images": np.int32}
+IMAGE_KEYS = {"images": np.uint8, "num_images": np.int32}
+IMAGE_DTYPES = (np.uint8, np.float32)  # uint8: the contract; float32: already normalised
 
 
 class BatchError(ValueError):
@@ -52,6 +58,8 @@ def validate_batch(batch: Mapping[str, Any], rows: int, seq_len: int, model_cfg:
     if key not in batch:
       continue
     x = np.asarray(batch[key])
+    if key == "images" and x.dtype in IMAGE_DTYPES:
+      continue
     if x.dtype != dtype:
       raise BatchError(f"batch['{key}'] has dtype {x.dtype}, expected {np.dtype(dtype)}")
     if key in REQUIRED and x.shape != (rows, seq_len):
@@ -96,6 +104,13 @@ def _class_colours(seed: int = 99) -> np.ndarray:
   return np.random.default_rng(seed).uniform(-1.5, 1.5, size=(N_CLASSES, 3)).astype(np.float32)
 
 
+def _to_pixels(normalised: np.ndarray) -> np.ndarray:
+  """Normalised values -> the uint8 pixels that normalise to (nearly) them."""
+  from qwenvl_jax.model.pixels import CLIP_MEAN, CLIP_STD
+  x = (normalised * np.asarray(CLIP_STD) + np.asarray(CLIP_MEAN)) * 255.0
+  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def _sample(rng, cfg: ModelConfig, length: int, n_img: int, image_size: int, perm, colours):
   """One sample of exactly `length` tokens with `n_img` images: (tokens, mask, images)."""
   q = cfg.tokens_per_image
@@ -108,7 +123,7 @@ def _sample(rng, cfg: ModelConfig, length: int, n_img: int, image_size: int, per
     text.append(int(perm[text[-1]]))
   mask = [False] * len(tokens) + [True] * n_text
   mask[0] = False  # the first token of a sample is never a target
-  images = [colours[cls][None, None, :] + 0.1 * rng.standard_normal((image_size, image_size, 3))
+  images = [_to_pixels(colours[cls][None, None, :] + 0.1 * rng.standard_normal((image_size, image_size, 3)))
             for _ in range(n_img)]
   return tokens + text[:n_text], mask, images
 
@@ -128,7 +143,7 @@ def make_synthetic_batch(cfg: ModelConfig, rows: int, seq_len: int, max_images: 
              segment_ids=np.zeros((rows, seq_len), np.int32),
              positions=np.zeros((rows, seq_len), np.int32))
   if max_images:
-    out["images"] = np.zeros((rows, max_images, s, s, 3), np.float32)
+    out["images"] = np.zeros((rows, max_images, s, s, 3), np.uint8)
     out["num_images"] = np.zeros((rows,), np.int32)
   for r in range(rows):
     rng = np.random.default_rng([seed, step, row_offset + r])

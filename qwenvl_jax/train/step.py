@@ -31,6 +31,7 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from qwenvl_jax.config import ModelConfig, OptimConfig
+from qwenvl_jax.model import lm_loss
 from qwenvl_jax.model.qwenvl import QwenVL
 from qwenvl_jax.sharding import batch_sharding, eval_shape_model, init_sharded, param_shardings
 from qwenvl_jax.train import optim
@@ -141,13 +142,15 @@ def target_weights(batch: dict) -> jax.Array:
 
 
 def loss_sums(model: QwenVL, batch: dict) -> tuple[jax.Array, jax.Array]:
-  """(summed CE over the targets, number of targets) of one (micro)batch."""
-  logits = model(batch["tokens"], batch.get("images"), num_images=batch.get("num_images"),
-                 segment_ids=batch["segment_ids"], positions=batch["positions"])
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32),
-                                                       batch["tokens"][:, 1:])
-  w = target_weights(batch)
-  return jnp.sum(jnp.where(w, ce, 0.0)), jnp.sum(w, dtype=jnp.int32)
+  """(summed CE over the targets, number of targets) of one (micro)batch.
+
+  The LM head runs only on target positions, a chunk at a time (`model.loss_chunk`, see
+  model/lm_loss.py); `loss_chunk = 0` computes the full logits (the reference path)."""
+  hidden = model(batch["tokens"], batch.get("images"), num_images=batch.get("num_images"),
+                 segment_ids=batch["segment_ids"], positions=batch["positions"], return_hidden=True)
+  return lm_loss.cross_entropy(hidden[:, :-1], model.llm.lm_head[...], batch["tokens"][:, 1:],
+                               target_weights(batch), chunk=model.cfg.loss_chunk,
+                               dtype=model.llm.dtype)
 
 
 def microbatch(batch: dict, n: int, a: jax.Array) -> dict:

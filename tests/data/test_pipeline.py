@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from qwenvl_jax.data import pipeline, synth
+from qwenvl_jax.model import pixels
 from qwenvl_jax.text.tokenizer import load_tokenizer
 from tests.data.helpers import assert_same, take
 
@@ -73,9 +74,12 @@ def test_chatml_records(byte_vocab, tmp_path):
   # The reference label rule; the leading <|im_start|> is dropped (nothing predicts the first token).
   trained = tok.decode(b["ids"][0][:n][b["loss_mask"][0][:n]])
   assert trained == "<|im_end|>\n<|im_start|><|im_end|>\n<|im_start|>Red.<|im_end|>\n"
+  # uint8 pixels, resized, not normalised (the model normalises them on the device)
+  assert b["images"].dtype == np.uint8
+  np.testing.assert_array_equal(b["images"][0, 0, 5, 5], [255, 0, 0])
   red = (np.array([1.0, 0, 0]) - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array(
       [0.26862954, 0.26130258, 0.27577711])
-  np.testing.assert_allclose(b["images"][0, 0, 5, 5], red, atol=1e-5)
+  np.testing.assert_allclose(pixels.normalize_host(b["images"][0, 0, 5, 5]), red, atol=1e-5)
 
 
 def test_corrupt_images_counted_through_the_pipeline(byte_vocab, tmp_path):

@@ -32,7 +32,8 @@ class NanImagesAt:
     batch = next(self.it)
     self.n += 1
     if self.n == self.at:
-      batch["images"][:] = np.nan
+      # float32 = already-normalised pixels (the contract's uint8 cannot hold a NaN)
+      batch["images"] = np.full(batch["images"].shape, np.nan, np.float32)
     return batch
 
   def get_state(self):
