@@ -409,7 +409,7 @@ def optim_config_from_dict(values: Mapping[str, Any] | None) -> OptimConfig:
 def train_config_from_dict(cfg: Mapping[str, Any]) -> TrainConfig:
   """The run settings of a whole stage config (its `model` / `mesh` sections are read elsewhere)."""
   values = _to_plain(cfg)
-  top = {k: v for k, v in values.items() if k not in ("model", "mesh", "optim", "data")}
+  top = {k: v for k, v in values.items() if k not in ("model", "mesh", "optim", "data", "lora")}
   data = values.get("data") or {}
   out = _from_mapping(TrainConfig, top, "config")
   return dataclasses.replace(out, optim=optim_config_from_dict(values.get("optim")),
