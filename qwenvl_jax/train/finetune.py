@@ -192,3 +192,34 @@ def build_setup(config, train_cfg, model_cfg: ModelConfig, mesh):
   setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh, make_model=make,
                                dropout=cfg.dropout > 0)
   return train_cfg, setup, cfg
+
+
+def write_merged_checkpoint(run_dir, dst) -> pathlib.Path:
+  """A LoRA run's latest step with LoRA merged into the kernels, as a plain checkpoint folder
+  (params/ + model_config.json + tokenizer/) that `convert --to hf` and chat / eval read."""
+  import shutil
+
+  import orbax.checkpoint as ocp
+
+  from qwenvl_jax.train import checkpoint as ckpt_lib
+
+  model, model_cfg, _ = load_finetuned(run_dir, merge=True)
+  dst = pathlib.Path(dst).absolute()
+  dst.mkdir(parents=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(dst / "params", nnx.state(model).to_pure_dict())
+  ckpt_lib.write_model_config(dst, model_cfg)
+  tok = pathlib.Path(run_dir) / "tokenizer"
+  if tok.is_dir():
+    shutil.copytree(tok, dst / "tokenizer")
+  return dst
+
+
+def export_peft(run_dir, dst, base_model: str = "") -> pathlib.Path:
+  """A LoRA run's latest factors (and modules_to_save) as a PEFT adapter folder."""
+  from qwenvl_jax.ckpt import peft
+
+  model, model_cfg, cfg = load_finetuned(run_dir)
+  return peft.export_adapter(model, model_cfg, dst, alpha=cfg.alpha, dropout=cfg.dropout,
+                             targets=cfg.targets, modules_to_save=cfg.modules_to_save,
+                             base_model=base_model)
