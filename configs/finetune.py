@@ -45,13 +45,16 @@ def get_config(variant=None):
   # peak_lr 1e-4 is our choice (the factors start at zero and learn slowly at 1e-5).
   full = dict(batch_size=64, grad_accum=16, steps=2000, warmup_steps=20,
               mesh=dict(data=1, fsdp=-1, tensor=1))
+  # LoRA: the frozen base is stored in bf16 (it never changes, and the released weights are bf16);
+  # the LoRA factors stay float32 master weights (model/lora.py creates them so).
+  lora_model = dict(remat="full", scan_layers=True, param_dtype="bfloat16")
   if variant == "full":
     return _variant("full", None, **full)
   if variant == "lora":
-    return _variant("full", LORA, **dict(full, peak_lr=1e-4))
+    return _variant("full", LORA, **dict(full, peak_lr=1e-4, model=lora_model))
   if variant == "qlora":
     return _variant("full", dict(LORA, quantize="nf4"),
-                    **dict(full, batch_size=16, peak_lr=1e-4))
+                    **dict(full, batch_size=16, peak_lr=1e-4, model=lora_model))
   tiny = dict(steps=8, warmup_steps=2, checkpoint_every=4)
   if variant == "tiny_full":
     return _variant("tiny", None, **tiny)

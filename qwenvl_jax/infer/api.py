@@ -68,8 +68,12 @@ def set_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
   return model
 
 
-def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None):
+def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None,
+               merge_lora=False):
   """An Orbax checkpoint directory or an HF directory -> (model, model_cfg, tokenizer).
+
+  A LoRA / Q-LoRA run (its workdir has finetune.json) loads with its factors kept apart, or folded
+  into the weights with `merge_lora=True`.
 
   HF directories are converted first (into `converted_dir`, default `<path>-orbax` next to it; an
   existing conversion is reused). `tokenizer` overrides the checkpoint's own tokenizer file.
@@ -84,9 +88,14 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
     if not target.exists():
       convert.convert_hf_to_orbax(path, target)
     path = target
+  from qwenvl_jax.ckpt import lora_run
   from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 
-  model, cfg, tok_path = load_checkpoint(path, mesh=mesh, rules=rules)
+  settings = lora_run.read_settings(path)
+  if settings is not None and settings.enabled:
+    model, cfg, _, tok_path = lora_run.load_finetuned(path, merge=merge_lora, mesh=mesh, rules=rules)
+  else:
+    model, cfg, tok_path = load_checkpoint(path, mesh=mesh, rules=rules)
   tok_path = tokenizer or tok_path
   if tok_path is None:
     raise FileNotFoundError(f"checkpoint {path} holds no tokenizer file: pass tokenizer=PATH")

@@ -255,7 +255,9 @@ def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None
   size = model_cfg.vision.image_size
   log(f"building abstract state for {target.chips} x {target.device_kind}, mesh {mesh_shape}")
 
-  setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh_obj)
+  from qwenvl_jax.train import finetune
+
+  train_cfg, setup, lora_cfg = finetune.build_setup(cfg, train_cfg, model_cfg, mesh_obj)
   train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
   batch = abstract_train_batch(train_cfg.batch_size, train_cfg.seq_len, m_images, size,
                                train_step.batch_shardings)
@@ -277,6 +279,7 @@ def compile_train(config, topology: str, *, mesh: MeshConfig | str | None = None
       kind="train", config=cfg.get("stage") and f"stage{cfg.stage}", topology=target.name,
       device_kind=target.device_kind, chips=target.chips, mesh=mesh_shape,
       remat=model_cfg.remat, scan_layers=model_cfg.scan_layers, trainable=list(parts),
+      lora=(lora_cfg.quantize or "bf16") + f" base, r={lora_cfg.rank}" if lora_cfg.enabled else None,
       global_batch=train_cfg.batch_size, microbatches=train_cfg.grad_accum, microbatch_rows=rows,
       rows_per_shard=rows / shards, seq_len=train_cfg.seq_len, images_per_row=m_images,
       image_size=size, memory=memory,

@@ -1,10 +1,4 @@
-"""LoRA / Q-LoRA fine-tuning: the `lora` section of a run config and the model it builds.
-
-    lora = dict(enabled=True, rank=64, alpha=16.0, dropout=0.05,
-                targets=("c_attn", "attn.c_proj", "w1", "w2"),   # released module names (PEFT rule)
-                modules_to_save=(),        # fully trained tensors, e.g. ("wte", "lm_head")
-                quantize="", group_size=64,  # Q-LoRA: "nf4" / "int4" / "int8" frozen base
-                init="")                   # a PEFT adapter folder to start from
+"""LoRA / Q-LoRA fine-tuning runs (the `lora` config section and the model: ckpt/lora_run.py).
 
 Everything but the LoRA factors and `modules_to_save` is frozen: those leaves are labelled frozen in
 the optimizer (no moments, no gradients computed: `train/step.py` differentiates only the trained
@@ -17,85 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping
 
 import jax
 from flax import nnx
 
+from qwenvl_jax.ckpt.lora_run import (FINETUNE_FILE, LoRAConfig, load_finetuned,
+                                      lora_config_from_dict, make_model_fn, save_paths, transform)
 from qwenvl_jax.config import ConfigError, ModelConfig
-from qwenvl_jax.model import lora as lora_lib
-from qwenvl_jax.model import quant
 from qwenvl_jax.model.qwenvl import QwenVL
-
-FINETUNE_FILE = "finetune.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class LoRAConfig:
-  enabled: bool = False
-  rank: int = 64
-  alpha: float = 16.0
-  dropout: float = 0.05
-  targets: tuple = ("c_attn", "attn.c_proj", "w1", "w2")
-  modules_to_save: tuple = ()
-  quantize: str = ""
-  group_size: int = 64
-  init: str = ""
-
-  def validate(self):
-    def check(cond, field, msg):
-      if not cond:
-        raise ConfigError(f"config field 'lora.{field}': {msg}")
-
-    check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
-    check(self.alpha > 0, "alpha", f"must be positive, got {self.alpha}")
-    check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-    check(self.quantize in ("",) + quant.FORMATS, "quantize",
-          f"{self.quantize!r} not in {('',) + quant.FORMATS}")
-    check(self.group_size >= 2 and self.group_size % 2 == 0, "group_size", "must be even and >= 2")
-    check(bool(self.targets) and all(isinstance(t, str) for t in self.targets), "targets",
-          "must be a non-empty tuple of module names")
-    return self
-
-
-def lora_config_from_dict(values: Mapping[str, Any] | None) -> LoRAConfig:
-  values = dict(values or {})
-  unknown = sorted(set(values) - {f.name for f in dataclasses.fields(LoRAConfig)})
-  if unknown:
-    raise ConfigError(f"config field 'lora': unknown keys {unknown}")
-  for name in ("targets", "modules_to_save"):
-    if name in values:
-      v = values[name]
-      values[name] = (v,) if isinstance(v, str) else tuple(v or ())
-  return LoRAConfig(**values).validate()
-
-
-def target_paths(cfg: LoRAConfig) -> list[str]:
-  from qwenvl_jax.ckpt import peft
-
-  return peft.target_paths(cfg.targets)
-
-
-def save_paths(cfg: LoRAConfig) -> list[str]:
-  from qwenvl_jax.ckpt import peft
-
-  return peft.save_paths(cfg.modules_to_save)
-
-
-def transform(model: QwenVL, cfg: LoRAConfig, seed: int = 0) -> QwenVL:
-  """Quantises the base (Q-LoRA) and adds the LoRA factors, in place."""
-  if cfg.quantize:
-    quant.quantize_model(model, cfg.quantize, cfg.group_size)
-  lora_lib.apply_lora(model, target_paths(cfg), cfg.rank, cfg.alpha, cfg.dropout,
-                      nnx.Rngs(seed + 1))
-  return model
-
-
-def make_model_fn(model_cfg: ModelConfig, cfg: LoRAConfig, seed: int = 0):
-  """A `() -> model` for the train setup: the fine-tuned model when LoRA is on."""
-  if not cfg.enabled:
-    return lambda: QwenVL(model_cfg, rngs=nnx.Rngs(seed))
-  return lambda: transform(QwenVL(model_cfg, rngs=nnx.Rngs(seed)), cfg, seed)
 
 
 def frozen_paths(params: dict, cfg: LoRAConfig) -> tuple[str, ...]:
@@ -141,41 +64,6 @@ def write_settings(workdir, cfg: LoRAConfig) -> None:
     (pathlib.Path(workdir) / FINETUNE_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
 
-def read_settings(run_dir) -> LoRAConfig | None:
-  """The `lora` section a run was trained with (None for a plain run)."""
-  path = pathlib.Path(run_dir).resolve()
-  for p in (path, path.parent, path.parent.parent, path.parent.parent.parent):
-    f = p / FINETUNE_FILE
-    if f.is_file():
-      return lora_config_from_dict(json.loads(f.read_text()))
-  return None
-
-
-def load_finetuned(run_dir, *, merge: bool = False, log=print):
-  """(model, model config) of a LoRA / Q-LoRA run's latest checkpoint, unmerged or merged."""
-  from qwenvl_jax.config import model_config_from_dict
-  from qwenvl_jax.train import checkpoint as ckpt_lib
-
-  cfg = read_settings(run_dir)
-  if cfg is None or not cfg.enabled:
-    raise FileNotFoundError(f"{run_dir}: no {FINETUNE_FILE} with lora.enabled (not a LoRA run)")
-  params_dir, config_file = ckpt_lib.resolve_params_dir(run_dir)
-  if config_file is None:
-    raise FileNotFoundError(f"{run_dir}: no model_config.json")
-  model_cfg = model_config_from_dict(json.loads(config_file.read_text()))
-  abstract = nnx.eval_shape(make_model_fn(model_cfg, dataclasses.replace(cfg, init="")))
-  graphdef, abs_state = nnx.split(abstract)
-  import orbax.checkpoint as ocp
-
-  with ocp.StandardCheckpointer() as ckptr:
-    full = ckptr.restore(params_dir, abs_state.to_pure_dict())
-  abs_state.replace_by_pure_dict(full)
-  model = nnx.merge(graphdef, abs_state)
-  if merge:
-    lora_lib.merge_lora(model)
-  return model, model_cfg, cfg
-
-
 def build_setup(config, train_cfg, model_cfg: ModelConfig, mesh):
   """(train config, step.Setup, LoRAConfig) of a run config: the plain setup unless `lora.enabled`,
   else the LoRA model with everything but the factors and modules_to_save frozen."""
@@ -203,7 +91,7 @@ def write_merged_checkpoint(run_dir, dst) -> pathlib.Path:
 
   from qwenvl_jax.train import checkpoint as ckpt_lib
 
-  model, model_cfg, _ = load_finetuned(run_dir, merge=True)
+  model, model_cfg, _, _ = load_finetuned(run_dir, merge=True)
   dst = pathlib.Path(dst).absolute()
   dst.mkdir(parents=True)
   with ocp.StandardCheckpointer() as ckptr:
@@ -219,7 +107,7 @@ def export_peft(run_dir, dst, base_model: str = "") -> pathlib.Path:
   """A LoRA run's latest factors (and modules_to_save) as a PEFT adapter folder."""
   from qwenvl_jax.ckpt import peft
 
-  model, model_cfg, cfg = load_finetuned(run_dir)
+  model, model_cfg, cfg, _ = load_finetuned(run_dir)
   return peft.export_adapter(model, model_cfg, dst, alpha=cfg.alpha, dropout=cfg.dropout,
                              targets=cfg.targets, modules_to_save=cfg.modules_to_save,
                              base_model=base_model)

@@ -2,7 +2,6 @@
 model (released module names) and give our logits; adapters written by `peft` load here."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
