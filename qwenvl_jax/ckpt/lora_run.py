@@ -82,7 +82,9 @@ def save_paths(cfg: LoRAConfig) -> list[str]:
 def transform(model: QwenVL, cfg: LoRAConfig, seed: int = 0) -> QwenVL:
   """Quantises the base (Q-LoRA) and adds the LoRA factors, in place."""
   if cfg.quantize:
-    quant.quantize_model(model, cfg.quantize, cfg.group_size)
+    # The LLM only, like the released Qwen-VL-Chat-Int4 (its ViT stays 16-bit; the ViT's head dim
+    # 104 is no multiple of the usual 4-bit group sizes either).
+    quant.quantize_model(model, cfg.quantize, cfg.group_size, include=lambda p: p.startswith("llm."))
   lora_lib.apply_lora(model, target_paths(cfg), cfg.rank, cfg.alpha, cfg.dropout,
                       nnx.Rngs(seed + 1))
   return model

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import time
@@ -94,9 +95,12 @@ def resolve_target(topology: str, hbm_bytes: float | None = None) -> Target:
   kind, chip_config = GENERATIONS[m.group("gen")]
   _libtpu_env()
   from jax.experimental import topologies
+  dims = [int(d) for d in topology.split(":", 1)[1].split("x")]
+  # Slices smaller than one host (e.g. a single v5e chip, v5e:1x1) need their own host bounds.
+  small = {"chips_per_host_bounds": tuple(dims + [1] * (3 - len(dims)))} if math.prod(dims) < 4 else {}
   try:
-    devices = topologies.get_topology_desc(topology, platform="tpu",
-                                           chip_config_name=chip_config).devices
+    devices = topologies.get_topology_desc(topology, platform="tpu", chip_config_name=chip_config,
+                                           **small).devices
   except Exception as e:  # libtpu's own message says what it did not accept
     raise AOTError(f"libtpu cannot build topology '{topology}': {e}") from e
   spec = perf_flops.TPU_SPECS[kind]

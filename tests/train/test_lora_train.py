@@ -18,7 +18,7 @@ from qwenvl_jax.train.loop import train
 from tests.train.helpers import flat, stage_config, write_init_checkpoint
 
 pytestmark = pytest.mark.slow
-OVERRIDES = ["steps=4", "checkpoint_every=2", "batch_size=4", "grad_accum=2", "seq_len=48"]
+OVERRIDES = ["steps=4", "checkpoint_every=2", "batch_size=16", "grad_accum=2", "seq_len=48"]
 
 
 def _config(variant, *extra):
