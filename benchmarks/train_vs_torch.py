@@ -4,7 +4,7 @@
                                       [--jax-variant plain:loss_chunk=0 ...] [--threads 0]
 
 A random HF-layout checkpoint of `--config` is written once; the JAX side (`TrainStep`, the config's
-defaults) loads its conversion, PyTorch (`ckpt/torch_model.py` + AdamW, `harness.TorchTrainer`) the
+defaults) loads its conversion, PyTorch (`testing/torch_reference.py` + AdamW, `harness.TorchTrainer`) the
 HF files. Each side runs in its own process (`worker.py`; `--threads 0` = each library's default
 threads); the parent alternates one step of each (J T J T ...), so both see the same load. Printed:
 median step time per side, the ratio torch / JAX of the medians and the median of the per-pair

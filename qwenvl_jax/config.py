@@ -466,7 +466,7 @@ def train_config_from_dict(cfg: Mapping[str, Any]) -> TrainConfig:
   """The run settings of a whole stage config (its `model` / `mesh` sections are read elsewhere)."""
   values = _to_plain(cfg)
   # `evals` (in-training evaluation) is read by qwenvl_jax/evals/in_loop.py
-  top = {k: v for k, v in values.items() if k not in ("model", "mesh", "optim", "data", "evals")}
+  top = {k: v for k, v in values.items() if k not in ("model", "mesh", "optim", "data", "evals", "lora")}
   data = values.get("data") or {}
   out = _from_mapping(TrainConfig, top, "config")
   return dataclasses.replace(out, optim=optim_config_from_dict(values.get("optim")),

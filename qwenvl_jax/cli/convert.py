@@ -2,6 +2,8 @@
 
   qwenvl-jax convert --from hf --src HF_DIR --dst CKPT [--config qwen_vl_7b]
   qwenvl-jax convert --to hf --src CKPT_OR_WORKDIR --dst HF_DIR [--dtype bf16|fp32] [--format bin]
+  qwenvl-jax convert --to hf --src LORA_WORKDIR --dst HF_DIR --merge-lora   (merged full weights)
+  qwenvl-jax convert --to peft --src LORA_WORKDIR --dst ADAPTER_DIR        (HF PEFT adapter)
   qwenvl-jax convert --from openclip,qwen-llm --src CLIP_FILE --src QWEN_DIR --dst CKPT
       --config qwen_vl_7b    (stage-1 init: the adapter, and any part not given, is fresh)
 """
@@ -18,7 +20,8 @@ def register(subparsers):
   direction.add_argument("--from", dest="source",
                          help="hf, openclip, qwen-llm, or openclip,qwen-llm (stage-1 init; the "
                               "parts not given, and always the adapter, are freshly initialised)")
-  direction.add_argument("--to", dest="target", choices=("hf",), help="export to the HF layout")
+  direction.add_argument("--to", dest="target", choices=("hf", "peft"),
+                         help="export to the HF layout, or a LoRA run's adapter to HF PEFT")
   p.add_argument("--src", action="append", required=True,
                  help="source path; repeat once per --from item, in the same order")
   p.add_argument("--dst", required=True,
@@ -32,6 +35,8 @@ def register(subparsers):
                  help="--to hf: weight file format")
   p.add_argument("--shard-size", default="2GB", help="--to hf: max bytes per shard (e.g. 2GB, 500MB)")
   p.add_argument("--tokenizer", help="tokenizer file to include (default: found in the source)")
+  p.add_argument("--merge-lora", action="store_true",
+                 help="--to hf from a LoRA / Q-LoRA run: fold the LoRA factors into the weights")
   p.add_argument("--seed", type=int, default=0, help="seed of freshly initialised parameters")
   p.add_argument("--overwrite", action="store_true",
                  help="replace an existing destination (only once the new one is complete)")
@@ -60,6 +65,37 @@ def run(args):
     raise UserError(str(e)) from None
 
 
+def _refuse_lora_run(src):
+  from qwenvl_jax.cli import UserError
+  from qwenvl_jax.train.finetune import read_settings
+
+  settings = read_settings(src)
+  if settings is not None and settings.enabled:
+    raise UserError(f"{src} is a LoRA run: pass --merge-lora for full weights, or use --to peft")
+
+
+def _merged_to_hf(args):
+  import pathlib
+  import shutil
+
+  from qwenvl_jax.ckpt.convert import convert_orbax_to_hf
+  from qwenvl_jax.train import finetune
+
+  dst = pathlib.Path(args.dst)
+  if dst.exists() and not args.overwrite:
+    raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
+  tmp = dst.parent / f".{dst.name}.merged-tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    finetune.write_merged_checkpoint(args.src[0], tmp)
+    out = convert_orbax_to_hf(tmp, dst, dtype=args.dtype, shard_size=parse_size(args.shard_size),
+                              fmt=args.format, overwrite=args.overwrite, progress=not args.quiet)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  print(f"wrote {out}")
+  return 0
+
+
 def _run(args):
   from qwenvl_jax.ckpt.atomic import check_disjoint
   from qwenvl_jax.cli import UserError
@@ -71,11 +107,21 @@ def _run(args):
     from qwenvl_jax.config import load_model_config
 
     cfg = load_model_config(args.config)
+  if args.target == "peft":
+    from qwenvl_jax.train import finetune
+
+    if len(args.src) != 1:
+      raise UserError("--to peft takes exactly one --src")
+    print(f"wrote {finetune.export_peft(args.src[0], args.dst)}")
+    return 0
   if args.target == "hf":
     from qwenvl_jax.ckpt.convert import convert_orbax_to_hf
 
     if len(args.src) != 1:
       raise UserError("--to hf takes exactly one --src")
+    if args.merge_lora:
+      return _merged_to_hf(args)
+    _refuse_lora_run(args.src[0])
     out = convert_orbax_to_hf(args.src[0], args.dst, dtype=args.dtype,
                               shard_size=parse_size(args.shard_size), fmt=args.format,
                               overwrite=args.overwrite, progress=progress)

@@ -125,8 +125,12 @@ def _convert_hf_cached(hf_dir: pathlib.Path, target: pathlib.Path | None) -> pat
   return target
 
 
-def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None):
+def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None,
+               merge_lora=False):
   """An Orbax checkpoint directory or an HF directory -> (model, model_cfg, tokenizer).
+
+  A LoRA / Q-LoRA run (its workdir has finetune.json) loads with its factors kept apart, or folded
+  into the weights with `merge_lora=True`.
 
   HF directories are converted first, into `converted_dir` if given (reused if it exists), else into
   the cache entry `converted_cache_dir(path)` (keyed by the files' identity, so a changed HF folder
@@ -137,9 +141,14 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
     raise FileNotFoundError(f"checkpoint directory not found: {path}")
   if is_hf_dir(path):
     path = _convert_hf_cached(path, pathlib.Path(converted_dir) if converted_dir else None)
+  from qwenvl_jax.ckpt import lora_run
   from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 
-  model, cfg, tok_path = load_checkpoint(path, mesh=mesh, rules=rules)
+  settings = lora_run.read_settings(path)
+  if settings is not None and settings.enabled:
+    model, cfg, _, tok_path = lora_run.load_finetuned(path, merge=merge_lora, mesh=mesh, rules=rules)
+  else:
+    model, cfg, tok_path = load_checkpoint(path, mesh=mesh, rules=rules)
   tok_path = tokenizer or tok_path
   if tok_path is None:
     raise FileNotFoundError(f"checkpoint {path} holds no tokenizer file: pass tokenizer=PATH")

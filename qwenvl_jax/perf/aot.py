@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import time
@@ -94,9 +95,12 @@ def resolve_target(topology: str, hbm_bytes: float | None = None) -> Target:
   kind, chip_config = GENERATIONS[m.group("gen")]
   _libtpu_env()
   from jax.experimental import topologies
+  dims = [int(d) for d in topology.split(":", 1)[1].split("x")]
+  # Slices smaller than one host (e.g. a single v5e chip, v5e:1x1) need their own host bounds.
+  small = {"chips_per_host_bounds": tuple(dims + [1] * (3 - len(dims)))} if math.prod(dims) < 4 else {}
   try:
-    devices = topologies.get_topology_desc(topology, platform="tpu",
-                                           chip_config_name=chip_config).devices
+    devices = topologies.get_topology_desc(topology, platform="tpu", chip_config_name=chip_config,
+                                           **small).devices
   except Exception as e:  # libtpu's own message says what it did not accept
     raise AOTError(f"libtpu cannot build topology '{topology}': {e}") from e
   spec = model_flops.TPU_SPECS[kind]
@@ -316,7 +320,9 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
   size = model_cfg.vision.image_size
   log(f"building abstract state for {target.chips} x {target.device_kind}, mesh {mesh_shape}")
 
-  setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh_obj)
+  from qwenvl_jax.train import finetune
+
+  train_cfg, setup, lora_cfg = finetune.build_setup(cfg, train_cfg, model_cfg, mesh_obj)
   train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
   batch = abstract_train_batch(train_cfg.batch_size, train_cfg.seq_len, m_images, size,
                                train_step.batch_shardings)
@@ -339,6 +345,7 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
       device_kind=target.device_kind, chips=target.chips, mesh=mesh_shape,
       remat=model_cfg.remat, scan_layers=model_cfg.scan_layers, trainable=list(parts),
       attention=_attention_impl(model_cfg, target), loss_chunk=model_cfg.loss_chunk,
+      lora=(lora_cfg.quantize or "bf16") + f" base, r={lora_cfg.rank}" if lora_cfg.enabled else None,
       global_batch=train_cfg.batch_size, microbatches=train_cfg.grad_accum, microbatch_rows=rows,
       rows_per_shard=rows / shards, seq_len=train_cfg.seq_len, images_per_row=m_images,
       image_size=size, memory=memory,

@@ -30,12 +30,14 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from qwenvl_jax.ckpt import checkpoint as ckpt_lib
 from qwenvl_jax.config import (ConfigError, mesh_config_from_dict, model_config_from_dict,
                                train_config_from_dict)
 from qwenvl_jax.evals import in_loop
 from qwenvl_jax.sharding import batch_sharding, create_mesh, logical_rules, rules_for
+from qwenvl_jax.train import finetune
 from qwenvl_jax.train import metrics as metrics_lib
 from qwenvl_jax.train import optim
 from qwenvl_jax.train import step as step_lib
@@ -178,7 +180,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
 
-  setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh)
+  train_cfg, setup, lora_cfg = finetune.build_setup(config, train_cfg, model_cfg, mesh)
   abs_full = step_lib.join_full(setup.abs_params, setup.abs_buffers)
   ckpt = ckpt_lib.Checkpointer(workdir, train_cfg.checkpoint_every, train_cfg.keep_checkpoints,
                                train_cfg.async_checkpoint)
@@ -212,7 +214,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
       log(f"resumed from {ckpt.directory / str(start)}")
     else:
       source = init or train_cfg.init
-      if source:  # buffers come from the checkpoint too: no random init of a model we overwrite
+      if lora_cfg.enabled and source:  # base weights, then quantise / add LoRA / load an adapter
+        model = finetune.base_params(source, model_cfg, mesh, lora_cfg, train_cfg.seed, log)
+        params, buffers = step_lib.split_full(setup, nnx.state(model).to_pure_dict())
+        log(f"initialised the LoRA model from {source}")
+      elif source:  # buffers come from the checkpoint too: no random init of a model we overwrite
         full = ckpt_lib.load_params(source, abs_full, model_cfg, log=log)
         params, buffers = step_lib.split_full(setup, full)
         log(f"initialised parameters from {source}")
@@ -220,9 +226,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
         params, buffers = step_lib.init_params(setup, train_cfg.seed)
       opt_state = step_lib.init_opt_state(setup, params)
       start = 0
-    _write_run_config(workdir, config, model_cfg)
+    _write_run_config(workdir, config, model_cfg, lora_cfg)
+    frozen = (f"{len(train_cfg.optim.frozen)} frozen tensors (LoRA)" if lora_cfg.enabled
+              else f"frozen: {list(train_cfg.optim.frozen)}")
     log(f"optimizer state: {optim.count_state(opt_state):,} elements for "
-        f"{optim.count_state(params):,} parameters (frozen: {list(train_cfg.optim.frozen)})")
+        f"{optim.count_state(params):,} parameters ({frozen})")
 
     train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
     evals = in_loop.from_config(config, total_steps=train_cfg.steps, mesh=mesh, workdir=workdir, log=log)
@@ -294,10 +302,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
   return {"status": status, "step": step, "losses": losses}
 
 
-def _write_run_config(workdir: pathlib.Path, config, model_cfg):
-  """model_config.json (what chat / convert / eval read) and config.json (the full run config)."""
+def _write_run_config(workdir: pathlib.Path, config, model_cfg, lora_cfg):
+  """model_config.json (what chat / convert / eval read), finetune.json for a LoRA run and config.json
+  (the full run config)."""
   if jax.process_index() == 0:
     ckpt_lib.write_model_config(workdir, model_cfg)
+    if lora_cfg.enabled:
+      finetune.write_settings(workdir, lora_cfg)
     ckpt_lib.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
 
 

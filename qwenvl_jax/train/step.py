@@ -31,7 +31,7 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from qwenvl_jax.config import ModelConfig, OptimConfig
-from qwenvl_jax.model import lm_loss
+from qwenvl_jax.model import lm_loss, lora
 from qwenvl_jax.model.qwenvl import QwenVL
 from qwenvl_jax.sharding import batch_sharding, eval_shape_model, init_sharded, param_shardings
 from qwenvl_jax.train import optim
@@ -61,15 +61,19 @@ class Setup:
   label_tree: dict
   abs_opt: Any
   opt_sh: Any
+  make_model: Any = None  # (seed) -> model; default QwenVL(model_cfg) (LoRA runs: train/finetune.py)
+  dropout: bool = False  # LoRA dropout on: the step gives the forward pass a per-microbatch key
 
   @property
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
 
 
-def build_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, steps: int, mesh: Mesh) -> Setup:
+def build_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, steps: int, mesh: Mesh,
+                make_model=None, dropout: bool = False) -> Setup:
   """Abstract model and optimizer state with their shardings; nothing is allocated."""
-  model = eval_shape_model(lambda: QwenVL(model_cfg, rngs=nnx.Rngs(0)))
+  make_model = make_model or (lambda seed: QwenVL(model_cfg, rngs=nnx.Rngs(seed)))
+  model = eval_shape_model(lambda: make_model(0))
   graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
   param_sh, buffer_sh = _pure(param_shardings(params, mesh)), _pure(param_shardings(buffers, mesh))
   params, buffers = _pure(params), _pure(buffers)
@@ -82,7 +86,7 @@ def build_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, steps: int, mesh
   opt_sh = opt_state_shardings(abs_opt, params, param_sh, replicated)
   abs_opt = jax.tree.map(_sharded_struct, abs_opt, opt_sh)
   return Setup(model_cfg, mesh, graphdef, abs_params, abs_buffers, param_sh, buffer_sh, tx,
-               label_tree, abs_opt, opt_sh)
+               label_tree, abs_opt, opt_sh, make_model, dropout)
 
 
 def opt_state_shardings(abs_opt, params: dict, param_sh: dict, replicated: NamedSharding):
@@ -108,7 +112,7 @@ def opt_state_shardings(abs_opt, params: dict, param_sh: dict, replicated: Named
 def init_params(setup: Setup, seed: int) -> tuple[dict, dict]:
   """Random parameters and the fixed buffers, each created on its own shard."""
   with jax.set_mesh(setup.mesh):
-    model = init_sharded(lambda: QwenVL(setup.model_cfg, rngs=nnx.Rngs(seed)), setup.mesh)
+    model = init_sharded(lambda: setup.make_model(seed), setup.mesh)
   _, params, buffers = nnx.split(model, nnx.Param, ...)
   return _pure(params), _pure(buffers)
 
@@ -169,6 +173,14 @@ def microbatch(batch: dict, n: int, a: jax.Array) -> dict:
   return jax.tree.map(take, batch)
 
 
+def _dropout_key(mb: dict, a: jax.Array) -> jax.Array:
+  """A dropout key that is a function of the microbatch's tokens and index: new for every batch,
+  and the same again when a resumed run replays the batch (bit-exact resume)."""
+  tokens = mb["tokens"].astype(jnp.uint32)
+  weights = jnp.arange(1, tokens.size + 1, dtype=jnp.uint32).reshape(tokens.shape)
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(0), jnp.sum(tokens * weights)), a)
+
+
 # --------------------------------------------------------------------------------------------
 # The step.
 
@@ -195,15 +207,16 @@ class TrainStep:
     flat_sh = traverse_util.flatten_dict(setup.param_sh)
     train_sh = {k: flat_sh[k] for k in train_p}
 
-    def micro_loss(train_p, mb):
+    def micro_loss(train_p, mb, a):
       full = traverse_util.unflatten_dict({**train_p, **frozen_p})
-      return loss_sums(nnx.merge(setup.graphdef, full, buffers), mb)
+      with lora.dropout(_dropout_key(mb, a) if setup.dropout else None):
+        return loss_sums(nnx.merge(setup.graphdef, full, buffers), mb)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def body(carry, a):
       g_acc, ce_acc, n_acc = carry
-      (ce, n), g = grad_fn(train_p, microbatch(batch, self.grad_accum, a))
+      (ce, n), g = grad_fn(train_p, microbatch(batch, self.grad_accum, a), a)
       g_acc = jax.tree.map(jnp.add, g_acc, g)
       g_acc = jax.lax.with_sharding_constraint(g_acc, train_sh)
       return (g_acc, ce_acc + ce, n_acc + n), None

@@ -1,0 +1,113 @@
+"""LoRA / Q-LoRA fine-tuning runs (the `lora` config section and the model: ckpt/lora_run.py).
+
+Everything but the LoRA factors and `modules_to_save` is frozen: those leaves are labelled frozen in
+the optimizer (no moments, no gradients computed: `train/step.py` differentiates only the trained
+leaves); a quantised base is not an `nnx.Param` at all and travels with the buffers. The run's
+workdir gets `finetune.json` (this section) so chat / eval / convert rebuild the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+from flax import nnx
+
+from qwenvl_jax.ckpt.lora_run import (FINETUNE_FILE, LoRAConfig, load_finetuned,
+                                      lora_config_from_dict, make_model_fn, save_paths, transform)
+from qwenvl_jax.config import ConfigError, ModelConfig
+from qwenvl_jax.model.qwenvl import QwenVL
+
+
+def frozen_paths(params: dict, cfg: LoRAConfig) -> tuple[str, ...]:
+  """Every parameter path except the LoRA factors and modules_to_save (the optimizer's `frozen`)."""
+  from qwenvl_jax.train.optim import path_str
+
+  keep = set(save_paths(cfg))
+  out = []
+  for path, _ in jax.tree_util.tree_leaves_with_path(params):
+    p = path_str(path)
+    if p.rsplit(".", 1)[-1] in ("lora_a", "lora_b") or p in keep:
+      continue
+    out.append(p)
+  return tuple(out)
+
+
+def base_params(source: str, model_cfg: ModelConfig, mesh, cfg: LoRAConfig, seed: int,
+                log=print):
+  """The fine-tuned model from a base checkpoint (`source`) and optionally a PEFT adapter
+  (`cfg.init`): loaded sharded, quantised, LoRA added, adapter tensors loaded."""
+  from qwenvl_jax.ckpt import peft
+  from qwenvl_jax.sharding import abstract_state, shard_model
+  from qwenvl_jax.ckpt import checkpoint as ckpt_lib
+
+  graphdef, abs_state = abstract_state(lambda: QwenVL(model_cfg, rngs=nnx.Rngs(0)), mesh)
+  full = ckpt_lib.load_params(source, abs_state.to_pure_dict(), model_cfg, log=log)
+  state = nnx.state(nnx.merge(graphdef, abs_state))
+  state.replace_by_pure_dict(full)
+  model = nnx.merge(graphdef, state)
+  transform(model, cfg, seed)
+  if cfg.init:
+    adapter = peft.read_adapter(cfg.init)
+    if adapter.rank != cfg.rank or tuple(adapter.targets) != tuple(cfg.targets):
+      raise ConfigError(f"lora.init {cfg.init}: adapter has r={adapter.rank} targets "
+                        f"{list(adapter.targets)}; the config has r={cfg.rank} {list(cfg.targets)}")
+    peft.load_arrays(model, peft.adapter_to_ours(adapter, model_cfg, cfg.init))
+    log(f"loaded LoRA adapter {cfg.init}")
+  return shard_model(model, mesh)
+
+
+def write_settings(workdir, cfg: LoRAConfig) -> None:
+  if jax.process_index() == 0:
+    (pathlib.Path(workdir) / FINETUNE_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+
+def build_setup(config, train_cfg, model_cfg: ModelConfig, mesh):
+  """(train config, step.Setup, LoRAConfig) of a run config: the plain setup unless `lora.enabled`,
+  else the LoRA model with everything but the factors and modules_to_save frozen."""
+  from qwenvl_jax.sharding import eval_shape_model
+  from qwenvl_jax.train import step as step_lib
+
+  cfg = lora_config_from_dict(config.get("lora"))
+  if not cfg.enabled:
+    return train_cfg, step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh), cfg
+  make = lambda seed: make_model_fn(model_cfg, cfg, seed)()
+  params = nnx.state(eval_shape_model(lambda: make(0)), nnx.Param).to_pure_dict()
+  frozen = tuple(dict.fromkeys(train_cfg.optim.frozen + frozen_paths(params, cfg)))
+  train_cfg = dataclasses.replace(train_cfg, optim=dataclasses.replace(train_cfg.optim, frozen=frozen))
+  setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh, make_model=make,
+                               dropout=cfg.dropout > 0)
+  return train_cfg, setup, cfg
+
+
+def write_merged_checkpoint(run_dir, dst) -> pathlib.Path:
+  """A LoRA run's latest step with LoRA merged into the kernels, as a plain checkpoint folder
+  (params/ + model_config.json + tokenizer/) that `convert --to hf` and chat / eval read."""
+  import shutil
+
+  import orbax.checkpoint as ocp
+
+  from qwenvl_jax.ckpt import checkpoint as ckpt_lib
+
+  model, model_cfg, _, _ = load_finetuned(run_dir, merge=True)
+  dst = pathlib.Path(dst).absolute()
+  dst.mkdir(parents=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(dst / "params", nnx.state(model).to_pure_dict())
+  ckpt_lib.write_model_config(dst, model_cfg)
+  tok = pathlib.Path(run_dir) / "tokenizer"
+  if tok.is_dir():
+    shutil.copytree(tok, dst / "tokenizer")
+  return dst
+
+
+def export_peft(run_dir, dst, base_model: str = "") -> pathlib.Path:
+  """A LoRA run's latest factors (and modules_to_save) as a PEFT adapter folder."""
+  from qwenvl_jax.ckpt import peft
+
+  model, model_cfg, cfg, _ = load_finetuned(run_dir)
+  return peft.export_adapter(model, model_cfg, dst, alpha=cfg.alpha, dropout=cfg.dropout,
+                             targets=cfg.targets, modules_to_save=cfg.modules_to_save,
+                             base_model=base_model)
