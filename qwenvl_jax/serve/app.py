@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import importlib.resources
 import json
 import logging
@@ -97,7 +98,8 @@ class Server:
 
   async def index(self, request):
     page = importlib.resources.files("qwenvl_jax.serve").joinpath("static/index.html")
-    return HTMLResponse(page.read_text(encoding="utf-8").replace("{{MODEL}}", self.model_name))
+    name = html.escape(self.model_name, quote=True)
+    return HTMLResponse(page.read_text(encoding="utf-8").replace("{{MODEL}}", name))
 
   async def health(self, request):
     return JSONResponse({"status": "ok", "model": self.model_name, "busy": self.engine.busy()})
