@@ -78,7 +78,7 @@ class Adapter(nnx.Module):
 
   def _project(self, x, i):
     """The i-th (q, k, v) slice of the fused input projection."""
-    kernel = self.in_proj.kernel[...][:, i].astype(self.dtype)
+    kernel = self.in_proj.weight()[:, i]
     bias = self.in_proj.bias[...][i].astype(self.dtype)
     return jnp.einsum("bne,ehd->bnhd", x.astype(self.dtype), kernel) + bias
 

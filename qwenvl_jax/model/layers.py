@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from qwenvl_jax.model import quant
 from qwenvl_jax.sharding import constrain
 
 Names = tuple[str | None, ...]
@@ -61,9 +62,16 @@ class Linear(nnx.Module):
     self.kernel = param(rngs, normal(init_std), (*in_shape, *out_shape), (*in_names, *out_names),
                         param_dtype)
     self.bias = param(rngs, zeros, out_shape, out_names, param_dtype) if use_bias else None
+    self.quant = None  # a quant.QuantSpec once `quant.quantize_model` replaced `kernel`
+
+  def weight(self) -> jax.Array:
+    """The kernel in the compute dtype; the one place a quantised kernel is dequantised."""
+    if self.quant is not None:
+      return quant.dequantize(self.kernel_q[...], self.kernel_scale[...], self.quant, self.dtype)
+    return self.kernel[...].astype(self.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.kernel[...].astype(self.dtype)
+    kernel = self.weight()
     n = self.n_in
     y = jax.lax.dot_general(x.astype(self.dtype), kernel,
                             ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())))
