@@ -28,10 +28,12 @@ def register(subparsers):
   p.add_argument("--out", default="eval_out", help="folder for predictions and metrics (default eval_out)")
   p.add_argument("--shard", help="I/N: run only the I-th of N interleaved shards (score them together later)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--quantize", choices=("int8", "int4", "nf4"), default=None,
+                 help="weight-only quantisation of the model's linear kernels")
   p.set_defaults(handler=run)
 
 
-def _load_model(ckpt: str):
+def _load_model(ckpt: str, quantize: str | None = None):
   """(predict_fn, score_fn) from the inference package's `load_predictor(ckpt_dir)`."""
   from qwenvl_jax.cli import UserError
   try:
@@ -43,7 +45,7 @@ def _load_model(ckpt: str):
     raise UserError("model-based eval needs the inference package (qwenvl_jax.infer.api.load_predictor), "
                     "which this tree does not have yet; score existing outputs with --predictions FILE") from e
   from qwenvl_jax.evals.adapters import from_predictor
-  return from_predictor(load(ckpt))
+  return from_predictor(load(ckpt, quantize=quantize))
 
 
 def _shard(text):
@@ -131,7 +133,7 @@ def run(args):
   if args.predictions is None:
     if not args.ckpt:
       raise UserError("give --ckpt DIR to run a model, or --predictions FILE to score existing outputs")
-    predict, score_fn = _load_model(args.ckpt)
+    predict, score_fn = _load_model(args.ckpt, args.quantize)
 
   if task is None:
     result = _run_all(args, predict, score_fn)

@@ -19,6 +19,9 @@ def register(subparsers):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                  help="compute/parameter dtype (default: the checkpoint's)")
+  from qwenvl_jax.cli.chat import add_quantize_flag
+
+  add_quantize_flag(p)
   p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                  help="shard the model over N devices (tensor parallel)")
   p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")

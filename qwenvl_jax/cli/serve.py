@@ -27,6 +27,9 @@ def register(subparsers):
                  help="largest encoded image accepted")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                  help="compute/parameter dtype (default: the checkpoint's)")
+  from qwenvl_jax.cli.chat import add_quantize_flag
+
+  add_quantize_flag(p)
   p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                  help="shard the model over N devices (tensor parallel)")
   p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
@@ -38,6 +41,7 @@ def register(subparsers):
 
 def run(args):
   import pathlib
+  import signal
 
   from qwenvl_jax.cli import UserError
   from qwenvl_jax.cli.chat import _load
@@ -66,5 +70,11 @@ def run(args):
   config = uvicorn.Config(server.app, host=args.host, port=args.port, log_level=args.log_level,
                           timeout_graceful_shutdown=None, lifespan="on")
   print(f"serving {name} on http://{args.host}:{args.port} (web chat at /, API at /v1)", flush=True)
-  uvicorn.Server(config).run()
+  # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler it found: a
+  # no-op here, so a drained shutdown exits 0 instead of dying by the signal.
+  signal.signal(signal.SIGTERM, lambda *_: None)
+  try:
+    uvicorn.Server(config).run()
+  except KeyboardInterrupt:
+    pass
   return 0

@@ -68,11 +68,14 @@ def set_compute_dtype(model: nnx.Module, dtype) -> nnx.Module:
   return model
 
 
-def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None):
+def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None,
+               quantize: str | None = None):
   """An Orbax checkpoint directory or an HF directory -> (model, model_cfg, tokenizer).
 
   HF directories are converted first (into `converted_dir`, default `<path>-orbax` next to it; an
   existing conversion is reused). `tokenizer` overrides the checkpoint's own tokenizer file.
+  `quantize` ("int8", "int4", "nf4"; see `qwenvl_jax.model.quant`) stores the LLM and ViT linear
+  kernels quantised after loading (weight-only: activations stay in the compute dtype).
   """
   path = pathlib.Path(path)
   if not path.is_dir():
@@ -94,13 +97,18 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
   if dtype is not None:
     model = set_compute_dtype(model, dtype)
     cfg = model.cfg
+  if quantize:
+    from qwenvl_jax.model.quant import quantize_model
+
+    quantize_model(model, quantize)
   return model, cfg, tok
 
 
 def load_predictor(ckpt_dir, *, mesh=None, rules=None, dtype=None, tokenizer=None,
-                   **kwargs) -> "Predictor":
+                   quantize: str | None = None, **kwargs) -> "Predictor":
   """`load_model` + `Predictor(model, tokenizer, mesh=mesh, **kwargs)`."""
-  model, _, tok = load_model(ckpt_dir, mesh=mesh, rules=rules, dtype=dtype, tokenizer=tokenizer)
+  model, _, tok = load_model(ckpt_dir, mesh=mesh, rules=rules, dtype=dtype, tokenizer=tokenizer,
+                             quantize=quantize)
   return Predictor(model, tok, mesh=mesh, **kwargs)
 
 
