@@ -1,13 +1,13 @@
 """Load benchmark for `qwenvl-jax serve`: requests/s, tokens/s and p50/p95 latency at 1, 4, 16 clients.
 
-  python benchmarks/serve_load.py [--ckpt DIR] [--clients 1 4 16] [--requests 32] [--max-tokens 64]
+  python benchmarks/serve_load.py [--ckpt DIR] [--clients 1 4 16] [--requests 16] [--max-tokens 64]
                                   [--max-seconds 300] [--max-batch 16] [--json out.json]
 
 Starts the server as its own process on a free 127.0.0.1 port (the default model: random weights of
 configs/small.py with a SentencePiece vocabulary trained here, cached under --workdir) and drives it
 with N client threads, each sending chat requests (one 224 px picture + a question, greedy,
 max_tokens fixed) back to back. Each level first runs one untimed round (compiles its shapes), then
-`--requests` timed requests or until `--max-seconds`, whichever comes first. Tokens are the
+max(`--requests`, 2 x clients) timed requests or until `--max-seconds`, whichever comes first. Tokens are the
 `usage.completion_tokens` the server reports. The 1-minute load average is printed with each row:
 the machine is shared, so read the numbers with it.
 """
@@ -132,7 +132,8 @@ def main(argv=None):
   ap.add_argument("--ckpt", default=None, help="checkpoint to serve (default: random small)")
   ap.add_argument("--workdir", default="/tmp/qwenvl_serve_bench")
   ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-  ap.add_argument("--requests", type=int, default=32, help="timed requests per level")
+  ap.add_argument("--requests", type=int, default=16,
+                  help="timed requests per level (at least 2 per client)")
   ap.add_argument("--max-tokens", type=int, default=64)
   ap.add_argument("--max-seconds", type=float, default=300, help="time bound per level")
   ap.add_argument("--max-batch", type=int, default=16)
@@ -165,7 +166,7 @@ def main(argv=None):
           f"{'tok/req':>7} {'load':>5}", flush=True)
     for c in args.clients:
       run_level(base, "bench", c, 2 * c, args.max_tokens, args.max_seconds, pictures)  # compile
-      row = run_level(base, "bench", c, max(args.requests, c), args.max_tokens, args.max_seconds,
+      row = run_level(base, "bench", c, max(args.requests, 2 * c), args.max_tokens, args.max_seconds,
                       pictures)
       rows.append(row)
       print(f"{row['clients']:>7} {row['requests']:>5} {row['requests_per_s']:>7} "
