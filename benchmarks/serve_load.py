@@ -5,8 +5,8 @@
 
 Starts the server as its own process on a free 127.0.0.1 port (the default model: random weights of
 configs/small.py with a SentencePiece vocabulary trained here, cached under --workdir) and drives it
-with N client threads, each sending chat requests (one 224 px picture + a question, greedy,
-max_tokens fixed) back to back. Each level first runs one untimed round (compiles its shapes), then
+with N client threads, each sending chat requests (one 224 px picture + a question, or the question
+alone with --no-picture; greedy, max_tokens fixed) back to back. Each level first runs one untimed round (compiles its shapes), then
 max(`--requests`, 2 x clients) timed requests or until `--max-seconds`, whichever comes first. Tokens are the
 `usage.completion_tokens` the server reports. The 1-minute load average is printed with each row:
 the machine is shared, so read the numbers with it.
@@ -104,10 +104,10 @@ def run_level(base: str, model: str, clients: int, n_requests: int, max_tokens: 
         return
       rng = random.Random(i)
       question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "?"
+      parts = [{"type": "image_url", "image_url": {"url": pictures[i % len(pictures)]}}
+               ] if pictures else []
       body = {"model": model, "temperature": 0, "max_tokens": max_tokens, "messages": [
-          {"role": "user", "content": [
-              {"type": "image_url", "image_url": {"url": pictures[i % len(pictures)]}},
-              {"type": "text", "text": question}]}]}
+          {"role": "user", "content": parts + [{"type": "text", "text": question}]}]}
       t0 = time.perf_counter()
       out = post(base + "/v1/chat/completions", body, timeout=deadline_s + 600)
       with lock:
@@ -135,6 +135,8 @@ def main(argv=None):
   ap.add_argument("--requests", type=int, default=16,
                   help="timed requests per level (at least 2 per client)")
   ap.add_argument("--max-tokens", type=int, default=64)
+  ap.add_argument("--no-picture", action="store_true",
+                  help="text-only requests (decode-bound: what batching speeds up)")
   ap.add_argument("--max-seconds", type=float, default=300, help="time bound per level")
   ap.add_argument("--max-batch", type=int, default=16)
   ap.add_argument("--chunk", type=int, default=8)
@@ -161,7 +163,7 @@ def main(argv=None):
         if proc.poll() is not None or time.time() > end:
           raise SystemExit("server did not start")
         time.sleep(1)
-    pictures = [picture_url(s) for s in range(8)]
+    pictures = [] if args.no_picture else [picture_url(s) for s in range(8)]
     print(f"{'clients':>7} {'reqs':>5} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
           f"{'tok/req':>7} {'load':>5}", flush=True)
     for c in args.clients:

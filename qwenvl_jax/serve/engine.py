@@ -285,14 +285,14 @@ class BatchEngine:
       self._ring = self._grow(self._ring, n_cols)
 
   def _admit(self, joining: list[Request], free: list[int]):
-    """Prefills the joining requests (grouped by NTK alpha, as each alone would get) into slots."""
-    groups: dict[float, list[tuple[Request, int]]] = {}
+    """Prefills the joining requests into free slots, one at a time: a batch-1 prefill has one
+    compiled shape per prompt bucket (joiner counts would multiply them, and every new shape stalls
+    all slots for a compile), and each row gets the NTK alpha it would get alone."""
     for req, slot in zip(joining, free):
       if req.cancelled:
         self._finish(req, "cancelled")
         continue
-      groups.setdefault(self.gen.alpha_for([len(req.ids)]), []).append((req, slot))
-    for alpha, members in groups.items():
+      alpha, members = self.gen.alpha_for([len(req.ids)]), [(req, slot)]
       reqs = [r for r, _ in members]
       images = [[np.asarray(a, np.float32) for a in r.images] for r in reqs]
       batch = self.gen.prepare([list(r.ids) for r in reqs], images)
