@@ -35,11 +35,18 @@ def register(subparsers):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                  help="compute/parameter dtype (default: the checkpoint's)")
+  add_quantize_flag(p)
   p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                  help="shard the model over N devices (tensor parallel)")
   p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   p.set_defaults(handler=run)
+
+
+def add_quantize_flag(p):
+  """`--quantize` for every subcommand that loads a model through `load_predictor`."""
+  p.add_argument("--quantize", choices=("int8", "int4", "nf4"), default=None,
+                 help="weight-only quantisation of the LLM/ViT linear kernels (int8: per-channel)")
 
 
 def _check_image(path):
@@ -65,7 +72,7 @@ def _load(args):
   _say_hf_cache(args.ckpt)
   try:
     return load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, max_window=args.max_window,
-                          batch_size=1)
+                          batch_size=1, quantize=getattr(args, "quantize", None))
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
   except Exception as e:  # config/tensor mismatches surface from several libraries

@@ -48,6 +48,8 @@ def register(subparsers):
   p.add_argument("--dtype", choices=("float32", "bfloat16"),
                  help="parameter/compute dtype (default: the checkpoint's; bfloat16 halves the memory)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--quantize", choices=("int8", "int4", "nf4"), default=None,
+                 help="weight-only quantisation of the model's linear kernels")
   p.set_defaults(handler=run)
 
 
@@ -84,7 +86,7 @@ def _load_model(args):
       raise UserError(f"--batch-size {args.batch_size} is not a multiple of the mesh's data x fsdp = {rows}")
   try:
     pred = api.load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, batch_size=args.batch_size,
-                              tokenizer=args.tokenizer)
+                              tokenizer=args.tokenizer, quantize=args.quantize)
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
   return from_predictor(pred)

@@ -126,7 +126,7 @@ def _convert_hf_cached(hf_dir: pathlib.Path, target: pathlib.Path | None) -> pat
 
 
 def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, converted_dir=None,
-               merge_lora=False):
+               merge_lora=False, quantize: str | None = None):
   """An Orbax checkpoint directory or an HF directory -> (model, model_cfg, tokenizer).
 
   A LoRA / Q-LoRA run (its workdir has finetune.json) loads with its factors kept apart, or folded
@@ -135,6 +135,8 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
   HF directories are converted first, into `converted_dir` if given (reused if it exists), else into
   the cache entry `converted_cache_dir(path)` (keyed by the files' identity, so a changed HF folder
   is converted again). `tokenizer` overrides the checkpoint's own tokenizer file.
+  `quantize` ("int8", "int4", "nf4"; see `qwenvl_jax.model.quant`) stores the LLM and ViT linear
+  kernels quantised after loading (weight-only: activations stay in the compute dtype).
   """
   path = pathlib.Path(path)
   if not path.is_dir():
@@ -156,13 +158,18 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
   if dtype is not None:
     model = set_compute_dtype(model, dtype)
     cfg = model.cfg
+  if quantize:
+    from qwenvl_jax.model.quant import quantize_model
+
+    quantize_model(model, quantize)
   return model, cfg, tok
 
 
 def load_predictor(ckpt_dir, *, mesh=None, rules=None, dtype=None, tokenizer=None,
-                   **kwargs) -> "Predictor":
+                   quantize: str | None = None, **kwargs) -> "Predictor":
   """`load_model` + `Predictor(model, tokenizer, mesh=mesh, **kwargs)`."""
-  model, _, tok = load_model(ckpt_dir, mesh=mesh, rules=rules, dtype=dtype, tokenizer=tokenizer)
+  model, _, tok = load_model(ckpt_dir, mesh=mesh, rules=rules, dtype=dtype, tokenizer=tokenizer,
+                             quantize=quantize)
   return Predictor(model, tok, mesh=mesh, **kwargs)
 
 

@@ -1,0 +1,192 @@
+"""Load benchmark for `qwenvl-jax serve`: requests/s, tokens/s and p50/p95 latency at 1, 4, 16 clients.
+
+  python benchmarks/serve_load.py [--ckpt DIR] [--clients 1 4 16] [--requests 16] [--max-tokens 64]
+                                  [--max-seconds 300] [--max-batch 16] [--json out.json]
+
+Starts the server as its own process on a free 127.0.0.1 port (the default model: random weights of
+configs/small.py with a SentencePiece vocabulary trained here, cached under --workdir) and drives it
+with N client threads, each sending chat requests (one 224 px picture + a question, or the question
+alone with --no-picture; greedy, max_tokens fixed) back to back. Each level first runs one untimed round (compiles its shapes), then
+max(`--requests`, 2 x clients) timed requests or until `--max-seconds`, whichever comes first. Tokens are the
+`usage.completion_tokens` the server reports. The 1-minute load average is printed with each row:
+the machine is shared, so read the numbers with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "import sys; from qwenvl_jax.cli import main; sys.exit(main())"]
+WORDS = ("red blue green square circle triangle small large left right top bottom picture object "
+         "where which what color shape count near far above below").split()
+
+
+def small_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
+  """Random configs/small.py weights + a 4096-id SentencePiece tokenizer (built once)."""
+  ckpt = workdir / "small-orbax"
+  if ckpt.exists():
+    return ckpt
+  from qwenvl_jax.ckpt import convert, synthetic
+  from qwenvl_jax.config import load_model_config
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  corpus = workdir / "corpus.txt"
+  rng = random.Random(0)
+  corpus.write_text("\n".join(" ".join(rng.choice(WORDS) + str(rng.randrange(500))
+                                       for _ in range(12)) for _ in range(20000)))
+  subprocess.run([*CLI, "tokenize", "--train-sp", str(corpus),
+                  "--vocab-size", "1500", "--model-vocab", "4096", "--out",
+                  str(workdir / "tok" / "tokenizer")], check=True, env=_env())
+  cfg = load_model_config("small")
+  hf = synthetic.write_random_hf_checkpoint(workdir / "small-hf", cfg,
+                                            tokenizer_file=workdir / "tok" / "tokenizer.model",
+                                            overwrite=True)
+  return convert.convert_hf_to_orbax(hf, ckpt)
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env.pop("XLA_FLAGS", None)  # one CPU device: the server's real setting here
+  return env
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def picture_url(seed: int) -> str:
+  from PIL import Image
+
+  arr = np.random.default_rng(seed).integers(0, 255, (224, 224, 3), np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, "PNG")
+  return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def post(url: str, body: dict, timeout: float) -> dict:
+  req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+  with urllib.request.urlopen(req, timeout=timeout) as r:
+    return json.load(r)
+
+
+def run_level(base: str, model: str, clients: int, n_requests: int, max_tokens: int,
+              deadline_s: float, pictures: list[str]) -> dict:
+  """`clients` threads send requests back to back until n_requests are done or time is up."""
+  lock = threading.Lock()
+  latencies, tokens = [], []
+  counter = iter(range(n_requests))
+  t_end = time.perf_counter() + deadline_s
+
+  def client(k: int):
+    while time.perf_counter() < t_end:
+      with lock:
+        i = next(counter, None)
+      if i is None:
+        return
+      rng = random.Random(i)
+      question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "?"
+      parts = [{"type": "image_url", "image_url": {"url": pictures[i % len(pictures)]}}
+               ] if pictures else []
+      body = {"model": model, "temperature": 0, "max_tokens": max_tokens, "messages": [
+          {"role": "user", "content": parts + [{"type": "text", "text": question}]}]}
+      t0 = time.perf_counter()
+      out = post(base + "/v1/chat/completions", body, timeout=deadline_s + 600)
+      with lock:
+        latencies.append(time.perf_counter() - t0)
+        tokens.append(out["usage"]["completion_tokens"])
+
+  t0 = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+    list(pool.map(client, range(clients)))
+  wall = time.perf_counter() - t0
+  lat = np.asarray(latencies)
+  return {"clients": clients, "requests": len(lat), "seconds": round(wall, 2),
+          "requests_per_s": round(len(lat) / wall, 3), "tokens_per_s": round(sum(tokens) / wall, 1),
+          "mean_tokens": round(float(np.mean(tokens)), 1) if tokens else 0,
+          "p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
+          "p95_s": round(float(np.percentile(lat, 95)), 3) if len(lat) else None,
+          "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--ckpt", default=None, help="checkpoint to serve (default: random small)")
+  ap.add_argument("--workdir", default="/tmp/qwenvl_serve_bench")
+  ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+  ap.add_argument("--requests", type=int, default=16,
+                  help="timed requests per level (at least 2 per client)")
+  ap.add_argument("--max-tokens", type=int, default=64)
+  ap.add_argument("--no-picture", action="store_true",
+                  help="text-only requests (decode-bound: what batching speeds up)")
+  ap.add_argument("--max-seconds", type=float, default=300, help="time bound per level")
+  ap.add_argument("--max-batch", type=int, default=16)
+  ap.add_argument("--chunk", type=int, default=8)
+  ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                  help="more `qwenvl-jax serve` flags (e.g. --quantize int8)")
+  ap.add_argument("--json", default=None)
+  args = ap.parse_args(argv)
+
+  ckpt = pathlib.Path(args.ckpt) if args.ckpt else small_checkpoint(pathlib.Path(args.workdir))
+  port = free_port()
+  base = f"http://127.0.0.1:{port}"
+  proc = subprocess.Popen(
+      [*CLI, "serve", "--ckpt", str(ckpt), "--port", str(port),
+       "--host", "127.0.0.1", "--model-name", "bench", "--max-batch", str(args.max_batch),
+       "--chunk", str(args.chunk), "--log-level", "warning", *args.extra], env=_env())
+  rows = []
+  try:
+    end = time.time() + 600
+    while True:
+      try:
+        urllib.request.urlopen(base + "/health", timeout=5).close()
+        break
+      except OSError:
+        if proc.poll() is not None or time.time() > end:
+          raise SystemExit("server did not start")
+        time.sleep(1)
+    pictures = [] if args.no_picture else [picture_url(s) for s in range(8)]
+    print(f"{'clients':>7} {'reqs':>5} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
+          f"{'tok/req':>7} {'load':>5}", flush=True)
+    for c in args.clients:
+      run_level(base, "bench", c, 2 * c, args.max_tokens, args.max_seconds, pictures)  # compile
+      row = run_level(base, "bench", c, max(args.requests, 2 * c), args.max_tokens, args.max_seconds,
+                      pictures)
+      rows.append(row)
+      print(f"{row['clients']:>7} {row['requests']:>5} {row['requests_per_s']:>7} "
+            f"{row['tokens_per_s']:>7} {row['p50_s']:>7} {row['p95_s']:>7} "
+            f"{row['mean_tokens']:>7} {row['load_avg_1m']:>5}", flush=True)
+    if len(rows) > 1 and rows[0]["tokens_per_s"]:
+      print(f"aggregate tokens/s at {rows[-1]['clients']} clients = "
+            f"{rows[-1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x that of "
+            f"{rows[0]['clients']} client(s)")
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(120)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps({"ckpt": str(ckpt), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

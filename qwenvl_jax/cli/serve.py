@@ -1,0 +1,80 @@
+"""`qwenvl-jax serve --ckpt DIR`: an OpenAI-compatible HTTP API and a web chat page.
+
+  qwenvl-jax serve --ckpt ckpts/qwen-vl-chat --port 8000
+  curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "qwen-vl-chat", "messages": [{"role": "user", "content": "Hello"}]}'
+
+Listens on 127.0.0.1 unless --host says otherwise. Concurrent requests are decoded together
+(continuous batching, --max-batch slots). SIGTERM (or Ctrl-C) finishes the requests in flight and
+exits 0. See docs/serving.md.
+"""
+
+
+def register(subparsers):
+  p = subparsers.add_parser("serve", help="OpenAI-compatible API + web chat page for a checkpoint")
+  p.add_argument("--ckpt", required=True, help="Orbax checkpoint directory (or an HF directory)")
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8000)
+  p.add_argument("--model-name", default=None,
+                 help="the model id clients send (default: the checkpoint folder's name)")
+  p.add_argument("--max-batch", type=int, default=16, metavar="N",
+                 help="requests decoded together (slots of the batched decode loop)")
+  p.add_argument("--chunk", type=int, default=8,
+                 help="decode steps per device call; new requests join between calls")
+  p.add_argument("--image-root", default=None, metavar="DIR",
+                 help="allow file:// image URLs under DIR (default: data: URLs only)")
+  p.add_argument("--max-image-bytes", type=int, default=10 * 2**20,
+                 help="largest encoded image accepted")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                 help="compute/parameter dtype (default: the checkpoint's)")
+  from qwenvl_jax.cli.chat import add_quantize_flag
+
+  add_quantize_flag(p)
+  p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                 help="shard the model over N devices (tensor parallel)")
+  p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
+  p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info",
+                                                         "debug"))
+  p.add_argument("--debug", action="store_true", help="show tracebacks")
+  p.set_defaults(handler=run)
+
+
+def run(args):
+  import pathlib
+  import signal
+
+  from qwenvl_jax.cli import UserError
+  from qwenvl_jax.cli.chat import _load
+
+  if args.max_batch < 1 or args.chunk < 1:
+    raise UserError("--max-batch and --chunk must be >= 1")
+  root = None
+  if args.image_root is not None:
+    root = pathlib.Path(args.image_root)
+    if not root.is_dir():
+      raise UserError(f"--image-root {root} is not a directory")
+  predictor = _load(args)
+
+  import uvicorn
+  from sse_starlette.sse import AppStatus
+
+  from qwenvl_jax.serve.app import Server
+  from qwenvl_jax.serve.messages import ServeLimits
+
+  # sse-starlette ends open streams on SIGTERM by default; we drain them instead (uvicorn waits
+  # for in-flight requests, then the app's lifespan stops the engine).
+  AppStatus.disable_automatic_graceful_drain()
+  name = args.model_name or pathlib.Path(args.ckpt).resolve().name
+  server = Server(predictor, model_name=name, max_batch=args.max_batch, chunk=args.chunk,
+                  limits=ServeLimits(image_root=root, max_image_bytes=args.max_image_bytes))
+  config = uvicorn.Config(server.app, host=args.host, port=args.port, log_level=args.log_level,
+                          timeout_graceful_shutdown=None, lifespan="on")
+  print(f"serving {name} on http://{args.host}:{args.port} (web chat at /, API at /v1)", flush=True)
+  # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the handler it found: a
+  # no-op here, so a drained shutdown exits 0 instead of dying by the signal.
+  signal.signal(signal.SIGTERM, lambda *_: None)
+  try:
+    uvicorn.Server(config).run()
+  except KeyboardInterrupt:
+    pass
+  return 0

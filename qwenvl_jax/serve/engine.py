@@ -1,0 +1,373 @@
+"""Continuous batching: one jitted decode loop over a fixed set of slots, shared by all requests.
+
+Why this shape:
+* A background thread owns the device. Between decode chunks (`chunk` steps each, one dispatch) it
+  admits waiting requests into free slots, so a new request joins at the next step boundary instead
+  of waiting for the current batch to end, and a finished row frees its slot at once.
+* The model's KV cache has one write column for all rows (`KVCache.index`). The engine's cache is a
+  ring of L columns: every step writes column `index` of every row and the index wraps mod L.
+  A joining request is prefilled on its own rows (left padded to a prompt bucket P, exactly as
+  `Generator` does, so its logits equal a `chat` call's) and its P columns are copied into its slot's
+  row at columns index-P .. index-1 (mod L), after the row's old segment ids are cleared. The
+  attention mask reads segment ids and positions, never column order, so the row then sees exactly
+  its own prompt and tokens. A request fits while P + max_tokens <= L; the ring grows (rolled so
+  the write column restarts at 0) when one needs more, and is dropped when the engine goes idle.
+* Busy slots are kept at the low indices and each chunk runs only the first `next_pow2(highest busy
+  slot + 1)` rows, so one client does not pay for sixteen.
+* Sampling knobs are per row (temperature, top-k, top-p, seed): traced arrays, never recompiles.
+  A row's t-th token uses key fold_in(key(seed), t), so its tokens do not depend on batch mates.
+* Tokens are handed out on the host after each chunk; stop ids and max_tokens end a row there
+  (a row may compute a few steps past its end inside a chunk; they are dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from qwenvl_jax.infer.generate import (ContextLengthError, _forward_one, _prefill, next_pow2,
+                                       prompt_bucket, sample_logits)
+from qwenvl_jax.model import layers
+from qwenvl_jax.model.llm import KVCache, init_cache
+
+log = logging.getLogger(__name__)
+
+MIN_RING = 128  # shortest ring: short chats share one compiled shape
+
+
+class EngineClosed(RuntimeError):
+  """The engine is draining or stopped and takes no new requests."""
+
+
+@dataclasses.dataclass
+class Request:
+  """One generation: prompt ids + preprocessed images in, tokens out through `emit`.
+
+  `emit(new_token_ids, finish_reason)` is called from the engine thread: with new tokens as they
+  come, and once with a finish reason ("stop", "length" or "cancelled"; "error: ..." on failure).
+  """
+  ids: Sequence[int]
+  images: Sequence[np.ndarray]
+  max_tokens: int
+  emit: Callable[[list[int], str | None], None]
+  temperature: float = 0.0
+  top_p: float = 1.0
+  top_k: int = 0
+  seed: int = 0
+  # engine-owned state
+  generated: int = 0
+  done: bool = False
+  cancelled: bool = False
+  submitted: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def cancel(self):
+    """Frees the slot at the next step boundary (client gone, or a stop string matched)."""
+    self.cancelled = True
+
+
+# --------------------------------------------------------------------------------------------
+# Jitted pieces (graphdef and static flags bound with functools.partial).
+
+
+def _sample_rows(logits, valid_vocab, seeds, counters, temps, top_k, top_p):
+  """[B, V] -> [B] tokens with per-row knobs; all-greedy batches skip the sort entirely."""
+  logits = jnp.where(jnp.arange(logits.shape[-1]) < valid_vocab, logits,
+                     jnp.finfo(jnp.float32).min)
+
+  def mixed(_):
+    keys = jax.vmap(lambda s, c: jax.random.fold_in(jax.random.key(s), c))(seeds, counters)
+    one = lambda l, k, t, tk, tp: sample_logits(l[None], k, t, tk, tp)[0]
+    return jax.vmap(one)(logits, keys, temps, top_k, top_p)
+
+  greedy = lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.lax.cond((temps <= 0).all(), greedy, mixed, None)
+
+
+def _insert(ring: KVCache, small: KVCache, rows):
+  """Copies prefilled rows (P columns each) into ring rows `rows` ending just before the write
+  column; rows >= B (batch padding) are dropped."""
+  n_cols, width = ring.k.shape[2], small.k.shape[2]
+  cols = (ring.index - width + jnp.arange(width)) % n_cols
+  r, c = rows[:, None], cols[None, :]
+  seg = ring.segment_ids.at[rows].set(0, mode="drop")  # forget the slot's previous request
+  return KVCache(
+      ring.k.at[:, r, c].set(small.k.astype(ring.k.dtype), mode="drop"),
+      ring.v.at[:, r, c].set(small.v.astype(ring.v.dtype), mode="drop"),
+      seg.at[r, c].set(small.segment_ids, mode="drop"),
+      ring.positions.at[r, c].set(small.positions, mode="drop"),
+      ring.index)
+
+
+def _grow(ring: KVCache, n_cols: int) -> KVCache:
+  """A longer ring with the same contents, oldest column first, ending at the last column."""
+  pad = n_cols - ring.k.shape[2]
+  shift = lambda x, axis: jnp.concatenate(
+      [jnp.zeros(x.shape[:axis] + (pad,) + x.shape[axis + 1:], x.dtype),
+       jnp.roll(x, -ring.index, axis=axis)], axis=axis)
+  return KVCache(shift(ring.k, 2), shift(ring.v, 2), shift(ring.segment_ids, 1),
+                 shift(ring.positions, 1), jnp.zeros((), jnp.int32))
+
+
+def _decode_chunk(graphdef, logn, valid_vocab, n_steps, state, ring, tokens, positions, alpha,
+                  seeds, counters, temps, top_k, top_p):
+  """`n_steps` decode steps on the first len(tokens) rows of the ring -> (tokens [B, n], ring)."""
+  b, n_cols = tokens.shape[0], ring.k.shape[2]
+  sub = KVCache(ring.k[:, :b], ring.v[:, :b], ring.segment_ids[:b], ring.positions[:b], ring.index)
+
+  def body(i, carry):
+    tok, sub, out, state = carry
+    # The parameters ride in the carry: NNX refuses to merge outer-level tracers inside the loop.
+    model = nnx.merge(graphdef, state)
+    logits, sub = _forward_one(model, logn, sub, tok, positions + i, alpha[:, None, None])
+    sub = sub._replace(index=sub.index % n_cols)
+    tok = _sample_rows(logits, valid_vocab, seeds, counters + i, temps, top_k, top_p)
+    return tok, sub, out.at[:, i].set(tok), state
+
+  out = jnp.zeros((b, n_steps), jnp.int32)
+  _, sub, out, _ = jax.lax.fori_loop(0, n_steps, body, (tokens, sub, out, state))
+  ring = KVCache(ring.k.at[:, :b].set(sub.k), ring.v.at[:, :b].set(sub.v),
+                 ring.segment_ids.at[:b].set(sub.segment_ids),
+                 ring.positions.at[:b].set(sub.positions), sub.index)
+  return out, ring
+
+
+# --------------------------------------------------------------------------------------------
+# The engine.
+
+
+@dataclasses.dataclass
+class _Slot:
+  req: Request
+  next_token: int  # sampled, not yet fed to the model
+  position: int  # position of next_token
+  alpha: float
+  counter: int  # tokens sampled so far (the sampling key's step)
+
+
+@dataclasses.dataclass
+class EngineStats:
+  steps: int = 0  # decode chunks run
+  row_steps: int = 0  # rows x steps computed (incl. padding rows)
+  tokens: int = 0  # tokens handed to requests
+  admitted: int = 0
+  max_busy: int = 0  # most slots busy at once
+
+
+class BatchEngine:
+  """Serves `Request`s from any thread; a background thread batches them on the device.
+
+  `generator` is a `qwenvl_jax.infer.generate.Generator` (its parameters, pad/stop ids and context
+  window are reused); `slots` bounds the requests decoded together; `chunk` is the decode steps per
+  dispatch (new requests join between chunks).
+  """
+
+  def __init__(self, generator, *, slots: int = 16, chunk: int = 8, max_queue: int = 1024):
+    self.gen = generator
+    self.cfg = generator.cfg
+    self.slots_n = int(slots)
+    self.chunk = int(chunk)
+    self.max_queue = max_queue
+    self.stop_ids = frozenset(generator.stop_ids)
+    self.stats = EngineStats()
+    self._slots: list[_Slot | None] = [None] * self.slots_n
+    self._queue: list[Request] = []
+    self._cv = threading.Condition()
+    self._closing = False
+    self._ring: KVCache | None = None
+    g, logn, vv = generator.graphdef, generator.logn, generator.valid_vocab
+    self._prefill = jax.jit(functools.partial(_prefill, g, logn), static_argnames=("cache_len",))
+    self._sample = jax.jit(_sample_rows, static_argnums=(1,))
+    self._insert = jax.jit(_insert)
+    self._grow = jax.jit(_grow, static_argnums=(1,))
+    self._chunks = {}  # n_steps -> jitted chunk (shapes add variants under each)
+    self._decode = lambda n: self._chunks.setdefault(
+        n, jax.jit(functools.partial(_decode_chunk, g, logn, vv, n)))
+    self._thread = threading.Thread(target=self._run, name="qwenvl-serve-engine", daemon=True)
+    self._thread.start()
+
+  # ---- public ----------------------------------------------------------------------------
+
+  def check(self, req: Request):
+    """Raises ValueError / ContextLengthError for requests the engine cannot run."""
+    n = len(req.ids)
+    if n == 0:
+      raise ValueError("empty prompt")
+    if n > self.gen.max_window:
+      raise ContextLengthError(f"prompt of {n} tokens is longer than the context window "
+                               f"({self.gen.max_window} tokens)")
+    if req.max_tokens < 1:
+      raise ValueError("max_tokens must be >= 1")
+
+  def submit(self, req: Request):
+    self.check(req)
+    with self._cv:
+      if self._closing:
+        raise EngineClosed("the server is shutting down")
+      if len(self._queue) >= self.max_queue:
+        raise EngineClosed("too many queued requests")
+      self._queue.append(req)
+      self._cv.notify()
+
+  def busy(self) -> int:
+    return sum(s is not None for s in self._slots) + len(self._queue)
+
+  def close(self, timeout: float | None = None):
+    """Stops taking requests, finishes the admitted and queued ones, stops the thread."""
+    with self._cv:
+      self._closing = True
+      self._cv.notify()
+    self._thread.join(timeout)
+
+  def compiled_count(self) -> int:
+    fns = [self._prefill, self._sample, self._insert, self._grow, *self._chunks.values()]
+    return sum(f._cache_size() for f in fns)
+
+  # ---- engine thread ---------------------------------------------------------------------
+
+  def _ctx(self):
+    mesh = self.gen.mesh
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+  def _run(self):
+    while True:
+      with self._cv:
+        while not self._queue and not self._busy_slots() and not self._closing:
+          self._ring = None  # idle: let the next request start from a short ring
+          self._cv.wait()
+        if self._closing and not self._queue and not self._busy_slots():
+          return
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        joining = self._queue[:len(free)]
+        del self._queue[:len(free)]
+      try:
+        with self._ctx():
+          if joining:
+            self._admit(joining, free)
+          if self._busy_slots():
+            self._step()
+      except Exception as e:  # a device error fails the requests involved, not the server
+        log.exception("engine step failed")
+        for req in joining:
+          if not req.done:
+            self._finish(req, f"error: {type(e).__name__}: {e}")
+        for i, s in enumerate(self._slots):
+          if s is not None:
+            self._finish(s.req, f"error: {type(e).__name__}: {e}")
+            self._slots[i] = None
+        self._ring = None
+
+  def _busy_slots(self) -> list[int]:
+    return [i for i, s in enumerate(self._slots) if s is not None]
+
+  def _finish(self, req: Request, reason: str, tokens: Sequence[int] = ()):
+    req.done = True
+    req.emit(list(tokens), reason)
+
+  def _ring_for(self, need: int):
+    """Makes sure the ring has >= `need` columns."""
+    if self._ring is not None and self._ring.k.shape[2] >= need:
+      return
+    n_cols = max(MIN_RING, next_pow2(need))
+    if self._ring is None:
+      cfg = self.cfg
+      self._ring = init_cache(cfg.llm, self.slots_n, n_cols, layers.dtype_of(cfg.dtype))
+    else:
+      self._ring = self._grow(self._ring, n_cols)
+
+  def _admit(self, joining: list[Request], free: list[int]):
+    """Prefills the joining requests into free slots, one at a time: a batch-1 prefill has one
+    compiled shape per prompt bucket (joiner counts would multiply them, and every new shape stalls
+    all slots for a compile), and each row gets the NTK alpha it would get alone."""
+    for req, slot in zip(joining, free):
+      if req.cancelled:
+        self._finish(req, "cancelled")
+        continue
+      alpha, members = self.gen.alpha_for([len(req.ids)]), [(req, slot)]
+      reqs = [r for r, _ in members]
+      images = [[np.asarray(a, np.float32) for a in r.images] for r in reqs]
+      batch = self.gen.prepare([list(r.ids) for r in reqs], images)
+      width = batch.ids.shape[1]
+      self._ring_for(width + max(r.max_tokens for r in reqs))
+      put = self.gen._put
+      logits, small = self._prefill(
+          self.gen.state, put(batch.ids), put(batch.segment_ids), put(batch.positions),
+          put(batch.images), put(batch.num_images), jnp.float32(alpha), cache_len=width)
+      b = batch.ids.shape[0]
+      rows = np.full(b, self.slots_n, np.int32)  # padding rows land outside the ring: dropped
+      rows[:len(members)] = [s for _, s in members]
+      self._ring = self._insert(self._ring, small, jnp.asarray(rows))
+      knobs = self._knobs(reqs, b)
+      first = np.asarray(self._sample(logits, self.gen.valid_vocab, knobs["seeds"],
+                                      np.zeros(b, np.int32), knobs["temps"], knobs["top_k"],
+                                      knobs["top_p"]))
+      for j, (req, slot) in enumerate(members):
+        self._slots[slot] = _Slot(req, int(first[j]), len(req.ids), alpha, 1)
+        self.stats.admitted += 1
+        self._hand_out(slot, [int(first[j])])
+    self.stats.max_busy = max(self.stats.max_busy, len(self._busy_slots()))
+
+  @staticmethod
+  def _knobs(reqs: Sequence[Request], b: int) -> dict:
+    pad = b - len(reqs)
+    col = lambda f, dt, fill: np.asarray([f(r) for r in reqs] + [fill] * pad, dt)
+    return dict(seeds=col(lambda r: r.seed & 0xFFFFFFFF, np.uint32, 0),
+                temps=col(lambda r: r.temperature, np.float32, 0.0),
+                top_k=col(lambda r: r.top_k, np.int32, 0),
+                top_p=col(lambda r: r.top_p, np.float32, 1.0))
+
+  def _step(self):
+    busy = self._busy_slots()
+    b = min(self.slots_n, next_pow2(busy[-1] + 1))
+    slots = self._slots[:b]
+    steps = self.chunk  # fixed: one compiled loop per (rows, ring) shape
+    reqs = [s.req if s else None for s in slots]
+    dummy = Request((), (), 1, lambda *a: None)
+    knobs = self._knobs([r or dummy for r in reqs], b)
+    get = lambda f, fill, dt: np.asarray([f(s) if s else fill for s in slots], dt)
+    out, self._ring = self._decode(steps)(
+        self.gen.state, self._ring, get(lambda s: s.next_token, self.gen.pad_id, np.int32),
+        get(lambda s: s.position, 0, np.int32), get(lambda s: s.alpha, 1.0, np.float32),
+        knobs["seeds"], get(lambda s: s.counter, 0, np.int32), knobs["temps"], knobs["top_k"],
+        knobs["top_p"])
+    out = np.asarray(out)
+    self.stats.steps += 1
+    self.stats.row_steps += b * steps
+    for i, s in enumerate(slots):
+      if s is None:
+        continue
+      s.next_token, s.position, s.counter = int(out[i, -1]), s.position + steps, s.counter + steps
+      self._hand_out(i, out[i].tolist())
+
+  def _hand_out(self, slot: int, tokens: list[int]):
+    """Gives a row's new tokens to its request, ending it at a stop id / max_tokens / cancel."""
+    req = self._slots[slot].req
+    if req.cancelled:
+      self._slots[slot] = None
+      self._finish(req, "cancelled")
+      return
+    keep, reason = [], None
+    for t in tokens:
+      if t in self.stop_ids:
+        reason = "stop"
+        break
+      keep.append(t)
+      if req.generated + len(keep) >= req.max_tokens:
+        reason = "length"
+        break
+    req.generated += len(keep)
+    self.stats.tokens += len(keep)
+    if reason is None:
+      req.emit(keep, None)
+    else:
+      self._slots[slot] = None
+      self._finish(req, reason, keep)
