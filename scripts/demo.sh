@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first-run demo (docs/demo.md), ~4 minutes on 2 CPU cores: a small vision-language model learns
+# The first-run demo (docs/demo.md), sized for ~4 minutes on a quiet 2-core CPU: a small vision-language model learns
 # to answer questions about pictures and to box the object it is asked about.
 # It starts, as Qwen-VL does, from pre-trained parts that never saw an image-text pair: demo/base
 # (5 MB, made by `python -m experiments.demo_base`), scores it on a held-out set, fine-tunes it on
