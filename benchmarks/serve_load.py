@@ -43,7 +43,8 @@ def small_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
   ckpt = workdir / "small-orbax"
   if ckpt.exists():
     return ckpt
-  from qwenvl_jax.ckpt import convert, synthetic
+  from qwenvl_jax.ckpt import convert
+  from qwenvl_jax.testing import random_checkpoint
   from qwenvl_jax.config import load_model_config
 
   workdir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def small_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
                   "--vocab-size", "1500", "--model-vocab", "4096", "--out",
                   str(workdir / "tok" / "tokenizer")], check=True, env=_env())
   cfg = load_model_config("small")
-  hf = synthetic.write_random_hf_checkpoint(workdir / "small-hf", cfg,
+  hf = random_checkpoint.write_random_hf_checkpoint(workdir / "small-hf", cfg,
                                             tokenizer_file=workdir / "tok" / "tokenizer.model",
                                             overwrite=True)
   return convert.convert_hf_to_orbax(hf, ckpt)

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from qwenvl_jax.infer.generate import (ContextLengthError, _forward_one, _prefill, next_pow2,
-                                       prompt_bucket, sample_logits)
+                                       sample_logits)
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import KVCache, init_cache
 

@@ -115,7 +115,7 @@ def test_pack_disk_full_keeps_the_old_output(tmp_path, capsys, monkeypatch):
   out = tmp_path / "out" / "packed.array_record"
   out.parent.mkdir()
   out.write_bytes(b"old")
-  (out.parent / f".packed.array_record.partial-1234abcd.array_record").write_bytes(b"killed run")
+  (out.parent / ".packed.array_record.partial-1234abcd.array_record").write_bytes(b"killed run")
   real, calls = sources.encode_record, []
 
   def full(rec):
