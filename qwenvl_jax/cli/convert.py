@@ -67,7 +67,7 @@ def run(args):
 
 def _refuse_lora_run(src):
   from qwenvl_jax.cli import UserError
-  from qwenvl_jax.train.finetune import read_settings
+  from qwenvl_jax.ckpt.lora_run import read_settings
 
   settings = read_settings(src)
   if settings is not None and settings.enabled:

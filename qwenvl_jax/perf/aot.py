@@ -411,7 +411,7 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
   logn = bool(model_cfg.llm.use_logn_attn)
   reports = []
 
-  def report(name, lowered, model_flops, tokens):
+  def report(name, lowered, step_model_flops, tokens):
     program = model_flops.program_matmul_flops(lowered.as_text())
     compiled, memory, compile_s = _compile(lowered, target.hbm_bytes)
     reports.append(dict(
@@ -419,10 +419,10 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
         device_kind=target.device_kind, chips=target.chips, mesh=mesh_shape, batch=batch,
         prompt_len=prompt_len, cache_len=cache_len, images_per_row=images_per_row,
         image_size=size, dtype=model_cfg.dtype, memory=memory,
-        flops=dict(model=model_flops, program=program.flops,
+        flops=dict(model=step_model_flops, program=program.flops,
                    program_unknown_loops=program.unknown_trip_counts,
                    xla_cost_analysis=_xla_flops(compiled, target.chips)),
-        prediction=_prediction(model_flops, program.flops, target, assumed_mfu, memory),
+        prediction=_prediction(step_model_flops, program.flops, target, assumed_mfu, memory),
         tokens_per_step=tokens, seconds=dict(compile=compile_s)))
     log(f"{name}: compiled in {compile_s:.1f}s")
 

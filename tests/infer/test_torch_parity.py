@@ -8,6 +8,7 @@ Prompts cross the tiny model's training length (64) so log-n scaling and dynamic
 import numpy as np
 import pytest
 
+from qwenvl_jax.data.preprocess import normalize
 from qwenvl_jax.infer.api import load_predictor
 from qwenvl_jax.infer.generate import SamplingConfig
 
@@ -30,7 +31,10 @@ def _prompt(pred, picture_paths, n_words):
 
 
 def _torch_greedy(ref, ids, pics, stop):
-  out = ref.greedy(np.asarray([ids]), np.stack(pics)[None], max_new_tokens=N_NEW, stop_ids=stop)
+  # The predictor's pixels are uint8 (normalised on the device); the reference takes the released
+  # pipeline's host-normalised floats.
+  pics = np.stack([normalize(p) for p in pics])
+  out = ref.greedy(np.asarray([ids]), pics[None], max_new_tokens=N_NEW, stop_ids=stop)
   new = out[0, len(ids):].tolist()
   return new[: next((i for i, t in enumerate(new) if t in stop), len(new))]
 
