@@ -4,7 +4,7 @@
 
 The demo trains a vision-language model in a few CPU minutes. The paper never starts from random
 weights either: Qwen-VL starts from a pre-trained LLM (Qwen-7B) and a pre-trained vision encoder
-(OpenCLIP ViT-bigG) that were never trained together. This base is the issue-11 recipe's stand-in
+(OpenCLIP ViT-bigG) that were never trained together. This base is the small-scale reproduction's stand-in
 for that pair, made with the same commands as `experiments.three_stage`, shortened:
   1. `experiments.prepare_data`: shapes scenes (at most 3 shapes, 96 px) and one-word images from
      the training seed, and the SentencePiece vocabulary;

@@ -11,6 +11,9 @@ from PIL import Image
 
 from experiments import common, easy_text, prepare_data, three_stage
 
+# Research scripts, not the product: checked in the slow target (scripts/test_slow.sh).
+pytestmark = pytest.mark.slow
+
 SMALL = prepare_data.DataSettings(n_shapes=12, n_words=12, n_heldout_shapes=3, n_heldout_words=3,
                                   sp_vocab=400)
 

@@ -43,6 +43,7 @@ class NanImagesAt:
     self.it.set_state(state)
 
 
+@pytest.mark.slow  # ~90 s; the non-finite stop itself is covered fast in test_safety.py
 def test_nan_stop_then_next_stage_init_at_higher_resolution(tmp_path):
   s1 = stage_config(1, "steps=6", "checkpoint_every=2")
   tcfg, mcfg1 = train_config_from_dict(s1), model_config_from_dict(s1.model)
