@@ -33,20 +33,21 @@ def register(subparsers):
   p.add_argument("--out", default="chat_outputs", help="where drawn-box PNGs go")
   p.add_argument("--greedy", action="store_true", help="greedy decoding instead of top-p 0.3")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                 help="compute/parameter dtype (default: the checkpoint's)")
-  add_quantize_flag(p)
-  p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
-                 help="shard the model over N devices (tensor parallel)")
-  p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
+  add_model_flags(p)
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   p.set_defaults(handler=run)
 
 
-def add_quantize_flag(p):
-  """`--quantize` for every subcommand that loads a model through `load_predictor`."""
+def add_model_flags(p):
+  """How a model is loaded, the same for chat, serve and generate (`_load`): dtype, quantisation,
+  tensor parallelism and the longest prompt."""
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                 help="compute/parameter dtype (default: the checkpoint's)")
   p.add_argument("--quantize", choices=("int8", "int4", "nf4"), default=None,
                  help="weight-only quantisation of the LLM/ViT linear kernels (int8: per-channel)")
+  p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                 help="shard the model over N devices (tensor parallel)")
+  p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
 
 
 def _check_image(path):

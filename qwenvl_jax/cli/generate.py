@@ -17,14 +17,9 @@ def register(subparsers):
   p.add_argument("--temperature", type=float, default=0.0, help="default temperature (0 = greedy)")
   p.add_argument("--top-p", type=float, default=1.0, help="default top-p")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                 help="compute/parameter dtype (default: the checkpoint's)")
-  from qwenvl_jax.cli.chat import add_quantize_flag
+  from qwenvl_jax.cli.chat import add_model_flags
 
-  add_quantize_flag(p)
-  p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
-                 help="shard the model over N devices (tensor parallel)")
-  p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
+  add_model_flags(p)
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   p.set_defaults(handler=run)

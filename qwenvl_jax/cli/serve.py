@@ -25,14 +25,9 @@ def register(subparsers):
                  help="allow file:// image URLs under DIR (default: data: URLs only)")
   p.add_argument("--max-image-bytes", type=int, default=10 * 2**20,
                  help="largest encoded image accepted")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                 help="compute/parameter dtype (default: the checkpoint's)")
-  from qwenvl_jax.cli.chat import add_quantize_flag
+  from qwenvl_jax.cli.chat import add_model_flags
 
-  add_quantize_flag(p)
-  p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
-                 help="shard the model over N devices (tensor parallel)")
-  p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
+  add_model_flags(p)
   p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info",
                                                          "debug"))
   p.add_argument("--debug", action="store_true", help="show tracebacks")
