@@ -31,3 +31,13 @@ def tree_bytes(path) -> dict:
   if path.is_file():
     return {".": path.read_bytes()}
   return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def cli_env(tmp_path) -> dict:
+  """This environment plus a persistent compilation cache under `tmp_path`: training subprocesses
+  share compiled executables (the same step compiles once, not once per child)."""
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env

@@ -1,7 +1,6 @@
 """Resume exactness through the real CLI: 10 straight steps vs SIGTERM at 3 -> resume -> SIGKILL at 7
 (last checkpoint 5) -> resume to 10. Same per-step losses and the same final parameters."""
 
-import os
 import pathlib
 import select
 import signal
@@ -15,18 +14,10 @@ import orbax.checkpoint as ocp
 
 from qwenvl_jax.train.metrics import read_metrics
 from tests.train.helpers import stage_config, write_init_checkpoint
+from tests.cli_subprocess import cli_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLI = "import sys; from qwenvl_jax.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def cli_env(tmp_path):
-  env = dict(os.environ)
-  # Subprocesses share compiled executables (the same step compiles once, not four times).
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return env
 
 
 def start(workdir, init, env, *overrides, resume=False):

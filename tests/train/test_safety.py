@@ -19,6 +19,7 @@ from qwenvl_jax.cli import main
 from qwenvl_jax.config import MeshConfig, model_config_from_dict
 from qwenvl_jax.sharding import create_mesh
 from tests.train.helpers import stage_config, write_init_checkpoint
+from tests.cli_subprocess import cli_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLI = "import sys; from qwenvl_jax.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -253,14 +254,6 @@ def test_unreadable_training_data_is_one_line(tmp_path, capsys, byte_vocab, cont
 
 # --------------------------------------------------------------------------------------------
 # Real training runs through the CLI (compiles the step: slow on CPU).
-
-
-def cli_env(tmp_path):
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return env
 
 
 def all_checkpoints_finite(workdir: pathlib.Path) -> dict[int, bool]:
