@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from qwenvl_jax.ckpt import hf_layout
+from qwenvl_jax.ckpt.atomic import atomic_directory
 from qwenvl_jax.ckpt.hf_layout import Entry, Pattern
 from qwenvl_jax.config import ModelConfig
 
@@ -133,25 +133,20 @@ def adapter_tensors(params: dict, cfg: ModelConfig, paths: Sequence[str], rank: 
 
 def write_adapter(dst, tensors: dict[str, np.ndarray], *, rank: int, alpha: float, dropout: float,
                   targets: Sequence[str], modules_to_save: Sequence[str] = (),
-                  base_model: str = "") -> pathlib.Path:
-  """Writes the adapter folder under a temporary name, renamed into place when complete."""
+                  base_model: str = "", overwrite: bool = False) -> pathlib.Path:
+  """Writes the adapter folder atomically (ckpt/atomic.py): `dst` appears only when complete, an
+  existing one is replaced only with `overwrite` and only once the new one is complete."""
   from safetensors.numpy import save_file
 
-  dst = pathlib.Path(dst)
-  if dst.exists():
-    raise FileExistsError(f"{dst} exists; choose a new adapter folder")
-  tmp = dst.with_name(dst.name + ".tmp-writing")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
   config = {"peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha,
             "lora_dropout": dropout, "target_modules": list(targets),
             "modules_to_save": list(modules_to_save) or None, "bias": "none",
             "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
             "base_model_name_or_path": base_model, "use_rslora": False, "use_dora": False}
-  (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-  save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-  tmp.rename(dst)
-  return dst
+  with atomic_directory(dst, overwrite=overwrite) as tmp:
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+  return pathlib.Path(dst)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +229,7 @@ def lora_settings(model) -> tuple[list[str], int]:
 
 def export_adapter(model, cfg: ModelConfig, dst, *, alpha: float, dropout: float,
                    targets: Sequence[str], modules_to_save: Sequence[str] = (),
-                   base_model: str = "") -> pathlib.Path:
+                   base_model: str = "", overwrite: bool = False) -> pathlib.Path:
   """Writes the LoRA factors (and modules_to_save) of `model` as a PEFT adapter folder."""
   from flax import nnx
 
@@ -242,7 +237,7 @@ def export_adapter(model, cfg: ModelConfig, dst, *, alpha: float, dropout: float
   params = nnx.state(model, nnx.Param).to_pure_dict()
   tensors = adapter_tensors(params, cfg, paths, rank, save_paths(modules_to_save))
   return write_adapter(dst, tensors, rank=rank, alpha=alpha, dropout=dropout, targets=targets,
-                       modules_to_save=modules_to_save, base_model=base_model)
+                       modules_to_save=modules_to_save, base_model=base_model, overwrite=overwrite)
 
 
 def apply_adapter(model, cfg: ModelConfig, src, *, dtype=None) -> Adapter:

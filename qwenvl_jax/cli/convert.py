@@ -75,23 +75,11 @@ def _refuse_lora_run(src):
 
 
 def _merged_to_hf(args):
-  import pathlib
-  import shutil
-
-  from qwenvl_jax.ckpt.convert import convert_orbax_to_hf
   from qwenvl_jax.train import finetune
 
-  dst = pathlib.Path(args.dst)
-  if dst.exists() and not args.overwrite:
-    raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
-  tmp = dst.parent / f".{dst.name}.merged-tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
-    finetune.write_merged_checkpoint(args.src[0], tmp)
-    out = convert_orbax_to_hf(tmp, dst, dtype=args.dtype, shard_size=parse_size(args.shard_size),
-                              fmt=args.format, overwrite=args.overwrite, progress=not args.quiet)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  out = finetune.write_merged_hf(args.src[0], args.dst, overwrite=args.overwrite, dtype=args.dtype,
+                                 shard_size=parse_size(args.shard_size), fmt=args.format,
+                                 progress=not args.quiet)
   print(f"wrote {out}")
   return 0
 
@@ -112,7 +100,7 @@ def _run(args):
 
     if len(args.src) != 1:
       raise UserError("--to peft takes exactly one --src")
-    print(f"wrote {finetune.export_peft(args.src[0], args.dst)}")
+    print(f"wrote {finetune.export_peft(args.src[0], args.dst, overwrite=args.overwrite)}")
     return 0
   if args.target == "hf":
     from qwenvl_jax.ckpt.convert import convert_orbax_to_hf

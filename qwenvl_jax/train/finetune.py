@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 
 import jax
 from flax import nnx
@@ -82,32 +83,60 @@ def build_setup(config, train_cfg, model_cfg: ModelConfig, mesh):
   return train_cfg, setup, cfg
 
 
-def write_merged_checkpoint(run_dir, dst) -> pathlib.Path:
+def _refuse_existing(dst, overwrite: bool) -> None:
+  """Refuses an existing destination before the run is loaded (minutes for a 7B run); the
+  atomic write checks again when it starts."""
+  if pathlib.Path(dst).exists() and not overwrite:
+    raise FileExistsError(f"destination {dst} already exists (use overwrite / --overwrite to replace it)")
+
+
+def _check_destination(run_dir, dst, overwrite: bool) -> None:
+  """`dst` must not be, hold or lie inside the run (its workdir when `run_dir` is a step inside it)."""
+  from qwenvl_jax.ckpt.atomic import check_disjoint
+  from qwenvl_jax.ckpt.checkpoint import resolve_checkpoint
+
+  check_disjoint(dst, run_dir)
+  check_disjoint(dst, resolve_checkpoint(run_dir).root)
+  _refuse_existing(dst, overwrite)
+
+
+def write_merged_checkpoint(run_dir, dst, overwrite: bool = False) -> pathlib.Path:
   """A LoRA run's latest step with LoRA merged into the kernels, as a plain checkpoint folder
-  (params/ + model_config.json + tokenizer/) that `convert --to hf` and chat / eval read."""
-  import shutil
+  (params/ + model_config.json + tokenizer/) that `convert --to hf` and chat / eval read.
+  Written atomically (orbax_io.save_checkpoint): `dst` appears only when complete."""
+  from qwenvl_jax.ckpt.orbax_io import save_checkpoint
 
-  import orbax.checkpoint as ocp
-
-  from qwenvl_jax.ckpt import checkpoint as ckpt_lib
-
-  model, model_cfg, _, _ = load_finetuned(run_dir, merge=True)
-  dst = pathlib.Path(dst).absolute()
-  dst.mkdir(parents=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(dst / "params", nnx.state(model).to_pure_dict())
-  ckpt_lib.write_model_config(dst, model_cfg)
-  tok = pathlib.Path(run_dir) / "tokenizer"
-  if tok.is_dir():
-    shutil.copytree(tok, dst / "tokenizer")
-  return dst
+  _check_destination(run_dir, dst, overwrite)
+  model, model_cfg, _, tokenizer = load_finetuned(run_dir, merge=True)
+  return save_checkpoint(dst, model, model_cfg, tokenizer_file=tokenizer, overwrite=overwrite)
 
 
-def export_peft(run_dir, dst, base_model: str = "") -> pathlib.Path:
-  """A LoRA run's latest factors (and modules_to_save) as a PEFT adapter folder."""
+def write_merged_hf(run_dir, dst, *, overwrite: bool = False, **hf_options) -> pathlib.Path:
+  """A LoRA run merged into full weights in the released HF layout (`convert --to hf --merge-lora`;
+  `hf_options` as ckpt.convert.convert_orbax_to_hf's dtype / shard_size / fmt / progress).
+
+  The merged Orbax checkpoint is an intermediate inside the one temporary folder of `dst`, so an
+  interrupted export leaves only that folder (removed by the next write into `dst`)."""
+  from qwenvl_jax.ckpt.atomic import atomic_directory
+  from qwenvl_jax.ckpt.convert import convert_orbax_to_hf
+
+  _check_destination(run_dir, dst, overwrite)
+  with atomic_directory(dst, overwrite=overwrite) as tmp:
+    merged = write_merged_checkpoint(run_dir, tmp / ".merged")
+    hf = convert_orbax_to_hf(merged, tmp / ".hf", **hf_options)
+    shutil.rmtree(merged)
+    for f in hf.iterdir():
+      f.rename(tmp / f.name)
+    hf.rmdir()
+  return pathlib.Path(dst)
+
+
+def export_peft(run_dir, dst, base_model: str = "", overwrite: bool = False) -> pathlib.Path:
+  """A LoRA run's latest factors (and modules_to_save) as a PEFT adapter folder (atomic)."""
   from qwenvl_jax.ckpt import peft
 
+  _check_destination(run_dir, dst, overwrite)
   model, model_cfg, cfg, _ = load_finetuned(run_dir)
   return peft.export_adapter(model, model_cfg, dst, alpha=cfg.alpha, dropout=cfg.dropout,
                              targets=cfg.targets, modules_to_save=cfg.modules_to_save,
-                             base_model=base_model)
+                             base_model=base_model, overwrite=overwrite)
