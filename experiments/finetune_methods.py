@@ -13,7 +13,9 @@ is also the config (`qwenvl-jax train --config experiments/finetune_methods.py:l
 - lora:  the LoRA section of configs/finetune.py (released targets c_attn, attn.c_proj, w1, w2;
          dropout 0.05) at rank 8, alpha 16 on the 192-wide LLM; everything else frozen; lr 1e-2
          (10x full, the ratio configs/finetune.py uses for the 7B: 1e-5 vs 1e-4);
-- qlora: lora over the LLM stored in NF4 (groups of 64, the released default).
+- qlora: lora over the LLM stored in NF4 (groups of 64, the released default);
+- lora_save: lora plus `modules_to_save=("wte", "lm_head")`, what the released finetune.py does when
+         the base is not a chat model, as this base is not (its LLM never saw <|im_start|> ChatML).
 
 Measured per method: the loss curve (one PNG), held-out scores, trainable parameters, optimizer-state
 bytes, the frozen base's bytes, median step time, the training process's CPU time and peak RSS.
@@ -34,7 +36,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-METHODS = ("full", "lora", "qlora")
+METHODS = ("full", "lora", "qlora", "lora_save")
 STEPS = 120
 FULL_LR = 1e-3
 LORA_LR = 1e-2
@@ -55,7 +57,11 @@ def lora_section(method: str) -> dict:
   if method == "full":
     return dict(LORA, enabled=False)
   section = dict(LORA, rank=8, alpha=16.0)
-  return dict(section, quantize="nf4") if method == "qlora" else section
+  if method == "qlora":
+    return dict(section, quantize="nf4")
+  if method == "lora_save":
+    return dict(section, modules_to_save=("wte", "lm_head"))
+  return section
 
 
 def get_config(variant=None):
@@ -117,7 +123,7 @@ def qwenvl(*args, log_path: pathlib.Path) -> dict:
   """Runs `qwenvl-jax ARGS` in the repo root; -> {cmd, seconds, cpu_seconds, max_rss_mib, load}.
   CPU time and peak RSS are the child's own (os.wait4), so they hold under a shared machine's load."""
   cmd = [sys.executable, "-m", "qwenvl_jax", *map(str, args)]
-  text = shlex.join(cmd[2:])
+  text = shlex.join(cmd[2:]).replace(f"{REPO}/", "")  # results name paths relative to the repo
   print(f"$ {text}", flush=True)
   log_path.parent.mkdir(parents=True, exist_ok=True)
   load, t0 = os.getloadavg()[0], time.perf_counter()
@@ -187,8 +193,8 @@ def plot(work: pathlib.Path, results: pathlib.Path, methods) -> pathlib.Path:
   from experiments import plots
 
   path = results / "loss_curves.png"
-  plots.loss_curves({m: work / m for m in methods}, path, "demo base, ChatML fine-tuning: "
-                    "full vs LoRA vs Q-LoRA (same data, seed, steps)", x_offset=False)
+  plots.loss_curves({m: work / m for m in methods}, path,
+                    "Fine-tuning the demo base on ChatML (same data, seed, steps)", x_offset=False)
   return path
 
 
@@ -204,17 +210,24 @@ def main(argv=None):
   work, results = pathlib.Path(args.work).absolute(), pathlib.Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
-  report = {"base": json.loads((REPO / "demo" / "base" / "base.json").read_text()).get("made_by"),
-            "steps": args.steps, "eval_limit": args.eval_limit, "n_train": args.n_train,
-            "setup": prepare(work, args.n_train, args.eval_limit), "methods": {}}
+  settings = {"base": json.loads((REPO / "demo" / "base" / "base.json").read_text()).get("made_by"),
+              "steps": args.steps, "eval_limit": args.eval_limit, "n_train": args.n_train}
+  report = {**settings, "setup": {}, "methods": {}, "seconds": 0.0}
+  out = results / "results.json"
+  if out.is_file():  # a later call with other --methods adds to the same comparison
+    previous = json.loads(out.read_text())
+    if {k: previous.get(k) for k in settings} != settings:
+      raise SystemExit(f"{out} holds a run with other settings; choose another --results")
+    report.update(previous)
+  report["setup"].update(prepare(work, args.n_train, args.eval_limit))
   for method in args.methods:
     report["methods"][method] = run_method(method, work, args.steps, args.eval_limit)
-    (results / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-  report["seconds"] = round(time.perf_counter() - t0, 1)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+  report["seconds"] = round(report["seconds"] + time.perf_counter() - t0, 1)
   report["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in report["setup"].values()) + sum(
       m[k]["cpu_seconds"] for m in report["methods"].values() for k in ("train", "eval")), 1)
-  (results / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-  plot(work, results, args.methods)
+  out.write_text(json.dumps(report, indent=2) + "\n")
+  plot(work, results, list(report["methods"]))
   print(json.dumps({m: {k: v for k, v in r.items() if k not in ("losses", "train", "eval")}
                     for m, r in report["methods"].items()}, indent=2))
 

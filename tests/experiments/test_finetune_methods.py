@@ -20,10 +20,11 @@ def test_accounting_matches_the_lora_and_adam_formulas():
   # A [in, r] + B [r, out] per target and layer: c_attn D -> 3*attn, attn.c_proj attn -> D, w1 / w2 D -> F.
   per_layer = r * ((llm.hidden + 3 * attn) + (attn + llm.hidden) + 2 * (llm.hidden + llm.mlp_dim))
   counters = 8  # Adam's step count and the schedule's, int32
-  lora, qlora, full = (fm.state_accounting(m) for m in ("lora", "qlora", "full"))
-  for acc in (lora, qlora):
-    assert acc["trainable_params"] == llm.layers * per_layer
+  lora, qlora, save, full = (fm.state_accounting(m) for m in ("lora", "qlora", "lora_save", "full"))
+  # modules_to_save: the embedding and the LM head in full.
+  assert save["trainable_params"] == llm.layers * per_layer + 2 * llm.vocab_size * llm.hidden
+  assert lora["trainable_params"] == qlora["trainable_params"] == llm.layers * per_layer
+  for acc in (lora, qlora, save, full):
     assert acc["optimizer_state_bytes"] == 2 * 4 * acc["trainable_params"] + counters
-  assert full["optimizer_state_bytes"] == 2 * 4 * full["trainable_params"] + counters
   # Q-LoRA stores the LLM's linear kernels in 4 bits: its frozen base is far below LoRA's float32 one.
   assert qlora["frozen_param_bytes"] + qlora["buffer_bytes"] < 0.6 * lora["frozen_param_bytes"]
