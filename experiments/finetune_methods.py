@@ -81,30 +81,45 @@ def get_config(variant=None):
 # Accounting from the abstract train state (nothing allocated).
 
 
+def _abstract_state(config):
+  """(params, label tree, buffers, optimizer state) of a run config as ShapeDtypeStructs."""
+  from qwenvl_jax.config import MeshConfig, model_config_from_dict, train_config_from_dict
+  from qwenvl_jax.sharding import create_mesh
+
+  mesh = create_mesh(MeshConfig())
+  try:  # the one-setup API (train/setup.py) where it has landed, else the LoRA setup it replaces
+    from qwenvl_jax.train.setup import setup
+  except ImportError:
+    from qwenvl_jax.train import finetune
+
+    tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
+    _, s, _ = finetune.build_setup(config, tcfg, mcfg, mesh)
+    return s.abs_params, s.label_tree, s.abs_buffers, s.abs_opt
+  run = setup(config, mesh)
+  state = run.abstract_state
+  return state.params, run.label_tree, state.buffers, state.opt_state
+
+
 def state_accounting(method: str) -> dict:
   """Trainable parameters, optimizer-state bytes and the frozen base's bytes of a method's run."""
   import jax
   import numpy as np
 
-  from qwenvl_jax.config import MeshConfig, model_config_from_dict, train_config_from_dict
-  from qwenvl_jax.sharding import create_mesh
-  from qwenvl_jax.train import finetune, optim
+  from qwenvl_jax.train import optim
 
-  config = get_config(method)
-  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-  tcfg, setup, _ = finetune.build_setup(config, tcfg, mcfg, create_mesh(MeshConfig()))
+  abs_params, label_tree, abs_buffers, abs_opt = _abstract_state(get_config(method))
   nbytes = lambda x: int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-  params = jax.tree_util.tree_leaves_with_path(setup.abs_params)
-  labels = jax.tree.leaves(setup.label_tree)
-  trained = [x for (_, x), label in zip(params, labels) if label == optim.TRAIN]
-  frozen = [x for (_, x), label in zip(params, labels) if label != optim.TRAIN]
-  buffers = jax.tree.leaves(setup.abs_buffers)  # a quantised base lives here (not an nnx.Param)
+  params = jax.tree.leaves(abs_params)
+  labels = jax.tree.leaves(label_tree)
+  trained = [x for x, label in zip(params, labels) if label == optim.TRAIN]
+  frozen = [x for x, label in zip(params, labels) if label != optim.TRAIN]
   return {"trainable_params": sum(int(np.prod(x.shape)) for x in trained),
-          "total_params": sum(int(np.prod(x.shape)) for _, x in params),
-          "optimizer_state_bytes": sum(nbytes(x) for x in jax.tree.leaves(setup.abs_opt)),
+          "total_params": sum(int(np.prod(x.shape)) for x in params),
+          "optimizer_state_bytes": sum(nbytes(x) for x in jax.tree.leaves(abs_opt)),
           "trained_param_bytes": sum(nbytes(x) for x in trained),
           "frozen_param_bytes": sum(nbytes(x) for x in frozen),
-          "buffer_bytes": sum(nbytes(x) for x in buffers)}
+          # a quantised base lives here (not an nnx.Param)
+          "buffer_bytes": sum(nbytes(x) for x in jax.tree.leaves(abs_buffers))}
 
 
 # --------------------------------------------------------------------------------------------

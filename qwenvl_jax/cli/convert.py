@@ -77,7 +77,8 @@ def _refuse_lora_run(src):
 def _merged_to_hf(args):
   from qwenvl_jax.train import finetune
 
-  out = finetune.write_merged_hf(args.src[0], args.dst, overwrite=args.overwrite, dtype=args.dtype,
+  out = finetune.write_merged_hf(args.src[0], args.dst, overwrite=args.overwrite,
+                                 tokenizer_file=args.tokenizer, dtype=args.dtype,
                                  shard_size=parse_size(args.shard_size), fmt=args.format,
                                  progress=not args.quiet)
   print(f"wrote {out}")

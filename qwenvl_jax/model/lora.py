@@ -127,11 +127,12 @@ def merged_kernel(linear) -> jax.Array:
 
 
 def merge_lora(model: nnx.Module) -> list[str]:
-  """Folds every LoRA update into its (float32) kernel and removes the factors, in place.
-  A quantised base comes out dequantised: the merged weights are plain float kernels."""
+  """Folds every LoRA update into its (float32) kernel and removes the factors, in place. Every
+  quantised kernel comes out dequantised, with LoRA or not (Q-LoRA quantises layers LoRA does not
+  target, e.g. mlp.c_proj): the merged weights are plain float kernels. -> the paths that had LoRA."""
   merged = []
   for path, linear in linear_modules(model).items():
-    if linear.lora_a is None:
+    if linear.lora_a is None and linear.quant is None:
       continue
     var = linear.kernel if linear.quant is None else linear.kernel_q
     names = _names(var, var.get_value().ndim)
@@ -140,8 +141,9 @@ def merge_lora(model: nnx.Module) -> list[str]:
     if linear.quant is not None:
       del linear.kernel_q, linear.kernel_scale
       linear.quant = None
+    if linear.lora_a is not None:
+      merged.append(path)
     linear.lora_a = linear.lora_b = None
-    merged.append(path)
   return merged
 
 

@@ -100,29 +100,33 @@ def _check_destination(run_dir, dst, overwrite: bool) -> None:
   _refuse_existing(dst, overwrite)
 
 
-def write_merged_checkpoint(run_dir, dst, overwrite: bool = False) -> pathlib.Path:
+def write_merged_checkpoint(run_dir, dst, overwrite: bool = False,
+                            tokenizer_file=None) -> pathlib.Path:
   """A LoRA run's latest step with LoRA merged into the kernels, as a plain checkpoint folder
-  (params/ + model_config.json + tokenizer/) that `convert --to hf` and chat / eval read.
-  Written atomically (orbax_io.save_checkpoint): `dst` appears only when complete."""
+  (params/ + model_config.json + tokenizer/: `tokenizer_file`, else the run's) that `convert --to hf`
+  and chat / eval read. Written atomically (orbax_io.save_checkpoint): `dst` appears only when complete."""
   from qwenvl_jax.ckpt.orbax_io import save_checkpoint
 
   _check_destination(run_dir, dst, overwrite)
   model, model_cfg, _, tokenizer = load_finetuned(run_dir, merge=True)
-  return save_checkpoint(dst, model, model_cfg, tokenizer_file=tokenizer, overwrite=overwrite)
+  return save_checkpoint(dst, model, model_cfg, tokenizer_file=tokenizer_file or tokenizer,
+                         overwrite=overwrite)
 
 
-def write_merged_hf(run_dir, dst, *, overwrite: bool = False, **hf_options) -> pathlib.Path:
+def write_merged_hf(run_dir, dst, *, overwrite: bool = False, tokenizer_file=None,
+                    **hf_options) -> pathlib.Path:
   """A LoRA run merged into full weights in the released HF layout (`convert --to hf --merge-lora`;
   `hf_options` as ckpt.convert.convert_orbax_to_hf's dtype / shard_size / fmt / progress).
 
   The merged Orbax checkpoint is an intermediate inside the one temporary folder of `dst`, so an
   interrupted export leaves only that folder (removed by the next write into `dst`)."""
-  from qwenvl_jax.ckpt.atomic import atomic_directory
+  from qwenvl_jax.ckpt.atomic import atomic_directory, check_disjoint
   from qwenvl_jax.ckpt.convert import convert_orbax_to_hf
 
+  check_disjoint(dst, tokenizer_file, what="--dst")
   _check_destination(run_dir, dst, overwrite)
   with atomic_directory(dst, overwrite=overwrite) as tmp:
-    merged = write_merged_checkpoint(run_dir, tmp / ".merged")
+    merged = write_merged_checkpoint(run_dir, tmp / ".merged", tokenizer_file=tokenizer_file)
     hf = convert_orbax_to_hf(merged, tmp / ".hf", **hf_options)
     shutil.rmtree(merged)
     for f in hf.iterdir():

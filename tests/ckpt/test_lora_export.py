@@ -2,6 +2,7 @@
 a temporary folder renamed when complete, an existing destination replaced only with --overwrite,
 nothing under the destination name after a failure, never into or around the run."""
 
+import dataclasses
 import json
 
 import jax
@@ -21,22 +22,31 @@ SETTINGS = lora_run.LoRAConfig(enabled=True, rank=4, alpha=8.0, dropout=0.0,
                                targets=peft.RELEASED_TARGETS, modules_to_save=("lm_head",))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, orbax_fp32):
+def _write_run(workdir, orbax_dir, settings):
   """A LoRA run's workdir (step 3) over the random tiny base, with non-zero B factors."""
-  model, cfg, _ = load_checkpoint(orbax_fp32)
-  lora_run.transform(model, SETTINGS)
+  model, cfg, _ = load_checkpoint(orbax_dir)
+  lora_run.transform(model, settings)
   rng = np.random.default_rng(1)
   for linear in linear_modules(model).values():
     if linear.lora_b is not None:
       b = linear.lora_b.get_value()
       linear.lora_b.set_value(jax.numpy.asarray(0.05 * rng.standard_normal(b.shape), b.dtype))
-  workdir = tmp_path_factory.mktemp("lora") / "run"
   with ocp.StandardCheckpointer() as c:
     c.save(workdir / "checkpoints" / "3" / "params", nnx.state(model).to_pure_dict())
   checkpoint.write_model_config(workdir, cfg)
-  finetune.write_settings(workdir, SETTINGS)
+  finetune.write_settings(workdir, settings)
   return workdir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, orbax_fp32):
+  return _write_run(tmp_path_factory.mktemp("lora") / "run", orbax_fp32, SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory, orbax_fp32):
+  settings = dataclasses.replace(SETTINGS, quantize="nf4", group_size=8)
+  return _write_run(tmp_path_factory.mktemp("qlora") / "run", orbax_fp32, settings)
 
 
 def _logits(model, cfg):
@@ -55,10 +65,13 @@ def _siblings(path):
   return sorted(p.name for p in path.parent.iterdir())
 
 
-def test_merged_hf_export_gives_the_unmerged_runs_logits(run, tmp_path):
+@pytest.mark.parametrize("which", ["run", "qlora_run"])
+def test_merged_hf_export_gives_the_unmerged_runs_logits(which, request, tmp_path, tokenizer_file):
+  run = request.getfixturevalue(which)  # Q-LoRA: mlp.c_proj is quantised without LoRA
   dst = tmp_path / "merged"
-  finetune.write_merged_hf(run, dst, dtype="float32")
+  finetune.write_merged_hf(run, dst, dtype="float32", tokenizer_file=tokenizer_file)
   assert _siblings(dst) == ["merged"]  # no intermediate left beside it
+  assert (dst / tokenizer_file.name).read_bytes() == tokenizer_file.read_bytes()
   assert not any(p.name.startswith(".") for p in dst.iterdir())
   back = convert.convert_hf_to_orbax(dst, tmp_path / "back")
   merged, cfg, _ = load_checkpoint(back)

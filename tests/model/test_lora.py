@@ -58,6 +58,7 @@ def test_merged_equals_unmerged(tiny, fmt):
   assert np.abs(unmerged - np.asarray(_forward(fresh(), *inputs))).max() > 1e-3  # LoRA matters
   assert sorted(lora.merge_lora(model)) == sorted(TARGETS)
   assert not nnx.state(model, lora.LoRAParam).flat_state()
+  assert all(m.quant is None for m in lora.linear_modules(model).values())  # mlp.c_proj too
   np.testing.assert_allclose(np.asarray(_forward(model, *inputs)), unmerged, atol=1e-5, rtol=0)
 
 
