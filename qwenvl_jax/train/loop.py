@@ -61,17 +61,16 @@ class WorkdirError(ValueError):
 def make_iterator(config, train_cfg, model_cfg, process_index: int, process_count: int):
   """The configured data iterator for this process: synthetic, or the grain pipeline's over the
   records of `data.paths` (`data.pipeline.make_train_iterator`: a disjoint shard per process)."""
-  data = dict(config.get("data") or {})
-  if train_cfg.data_source == "synthetic":
+  data = train_cfg.data
+  if data.source == "synthetic":
     return SyntheticIterator(
-        model_cfg, train_cfg.batch_size, train_cfg.seq_len, max_images=int(data.get("max_images", 1)),
-        packed=data.get("layout", "unpacked") == "packed", seed=int(data.get("seed", train_cfg.seed)),
-        fixed=bool(data.get("fixed", False)), process_index=process_index,
-        process_count=process_count)
+        model_cfg, train_cfg.batch_size, train_cfg.seq_len, max_images=data.max_images,
+        packed=data.layout == "packed", seed=train_cfg.seed if data.seed is None else data.seed,
+        fixed=data.fixed, process_index=process_index, process_count=process_count)
   try:
     from qwenvl_jax.data.pipeline import make_train_iterator
   except ImportError as e:
-    raise ConfigError(f"config field 'data.source': '{train_cfg.data_source}' needs "
+    raise ConfigError(f"config field 'data.source': '{data.source}' needs "
                       f"qwenvl_jax.data.pipeline.make_train_iterator(config, process_index, "
                       f"process_count), which is not available ({e})") from e
   return make_train_iterator(config, process_index, process_count)
@@ -174,7 +173,7 @@ def _start(run: setup_lib.Run, resume: bool, init: str | None, iterator: Iterato
   pi, pc = jax.process_index(), jax.process_count()
   if iterator is None:
     iterator = make_iterator(run.config, train_cfg, model_cfg, pi, pc)
-    if train_cfg.data_source == "synthetic":
+    if train_cfg.data.source == "synthetic":
       rows = train_cfg.batch_size // pc
       if host_row_range(run.mesh, train_cfg.batch_size) != (pi * rows, (pi + 1) * rows):
         raise ValueError("the mesh does not give each process a contiguous block of batch rows")

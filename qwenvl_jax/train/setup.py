@@ -20,8 +20,7 @@ from jax.sharding import Mesh
 
 from qwenvl_jax.ckpt import checkpoint as ckpt_lib
 from qwenvl_jax.ckpt.lora_run import LoRAConfig, lora_config_from_dict, make_model_fn
-from qwenvl_jax.config import (ConfigError, ModelConfig, TrainConfig, mesh_config_from_dict,
-                               model_config_from_dict, train_config_from_dict)
+from qwenvl_jax.config import ConfigError, ModelConfig, TrainConfig, run_config_from_dict
 from qwenvl_jax.sharding import check_batch_rows, create_mesh, logical_rules, rules_for
 from qwenvl_jax.train import finetune, optim
 from qwenvl_jax.train import state as state_lib
@@ -110,12 +109,11 @@ def check_batch(train_cfg: TrainConfig, model_cfg: ModelConfig, mesh: Mesh) -> N
 def setup(config, mesh: Mesh | None = None, workdir: str | pathlib.Path | None = None) -> Run:
   """The run of a stage / fine-tune config on `mesh` (default: the config's `mesh` section over all
   devices); with a `workdir`, also its checkpointer. Nothing is allocated on the devices."""
-  train_cfg = train_config_from_dict(config)
-  model_cfg = model_config_from_dict(config.model)
+  run_cfg = run_config_from_dict(config)  # every typed section, validated; errors name the field
+  train_cfg, model_cfg = run_cfg.train, run_cfg.model
   lora_cfg = lora_config_from_dict(config.get("lora"))
-  mesh_cfg = mesh_config_from_dict(config.get("mesh"))
-  rules = rules_for(mesh_cfg.rules)
-  mesh = mesh if mesh is not None else create_mesh(mesh_cfg)
+  rules = rules_for(run_cfg.mesh.rules)
+  mesh = mesh if mesh is not None else create_mesh(run_cfg.mesh)
   check_batch(train_cfg, model_cfg, mesh)
   make_model = lambda seed: make_model_fn(model_cfg, lora_cfg, seed)()
   with logical_rules(rules):

@@ -14,7 +14,7 @@ from tests.data.helpers import assert_same, take
 def cfg(vocab, **kw):
   base = dict(paths=(), tokenizer=vocab, seq_len=1024, batch_size=3, image_size=28, n_image_tokens=4,
               shard_index=0, shard_count=1, seed=1)
-  return pipeline.DataConfig(**{**base, **kw})
+  return pipeline.PipelineConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")

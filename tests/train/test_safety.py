@@ -214,7 +214,7 @@ def test_a_mistyped_override_is_one_line(tmp_path, capsys, override, field, expe
   rc = main(["train", "--config", "configs/stage2.py:tiny", "--workdir", str(tmp_path / "w"),
              "--set", override])
   line = one_line(capsys.readouterr().err)
-  assert rc == 2 and f"config field '{field}' expects {expected}" in line
+  assert rc == 2 and f"config field '{field}': expects {expected}" in line
   assert not (tmp_path / "w").exists()
 
 
