@@ -36,7 +36,7 @@ def throughput(vocab, records, workers: int, threads: int) -> float:
   t = time.perf_counter()
   n = 0
   while n < len(records):
-    n += next(it)["ids"].shape[0]
+    n += next(it)["tokens"].shape[0]
   return n / (time.perf_counter() - t)
 
 

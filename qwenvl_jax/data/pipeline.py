@@ -21,15 +21,15 @@ Packing (`layout="packed"`) is `text.packing.pack_samples` (first fit, whole sam
 windows of `pack_window` samples; the iterator state is the window's start plus the rows already
 emitted, so a resume re-packs the same window identically and skips what was consumed.
 
-Rows have the fields of `text.packing` plus fixed-shape images (`T = seq_len`, `M = max_images`,
-`S = image_size`):
-  ids         int32 [T]   padded with <|endoftext|>
+Rows have the fields of the training batch contract (`train/batch.py`; `T = seq_len`,
+`M = max_images`, `S = image_size`):
+  tokens      int32 [T]   padded with <|endoftext|>
   segment_ids int32 [T]   1, 2, .. per sample in the row; 0 = padding
   positions   int32 [T]   restart at 0 in every segment
   loss_mask   bool  [T]   token t is a training target (never the first token of a segment)
   images      uint8 [M, S, S, 3]    the row's images (resized pixels, normalised on the device) in
                                     order of appearance; zeros where unused
-  image_valid bool  [M]
+  num_images  int32 []    real images in the row (the first ones of `images`)
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def _skip(reason: str, name: str, detail: str = "") -> dict:
 
 
 class SampleBuilder:
-  """record, rng -> {"ids", "loss_mask", "images" [k, S, S, 3]} or a skip marker. Runs in the workers;
+  """record, rng -> {"tokens", "loss_mask", "images" [k, S, S, 3]} or a skip marker. Runs in the workers;
   picklable; loads the tokenizer lazily (once per process)."""
 
   def __init__(self, cfg: PipelineConfig):
@@ -194,7 +194,7 @@ class SampleBuilder:
     images = np.zeros((len(pil), cfg.image_size, cfg.image_size, 3), np.uint8)
     for i, im in enumerate(pil):
       images[i] = preprocess.pixels(im, cfg.image_size)  # normalised on the device (train/batch.py)
-    return {"ids": sample.ids, "loss_mask": sample.loss_mask, "images": images}
+    return {"tokens": sample.ids, "loss_mask": sample.loss_mask, "images": images}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,16 +203,15 @@ class SampleBuilder:
 
 def _to_sample(x: dict):
   from qwenvl_jax.text.conversation import TokenizedSample
-  return TokenizedSample(x["ids"], x["loss_mask"], list(x["images"]))
+  return TokenizedSample(x["tokens"], x["loss_mask"], list(x["images"]))
 
 
 def _row_dict(row, cfg: PipelineConfig) -> dict:
   images = np.zeros((cfg.max_images, cfg.image_size, cfg.image_size, 3), np.uint8)
-  valid = np.zeros(cfg.max_images, bool)
   for i, im in enumerate(row.images):
-    images[i], valid[i] = im, True
-  return {"ids": row.ids, "segment_ids": row.segment_ids, "positions": row.positions,
-          "loss_mask": row.loss_mask, "images": images, "image_valid": valid}
+    images[i] = im
+  return {"tokens": row.tokens, "segment_ids": row.segment_ids, "positions": row.positions,
+          "loss_mask": row.loss_mask, "images": images, "num_images": np.int32(len(row.images))}
 
 
 class _PadOne:
@@ -460,14 +459,14 @@ def pipeline_config_for_training(config, process_index: int = 0,
 
 
 def to_train_batch(batch: dict) -> dict:
-  """Pipeline batch fields -> the training batch contract (`train/batch.py`); text-only batches
-  (max_images = 0) carry no images."""
-  out = {"tokens": np.asarray(batch["ids"], np.int32), "loss_mask": np.asarray(batch["loss_mask"], bool),
+  """A pipeline batch (already in the contract's names) in the dtypes of `train/batch.py`; text-only
+  batches (max_images = 0) carry no images."""
+  out = {"tokens": np.asarray(batch["tokens"], np.int32), "loss_mask": np.asarray(batch["loss_mask"], bool),
          "segment_ids": np.asarray(batch["segment_ids"], np.int32),
          "positions": np.asarray(batch["positions"], np.int32)}
   if batch["images"].shape[1]:
     out["images"] = np.asarray(batch["images"], np.uint8)
-    out["num_images"] = np.asarray(batch["image_valid"], bool).sum(-1).astype(np.int32)
+    out["num_images"] = np.asarray(batch["num_images"], np.int32)
   return out
 
 
