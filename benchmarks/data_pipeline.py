@@ -26,7 +26,7 @@ def _records(n: int) -> list[dict]:
 def _cfg(vocab, **kw):
   base = dict(paths=(), tokenizer=vocab, seq_len=2048, batch_size=8, image_size=448, n_image_tokens=256,
               shard_index=0, shard_count=1, seed=0, num_epochs=1, drop_remainder=False)
-  return pipeline.DataConfig(**{**base, **kw})
+  return pipeline.PipelineConfig(**{**base, **kw})
 
 
 def throughput(vocab, records, workers: int, threads: int) -> float:
@@ -36,7 +36,7 @@ def throughput(vocab, records, workers: int, threads: int) -> float:
   t = time.perf_counter()
   n = 0
   while n < len(records):
-    n += next(it)["ids"].shape[0]
+    n += next(it)["tokens"].shape[0]
   return n / (time.perf_counter() - t)
 
 

@@ -9,10 +9,9 @@ the abstract state (no compile, no allocation), so it runs on any host:
 import jax
 import numpy as np
 
-from qwenvl_jax.config import (MeshConfig, load_config_dict, model_config_from_dict,
-                               train_config_from_dict)
+from qwenvl_jax.config import MeshConfig, load_config_dict
 from qwenvl_jax.sharding import create_mesh
-from qwenvl_jax.train import finetune
+from qwenvl_jax.train.setup import setup
 
 GIB = 2**30
 
@@ -24,15 +23,14 @@ def nbytes(tree) -> int:
 def main():
   mesh = create_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
   for variant in ("qlora", "lora", "full"):
-    config = load_config_dict(f"finetune:{variant}")
-    train_cfg, model_cfg = train_config_from_dict(config), model_config_from_dict(config.model)
-    _, setup, _ = finetune.build_setup(config, train_cfg, model_cfg, mesh)
-    labels = dict(jax.tree_util.tree_leaves_with_path(setup.label_tree))
-    trained = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(setup.abs_params)
+    run = setup(load_config_dict(f"finetune:{variant}"), mesh)
+    state = run.abstract_state
+    labels = dict(jax.tree_util.tree_leaves_with_path(run.label_tree))
+    trained = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(state.params)
                   if labels[path] == "train")
-    print(f"{variant}: params {nbytes(setup.abs_params) / GIB:.2f} GiB, buffers (quantised base) "
-          f"{nbytes(setup.abs_buffers) / GIB:.2f} GiB, trained {trained / 1e6:.1f} M, optimizer "
-          f"{nbytes(setup.abs_opt) / GIB:.3f} GiB", flush=True)
+    print(f"{variant}: params {nbytes(state.params) / GIB:.2f} GiB, buffers (quantised base) "
+          f"{nbytes(state.buffers) / GIB:.2f} GiB, trained {trained / 1e6:.1f} M, optimizer "
+          f"{nbytes(state.opt_state) / GIB:.3f} GiB", flush=True)
 
 
 if __name__ == "__main__":

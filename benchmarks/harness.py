@@ -114,19 +114,21 @@ class JaxTrainer:
   def __init__(self, model, optim_cfg: OptimConfig = BENCH_OPTIM, **model_overrides):
     """`model_overrides`: ModelConfig fields that change no tensor (attention, loss_chunk, remat)."""
     import jax
+    import ml_collections
     from flax import nnx
 
+    from qwenvl_jax.config import model_config_to_dict
     from qwenvl_jax.sharding import create_mesh
-    from qwenvl_jax.train import step as step_lib
+    from qwenvl_jax.train.setup import setup
 
-    mesh = create_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     cfg = dataclasses.replace(model.cfg, **model_overrides).validate()
-    self.setup = step_lib.build_setup(cfg, optim_cfg, BENCH_STEPS, mesh)
-    params, buffers = step_lib.split_full(self.setup, nnx.state(model).to_pure_dict())
-    self.params = jax.device_put(params, self.setup.param_sh)
-    self.buffers = jax.device_put(buffers, self.setup.buffer_sh)
-    self.opt_state = step_lib.init_opt_state(self.setup, self.params)
-    self.step_fn = step_lib.TrainStep(self.setup, grad_accum=1)
+    # batch_size / seq_len only pass the run's checks: the step takes whatever batch it is given.
+    config = ml_collections.ConfigDict(dict(
+        model=model_config_to_dict(cfg), optim=dataclasses.asdict(optim_cfg), steps=BENCH_STEPS,
+        batch_size=1, grad_accum=1, seq_len=2))
+    self.run = setup(config, create_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1]))
+    self.state = self.run.placed_state(nnx.state(model).to_pure_dict())
+    self.step_fn = self.run.train_step
     self.compiled, self.compile_s = None, None
     self._batches = {}
 
@@ -134,8 +136,7 @@ class JaxTrainer:
     """AOT-compiles the step for this batch layout; returns the seconds (lower + compile)."""
 
     t = time.perf_counter()
-    lowered = self.step_fn.lower(self.params, self.opt_state, self.buffers, self._put(batch))
-    self.compiled = lowered.compile()
+    self.compiled = self.step_fn.compile(self.state, self._put(batch))
     self.compile_s = time.perf_counter() - t
     return self.compile_s
 
@@ -154,9 +155,7 @@ class JaxTrainer:
 
     if self.compiled is None:
       self.compile(batch)
-    with jax.set_mesh(self.setup.mesh):
-      self.params, self.opt_state, m = self.compiled(self.params, self.opt_state, self.buffers,
-                                                     self._put(batch))
+    self.state, m = self.compiled(self.state, self._put(batch))
     return float(jax.device_get(m["loss"]))
 
 

@@ -29,12 +29,10 @@ def main(argv=None):
   import jax
   import numpy as np
 
-  from qwenvl_jax.config import (load_config_dict, mesh_config_from_dict, model_config_from_dict,
-                                 train_config_from_dict)
+  from qwenvl_jax.config import load_config_dict
   from qwenvl_jax.model.params import count_parameters
-  from qwenvl_jax.sharding import create_mesh
-  from qwenvl_jax.train import step as step_lib
   from qwenvl_jax.train.loop import make_iterator, to_global
+  from qwenvl_jax.train.setup import setup
   from qwenvl_jax.train.metrics import model_flops_per_token, trainable_parts
 
   print(f"# {jax.devices()[0].device_kind} x {jax.device_count()}, {os.cpu_count()} cores, "
@@ -45,22 +43,19 @@ def main(argv=None):
   for spec in args.configs:
     stage, variant = spec.split(":")
     config = load_config_dict(f"configs/{stage}.py:{variant}")
-    tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-    mesh = create_mesh(mesh_config_from_dict(config.mesh))
-    setup = step_lib.build_setup(mcfg, tcfg.optim, tcfg.steps, mesh)
-    params, buffers = step_lib.init_params(setup, 0)
-    opt_state = step_lib.init_opt_state(setup, params)
-    train_step = step_lib.TrainStep(setup, tcfg.grad_accum)
+    run = setup(config)
+    tcfg, mcfg, train_step = run.train_cfg, run.model_cfg, run.train_step
+    state = run.init_state()
     it = make_iterator(config, tcfg, mcfg, 0, 1)
-    batches = [to_global(next(it), mesh, tcfg.batch_size) for _ in range(args.steps + 1)]
+    batches = [to_global(next(it), run.mesh, tcfg.batch_size) for _ in range(args.steps + 1)]
     t0 = time.perf_counter()
-    params, opt_state, m = train_step(params, opt_state, buffers, batches[0])
+    state, m = train_step(state, batches[0])
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
     times, images = [], 0
     for batch in batches[1:]:
       t0 = time.perf_counter()
-      params, opt_state, m = train_step(params, opt_state, buffers, batch)
+      state, m = train_step(state, batch)
       m = jax.device_get(m)
       times.append(time.perf_counter() - t0)
       images += int(m["images"])

@@ -83,18 +83,11 @@ def get_config(variant=None):
 
 def _abstract_state(config):
   """(params, label tree, buffers, optimizer state) of a run config as ShapeDtypeStructs."""
-  from qwenvl_jax.config import MeshConfig, model_config_from_dict, train_config_from_dict
+  from qwenvl_jax.config import MeshConfig
   from qwenvl_jax.sharding import create_mesh
+  from qwenvl_jax.train.setup import setup
 
   mesh = create_mesh(MeshConfig())
-  try:  # the one-setup API (train/setup.py) where it has landed, else the LoRA setup it replaces
-    from qwenvl_jax.train.setup import setup
-  except ImportError:
-    from qwenvl_jax.train import finetune
-
-    tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-    _, s, _ = finetune.build_setup(config, tcfg, mcfg, mesh)
-    return s.abs_params, s.label_tree, s.abs_buffers, s.abs_opt
   run = setup(config, mesh)
   state = run.abstract_state
   return state.params, run.label_tree, state.buffers, state.opt_state

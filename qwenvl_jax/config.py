@@ -199,26 +199,33 @@ class MeshConfig:
 # Building dataclasses from ConfigDicts / plain dicts.
 
 
-def _from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
+def from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
+  """A config dataclass from a mapping: unknown keys and values of the wrong type raise ConfigError
+  naming the dotted field (`prefix` "" for top-level run fields). The one type check of every
+  config value, `--set` overrides included."""
   values = dict(values or {})
   fields = {f.name: f for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - set(fields))
-  _check(not unknown, prefix, f"unknown field(s) {unknown}; known: {sorted(fields)}")
+  _check(not unknown, prefix or "config", f"unknown field(s) {unknown}; known: {sorted(fields)}")
   kwargs = {}
   for name, value in values.items():
+    field = f"{prefix}.{name}" if prefix else name
     sub = {"vision": VisionConfig, "adapter": AdapterConfig, "llm": LLMConfig}.get(name)
     if cls is ModelConfig and sub is not None:
-      kwargs[name] = _from_mapping(sub, value, f"{prefix}.{name}")
+      _check(isinstance(value, Mapping), field, f"is a section; set its fields ({field}.<name>=...)")
+      kwargs[name] = from_mapping(sub, value, field)
       continue
     default = fields[name].default
     if isinstance(default, bool):
-      _check(isinstance(value, bool), f"{prefix}.{name}", f"expected a bool, got {value!r}")
+      _check(isinstance(value, bool), field, f"expects True or False, got {value!r}")
     elif isinstance(default, int):
-      _check(isinstance(value, int) and not isinstance(value, bool), f"{prefix}.{name}",
-             f"expected an int, got {value!r}")
+      _check(isinstance(value, int) and not isinstance(value, bool), field, f"expects an int, got {value!r}")
     elif isinstance(default, float):
-      _check(isinstance(value, (int, float)), f"{prefix}.{name}", f"expected a number, got {value!r}")
+      _check(isinstance(value, (int, float)) and not isinstance(value, bool), field,
+             f"expects a number, got {value!r}")
       value = float(value)
+    elif isinstance(default, str):
+      _check(isinstance(value, str), field, f"expects a string, got {value!r}")
     kwargs[name] = value
   return cls(**kwargs)
 
@@ -232,7 +239,7 @@ def _to_plain(value):
 
 
 def model_config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
-  return _from_mapping(ModelConfig, _to_plain(values), "model").validate()
+  return from_mapping(ModelConfig, _to_plain(values), "model").validate()
 
 
 def _rules_tuple(rules) -> tuple:
@@ -253,7 +260,7 @@ def mesh_config_from_dict(values: Mapping[str, Any] | None) -> MeshConfig:
   values = dict(_to_plain(values) or {})
   if "rules" in values:
     values["rules"] = _rules_tuple(values["rules"])
-  return _from_mapping(MeshConfig, values, "mesh")
+  return from_mapping(MeshConfig, values, "mesh")
 
 
 def model_config_to_dict(cfg: ModelConfig) -> dict:
@@ -333,7 +340,10 @@ def load_config_dict(spec: str) -> ml_collections.ConfigDict:
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-  """Applies `key.sub=value` strings; values parse as Python literals where they can."""
+  """Applies `key.sub=value` strings (values parse as Python literals where they can), then checks the
+  result as the typed run config (`run_config_from_dict`): the one validation of every value, so a
+  wrong type or value raises ConfigError naming the dotted field. The `lora` and `evals` sections
+  are typed where they are read (ckpt/lora_run.py, evals/in_loop.py)."""
   import ast
 
   for item in overrides or []:
@@ -347,22 +357,33 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
     node = cfg
     parts = key.split(".")
     for part in parts[:-1]:
-      if part not in node:
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
         raise ConfigError(f"override '{item}': no config field '{key}'")
       node = node[part]
-    if parts[-1] not in node:
+    if parts[-1] not in node and not _is_typed_field(parts):
       raise ConfigError(f"override '{item}': no config field '{key}'")
-    try:
-      node[parts[-1]] = value  # ConfigDict type-checks against the existing value
-    except TypeError:
-      expected = type(node[parts[-1]]).__name__
-      raise ConfigError(f"override '{item}': config field '{key}' expects {_A_TYPE.get(expected, expected)}, "
-                        f"got {raw!r}") from None
+    if isinstance(node.get(parts[-1]), ml_collections.ConfigDict):
+      raise ConfigError(f"override '{item}': config field '{key}' is a section; set its fields "
+                        f"({key}.<name>=...)")
+    with node.ignore_type():  # the typed config checks the value, below
+      node[parts[-1]] = value
+  if overrides and "model" in cfg:
+    run_config_from_dict(cfg)
   return cfg
 
 
-_A_TYPE = {"int": "an int", "float": "a number", "bool": "True or False", "str": "a string",
-           "tuple": "a tuple, e.g. ('a', 'b')"}
+def _is_typed_field(parts: list[str]) -> bool:
+  """Whether the dotted key names a field of the typed run config (which an override may set even
+  where the config file leaves it at its default, e.g. `data.num_epochs`)."""
+  sections = {"model": ModelConfig, "mesh": MeshConfig, "optim": OptimConfig, "data": DataConfig}
+  cls = TrainConfig if len(parts) == 1 else sections.get(parts[0])
+  for part in parts[1:-1]:
+    if cls is ModelConfig and part in ("vision", "adapter", "llm"):
+      cls = {"vision": VisionConfig, "adapter": AdapterConfig, "llm": LLMConfig}[part]
+    else:
+      return False
+  return cls is not None and parts[-1] in {f.name for f in dataclasses.fields(cls)} \
+      and parts[-1] not in ("optim", "data")
 
 
 def load_model_config(spec: str) -> ModelConfig:
@@ -409,7 +430,73 @@ class OptimConfig:
     return self
 
 
-_DATA_SOURCES = ("synthetic", "jsonl", "array_record", "tfds")
+DATA_SOURCES = ("synthetic", "jsonl", "array_record", "tfds")
+_DATA_FORMATS = ("auto", "chatml", "pretrain")
+_DATA_LAYOUTS = ("unpacked", "packed")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The run's `data` section: where training rows come from and how they are built.
+
+  `synthetic` is train/batch.py's generated batches (tests, benchmarks); the record sources go
+  through the grain pipeline (data/pipeline.py), which also checks what needs the disk: that the
+  files exist, that the tokenizer loads and fits the model, and the task names.
+  """
+  source: str = "synthetic"
+  paths: tuple = ()  # record files; for `tfds`, prepared datasets "NAME" or "NAME:SPLIT"
+  tokenizer: str = ""  # a .tiktoken / .model file or a directory holding one
+  tfds_dir: str = ""  # data_dir of the prepared TFDS datasets
+  format: str = "auto"  # "chatml" (conversations), "pretrain" (raw records via `tasks`), "auto": by record
+  # Pretraining tasks drawn from, one example per record visit: a task named k times is drawn k times
+  # as often. () = every task.
+  tasks: tuple = ()
+  ocr_max_regions: int = 32
+  layout: str = "unpacked"  # or "packed" (several samples per row)
+  pack_window: int = 64  # samples packed together; larger packs tighter, costs memory and latency
+  max_images: int = 1  # images per row
+  seed: int | None = None  # None: the run's seed
+  shuffle: bool = True
+  num_epochs: int | None = None  # None: repeat forever
+  num_workers: int = 0
+  read_threads: int = 2
+  read_prefetch: int = 16
+  worker_buffer: int = 4
+  fixed: bool = False  # synthetic only: the same batch every step
+
+  def validate(self, prefix: str = "data"):
+    _check(self.source in DATA_SOURCES, f"{prefix}.source",
+           f"{self.source!r} is not a data source; expected one of {DATA_SOURCES}")
+    _check(self.format in _DATA_FORMATS, f"{prefix}.format", f"{self.format!r} is not one of {_DATA_FORMATS}")
+    _check(self.layout in _DATA_LAYOUTS, f"{prefix}.layout", f"{self.layout!r} is not one of {_DATA_LAYOUTS}")
+    for name, strings in (("paths", self.paths), ("tasks", self.tasks)):
+      _check(isinstance(strings, tuple) and all(isinstance(x, str) for x in strings), f"{prefix}.{name}",
+             f"must be a tuple of strings, got {strings!r}")
+    for name, least in (("max_images", 0), ("num_workers", 0), ("ocr_max_regions", 0), ("pack_window", 1),
+                        ("read_threads", 1), ("read_prefetch", 1), ("worker_buffer", 1), ("seed", 0),
+                        ("num_epochs", 1)):
+      value = getattr(self, name)
+      if value is None and name in ("seed", "num_epochs"):
+        continue
+      _check(isinstance(value, int) and not isinstance(value, bool) and value >= least, f"{prefix}.{name}",
+             f"must be an integer >= {least}, got {value!r}")
+    return self
+
+
+def data_config_from_dict(values: Mapping[str, Any] | None) -> DataConfig:
+  values = dict(_to_plain(values) or {})
+  known = [f.name for f in dataclasses.fields(DataConfig)]
+  unknown = sorted(set(values) - set(known))
+  _check(not unknown, f"data.{unknown[0] if unknown else ''}", f"unknown field; the data section takes {known}")
+  for name in ("paths", "tasks"):  # one name may be given as a string; JSON / --set give lists
+    if isinstance(values.get(name), str):
+      values[name] = (values[name],)
+    elif isinstance(values.get(name), list):
+      values[name] = tuple(values[name])
+  for name in ("tokenizer", "tfds_dir"):  # None / a path object read as the path text
+    if name in values:
+      values[name] = "" if values[name] is None else str(values[name])
+  return from_mapping(DataConfig, values, "data").validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +517,11 @@ class TrainConfig:
   peak_flops: float = 0.0  # per device, for MFU; 0 = look up the device kind (unknown -> no MFU)
   pause_after_step: int = 0  # preemption drills: after this step (and its checkpoint) wait for a signal
   optim: OptimConfig = OptimConfig()
-  data_source: str = "synthetic"  # data.source
+  data: DataConfig = DataConfig()
+
+  @property
+  def data_source(self) -> str:
+    return self.data.source
 
   @property
   def microbatch(self) -> int:
@@ -447,8 +538,6 @@ class TrainConfig:
     _check(self.seq_len >= 2, "seq_len", "must be >= 2 (next-token prediction)")
     _check(self.optim.warmup_steps <= self.steps, "optim.warmup_steps",
            f"{self.optim.warmup_steps} warmup steps exceed the {self.steps} training steps")
-    _check(self.data_source in _DATA_SOURCES, "data.source",
-           f"{self.data_source!r} not in {_DATA_SOURCES}")
     _check(self.peak_flops >= 0, "peak_flops", "must be >= 0")
     _check(self.pause_after_step >= 0, "pause_after_step", "must be >= 0")
     return self
@@ -459,15 +548,31 @@ def optim_config_from_dict(values: Mapping[str, Any] | None) -> OptimConfig:
   if "frozen" in values:
     frozen = values["frozen"]
     values["frozen"] = (frozen,) if isinstance(frozen, str) else tuple(frozen or ())
-  return _from_mapping(OptimConfig, values, "optim").validate()
+  return from_mapping(OptimConfig, values, "optim").validate()
 
 
 def train_config_from_dict(cfg: Mapping[str, Any]) -> TrainConfig:
   """The run settings of a whole stage config (its `model` / `mesh` sections are read elsewhere)."""
   values = _to_plain(cfg)
-  # `evals` (in-training evaluation) is read by qwenvl_jax/evals/in_loop.py
+  # `evals` (in-training evaluation) is read by qwenvl_jax/evals/in_loop.py, `lora` by ckpt/lora_run.py
   top = {k: v for k, v in values.items() if k not in ("model", "mesh", "optim", "data", "evals", "lora")}
-  data = values.get("data") or {}
-  out = _from_mapping(TrainConfig, top, "config")
+  out = from_mapping(TrainConfig, top, "")
   return dataclasses.replace(out, optim=optim_config_from_dict(values.get("optim")),
-                             data_source=data.get("source", "synthetic")).validate()
+                             data=data_config_from_dict(values.get("data"))).validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """A whole training run's typed config: the model, the mesh (and its sharding rules) and the run
+  (steps, batch, optimizer, data). The `lora` section is typed by ckpt/lora_run.py (it needs the
+  quantisation formats of the model layer), `evals` by evals/in_loop.py."""
+  model: ModelConfig
+  mesh: MeshConfig
+  train: TrainConfig
+
+
+def run_config_from_dict(cfg: Mapping[str, Any]) -> RunConfig:
+  """Every typed section of a run config (a ConfigDict after `--set`), validated in one place;
+  a bad value raises ConfigError naming its dotted field."""
+  return RunConfig(model=model_config_from_dict(cfg["model"]), mesh=mesh_config_from_dict(cfg.get("mesh")),
+                   train=train_config_from_dict(cfg))

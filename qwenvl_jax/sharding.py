@@ -211,3 +211,12 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> nn
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Batch arrays: leading dim over data+fsdp, the rest replicated."""
   return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def check_batch_rows(mesh: Mesh, rows: int, what: str) -> None:
+  """The one check that a batch fits the mesh: its `rows` split evenly over the batch axes (data x
+  fsdp). Raises ConfigError naming `what` (e.g. the config field it came from)."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if rows % shards:
+    raise ConfigError(f"{what} of {rows} rows is not divisible by the data x fsdp mesh size {shards} "
+                      f"(mesh {dict(mesh.shape)})")

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from flax import nnx
 
-from qwenvl_jax.config import ConfigError, ModelConfig
+from qwenvl_jax.config import ConfigError, ModelConfig, from_mapping
 from qwenvl_jax.model import lora as lora_lib
 from qwenvl_jax.model import quant
 from qwenvl_jax.model.qwenvl import QwenVL
@@ -57,14 +57,11 @@ class LoRAConfig:
 
 def lora_config_from_dict(values: Mapping[str, Any] | None) -> LoRAConfig:
   values = dict(values or {})
-  unknown = sorted(set(values) - {f.name for f in dataclasses.fields(LoRAConfig)})
-  if unknown:
-    raise ConfigError(f"config field 'lora': unknown keys {unknown}")
   for name in ("targets", "modules_to_save"):
     if name in values:
       v = values[name]
       values[name] = (v,) if isinstance(v, str) else tuple(v or ())
-  return LoRAConfig(**values).validate()
+  return from_mapping(LoRAConfig, values, "lora").validate()
 
 
 def target_paths(cfg: LoRAConfig) -> list[str]:

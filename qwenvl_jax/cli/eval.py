@@ -81,9 +81,12 @@ def _load_model(args):
 
   mesh = _mesh(args)
   if mesh is not None:
-    rows = mesh.shape["data"] * mesh.shape["fsdp"]
-    if args.batch_size % rows:
-      raise UserError(f"--batch-size {args.batch_size} is not a multiple of the mesh's data x fsdp = {rows}")
+    from qwenvl_jax.config import ConfigError
+    from qwenvl_jax.sharding import check_batch_rows
+    try:
+      check_batch_rows(mesh, args.batch_size, "--batch-size")
+    except ConfigError as e:
+      raise UserError(str(e)) from None
   try:
     pred = api.load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, batch_size=args.batch_size,
                               tokenizer=args.tokenizer, quantize=args.quantize)

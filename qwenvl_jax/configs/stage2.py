@@ -6,34 +6,39 @@ tensor. Seven tasks packed into 2048-token rows (at most 2048 // 258 = 7 images 
 Model parallelism 2 (Table 8) = the `tensor` mesh axis.
 """
 
-from qwenvl_jax.configs.stages import build
+from qwenvl_jax.configs.stages import mesh, model, optim, pick, run_config
 
 TASKS = ("caption", "vqa", "grounding", "ref_grounding", "grounded_caption", "ocr", "pure_text")
+DATA = dict(paths=(), tokenizer="", tfds_dir="", format="pretrain", tasks=TASKS, layout="packed")
 
-VALUES = {
-    "full": dict(stage=2, image_size=448, seq_len=2048, batch_size=4096, grad_accum=8, steps=19_000,
-                 peak_lr=5e-5, min_lr=1e-5, warmup_steps=400, frozen=(),
-                 # Table 8: model parallelism 2 (`tensor`), grad_accum 8 = 512-row microbatches, for a
-                 # pod where data x fsdp shards hold 1-2 rows each. Smaller slices keep the batch with
-                 # more microbatches: grad_accum = 4096 / (data x fsdp x rows per shard); a 4-chip v5p
-                 # fits with `--set mesh.tensor=1 --set grad_accum=1024` (1 row per chip, 89.5 of
-                 # 95 GiB: `qwenvl-jax aot`, docs/tpu.md). Full remat, scanned layers.
-                 mesh=dict(data=1, fsdp=-1, tensor=2),
-                 model=dict(remat="full", scan_layers=True),
-                 data=dict(source="array_record", paths=(), tokenizer="", tfds_dir="", format="pretrain",
-                           tasks=TASKS, layout="packed", max_images=7, num_workers=8)),
-    "tiny": dict(stage=2, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,
-                 peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=(), checkpoint_every=10,
-                 log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
-                 data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="pretrain",
-                           tasks=TASKS, layout="packed", max_images=2, num_workers=0)),
-    "small": dict(stage=2, image_size=224, seq_len=256, batch_size=32, grad_accum=2, steps=1000,
-                  peak_lr=5e-4, min_lr=1e-5, warmup_steps=50, frozen=(), checkpoint_every=200,
-                  mesh=dict(data=1, fsdp=-1, tensor=1),
-                  data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="pretrain",
-                            tasks=TASKS, layout="packed", max_images=2, num_workers=0)),
-}
+
+def full():
+  # Table 8: model parallelism 2 (`tensor`), grad_accum 8 = 512-row microbatches, for a pod where
+  # data x fsdp shards hold 1-2 rows each. Smaller slices keep the batch with more microbatches:
+  # grad_accum = 4096 / (data x fsdp x rows per shard); a 4-chip v5p fits with `--set mesh.tensor=1
+  # --set grad_accum=1024` (1 row per chip, 89.5 of 95 GiB: `qwenvl-jax aot`, docs/tpu.md). Full
+  # remat, scanned layers.
+  return run_config(
+      stage=2, model=model("qwen_vl_7b", 448, remat="full", scan_layers=True),
+      seq_len=2048, batch_size=4096, grad_accum=8, steps=19_000,
+      optim=optim(peak_lr=5e-5, min_lr=1e-5, warmup_steps=400), mesh=mesh(tensor=2),
+      data=dict(DATA, source="array_record", max_images=7, num_workers=8))
+
+
+def tiny():
+  return run_config(
+      stage=2, model=model("tiny", 56), seq_len=64, batch_size=16, grad_accum=2, steps=20,
+      optim=optim(peak_lr=1e-3, min_lr=1e-5, warmup_steps=2), mesh=mesh(),
+      data=dict(DATA, source="synthetic", max_images=2, num_workers=0), checkpoint_every=10,
+      log_every=5)
+
+
+def small():
+  return run_config(
+      stage=2, model=model("small", 224), seq_len=256, batch_size=32, grad_accum=2, steps=1000,
+      optim=optim(peak_lr=5e-4, min_lr=1e-5, warmup_steps=50), mesh=mesh(),
+      data=dict(DATA, source="synthetic", max_images=2, num_workers=0), checkpoint_every=200)
 
 
 def get_config(variant=None):
-  return build(variant, VALUES)
+  return pick(dict(full=full, tiny=tiny, small=small), variant)

@@ -6,32 +6,34 @@ visual tower except `attn_pool`; our adapter module holds attn_pool *and* ln_pos
 two are frozen explicitly. `--set optim.frozen="('visual',)"` trains them too.
 """
 
-from qwenvl_jax.configs.stages import build
+from qwenvl_jax.configs.stages import mesh, model, optim, pick, run_config
 
 FROZEN = ("visual", "adapter.ln_post", "adapter.proj")
+DATA = dict(paths=(), tokenizer="", tfds_dir="", format="chatml", layout="unpacked")
 
-VALUES = {
-    "full": dict(stage=3, image_size=448, seq_len=2048, batch_size=128, grad_accum=8, steps=8000,
-                 peak_lr=1e-5, min_lr=1e-6, warmup_steps=3000, frozen=FROZEN,
-                 # Table 8: model parallelism 2, grad_accum 8 = 16-row microbatches. Full remat,
-                 # scanned layers. A 4-chip v5p: `--set mesh.tensor=1` (4 rows per chip per
-                 # microbatch; `qwenvl-jax aot`, docs/tpu.md).
-                 mesh=dict(data=1, fsdp=-1, tensor=2),
-                 model=dict(remat="full", scan_layers=True),
-                 data=dict(source="jsonl", paths=(), tokenizer="", tfds_dir="", format="chatml", layout="unpacked",
-                           max_images=4, num_workers=8)),
-    "tiny": dict(stage=3, image_size=56, seq_len=64, batch_size=16, grad_accum=2, steps=20,
-                 peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=FROZEN, checkpoint_every=10,
-                 log_every=5, mesh=dict(data=1, fsdp=-1, tensor=1),
-                 data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="chatml",
-                           layout="unpacked", max_images=2, num_workers=0)),
-    "small": dict(stage=3, image_size=224, seq_len=256, batch_size=32, grad_accum=2, steps=500,
-                  peak_lr=1e-4, min_lr=1e-6, warmup_steps=50, frozen=FROZEN, checkpoint_every=100,
-                  mesh=dict(data=1, fsdp=-1, tensor=1),
-                  data=dict(source="synthetic", paths=(), tokenizer="", tfds_dir="", format="chatml",
-                            layout="unpacked", max_images=2, num_workers=0)),
-}
+
+def full():
+  return run_config(
+      stage=3, model=model("qwen_vl_7b", 448, remat="full", scan_layers=True),
+      seq_len=2048, batch_size=128, grad_accum=8, steps=8000,
+      optim=optim(peak_lr=1e-5, min_lr=1e-6, warmup_steps=3000, frozen=FROZEN), mesh=mesh(tensor=2),
+      data=dict(DATA, source="jsonl", max_images=4, num_workers=8))
+
+
+def tiny():
+  return run_config(
+      stage=3, model=model("tiny", 56), seq_len=64, batch_size=16, grad_accum=2, steps=20,
+      optim=optim(peak_lr=1e-3, min_lr=1e-5, warmup_steps=2, frozen=FROZEN), mesh=mesh(),
+      data=dict(DATA, source="synthetic", max_images=2, num_workers=0), checkpoint_every=10,
+      log_every=5)
+
+
+def small():
+  return run_config(
+      stage=3, model=model("small", 224), seq_len=256, batch_size=32, grad_accum=2, steps=500,
+      optim=optim(peak_lr=1e-4, min_lr=1e-6, warmup_steps=50, frozen=FROZEN), mesh=mesh(),
+      data=dict(DATA, source="synthetic", max_images=2, num_workers=0), checkpoint_every=100)
 
 
 def get_config(variant=None):
-  return build(variant, VALUES)
+  return pick(dict(full=full, tiny=tiny, small=small), variant)

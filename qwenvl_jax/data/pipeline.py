@@ -21,15 +21,15 @@ Packing (`layout="packed"`) is `text.packing.pack_samples` (first fit, whole sam
 windows of `pack_window` samples; the iterator state is the window's start plus the rows already
 emitted, so a resume re-packs the same window identically and skips what was consumed.
 
-Rows have the fields of `text.packing` plus fixed-shape images (`T = seq_len`, `M = max_images`,
-`S = image_size`):
-  ids         int32 [T]   padded with <|endoftext|>
+Rows have the fields of the training batch contract (`train/batch.py`; `T = seq_len`,
+`M = max_images`, `S = image_size`):
+  tokens      int32 [T]   padded with <|endoftext|>
   segment_ids int32 [T]   1, 2, .. per sample in the row; 0 = padding
   positions   int32 [T]   restart at 0 in every segment
   loss_mask   bool  [T]   token t is a training target (never the first token of a segment)
   images      uint8 [M, S, S, 3]    the row's images (resized pixels, normalised on the device) in
                                     order of appearance; zeros where unused
-  image_valid bool  [M]
+  num_images  int32 []    real images in the row (the first ones of `images`)
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _SKIP = "_skip"
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class PipelineConfig:
   paths: tuple[str, ...]
   tokenizer: str  # path given to `text.tokenizer.load_tokenizer`
   format: str = "auto"  # "chatml" (conversations), "pretrain" (raw records via `tasks`), "auto": by record
@@ -146,10 +146,10 @@ def _skip(reason: str, name: str, detail: str = "") -> dict:
 
 
 class SampleBuilder:
-  """record, rng -> {"ids", "loss_mask", "images" [k, S, S, 3]} or a skip marker. Runs in the workers;
+  """record, rng -> {"tokens", "loss_mask", "images" [k, S, S, 3]} or a skip marker. Runs in the workers;
   picklable; loads the tokenizer lazily (once per process)."""
 
-  def __init__(self, cfg: DataConfig):
+  def __init__(self, cfg: PipelineConfig):
     self.cfg = cfg
 
   def tokenize(self, record: dict, rng: np.random.Generator):
@@ -194,7 +194,7 @@ class SampleBuilder:
     images = np.zeros((len(pil), cfg.image_size, cfg.image_size, 3), np.uint8)
     for i, im in enumerate(pil):
       images[i] = preprocess.pixels(im, cfg.image_size)  # normalised on the device (train/batch.py)
-    return {"ids": sample.ids, "loss_mask": sample.loss_mask, "images": images}
+    return {"tokens": sample.ids, "loss_mask": sample.loss_mask, "images": images}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,22 +203,21 @@ class SampleBuilder:
 
 def _to_sample(x: dict):
   from qwenvl_jax.text.conversation import TokenizedSample
-  return TokenizedSample(x["ids"], x["loss_mask"], list(x["images"]))
+  return TokenizedSample(x["tokens"], x["loss_mask"], list(x["images"]))
 
 
-def _row_dict(row, cfg: DataConfig) -> dict:
+def _row_dict(row, cfg: PipelineConfig) -> dict:
   images = np.zeros((cfg.max_images, cfg.image_size, cfg.image_size, 3), np.uint8)
-  valid = np.zeros(cfg.max_images, bool)
   for i, im in enumerate(row.images):
-    images[i], valid[i] = im, True
-  return {"ids": row.ids, "segment_ids": row.segment_ids, "positions": row.positions,
-          "loss_mask": row.loss_mask, "images": images, "image_valid": valid}
+    images[i] = im
+  return {"tokens": row.tokens, "segment_ids": row.segment_ids, "positions": row.positions,
+          "loss_mask": row.loss_mask, "images": images, "num_images": np.int32(len(row.images))}
 
 
 class _PadOne:
   """The unpacked layout: one sample per row (`text.packing.pad_samples`)."""
 
-  def __init__(self, cfg: DataConfig):
+  def __init__(self, cfg: PipelineConfig):
     self.cfg = cfg
 
   def __call__(self, x: dict) -> dict:
@@ -278,7 +277,7 @@ class _CountSkips(grain.IterDataset):
 
 
 class _PackIterator(grain.DatasetIterator):
-  def __init__(self, parent, cfg: DataConfig):
+  def __init__(self, parent, cfg: PipelineConfig):
     super().__init__(parent)
     self._cfg = cfg
     self._rows, self._emitted, self._window_start = [], 0, None
@@ -322,7 +321,7 @@ class _PackIterator(grain.DatasetIterator):
 class _Pack(grain.IterDataset):
   """`text.packing.pack_samples` over consecutive windows of `cfg.pack_window` samples."""
 
-  def __init__(self, parent, cfg: DataConfig):
+  def __init__(self, parent, cfg: PipelineConfig):
     super().__init__(parent)
     self._cfg = cfg
 
@@ -341,14 +340,14 @@ class Pipeline:
     return iter(self.dataset)
 
 
-def _shard(cfg: DataConfig) -> tuple[int, int]:
+def _shard(cfg: PipelineConfig) -> tuple[int, int]:
   if cfg.shard_index is not None and cfg.shard_count is not None:
     return cfg.shard_index, cfg.shard_count
   import jax
   return jax.process_index(), jax.process_count()
 
 
-def make_pipeline(cfg: DataConfig, source=None) -> Pipeline:
+def make_pipeline(cfg: PipelineConfig, source=None) -> Pipeline:
   """Builds the pipeline of the module docstring; `source` overrides `cfg.paths` (any sequence of records)."""
   source = open_source(cfg.paths, cfg.tfds_dir) if source is None else source
   index, count = _shard(cfg)
@@ -378,10 +377,6 @@ def make_pipeline(cfg: DataConfig, source=None) -> Pipeline:
 # ------------------------------------------------------------------------------------------------
 # Training: a stage config's `data` section -> this process's batches in the `train/batch.py` contract.
 
-# The `data` keys a stage config may hold for a record source. `fixed` belongs to the synthetic source.
-TRAIN_DATA_FIELDS = ("source", "paths", "tokenizer", "format", "tasks", "ocr_max_regions", "layout",
-                     "pack_window", "max_images", "seed", "shuffle", "num_epochs", "num_workers",
-                     "read_threads", "read_prefetch", "worker_buffer", "tfds_dir", "fixed")
 _SOURCE_SUFFIX = {"jsonl": (".jsonl", ".json"), "array_record": (".array_record",), "tfds": ()}
 TFDS_PREFIX = "tfds:"
 
@@ -405,39 +400,36 @@ def check_tokenizer_fits(tok, model_cfg, tokenizer_path: str):
                                      f"tokenizer with `qwenvl-jax tokenize --model-vocab`)")
 
 
-def data_config_for_training(config, process_index: int = 0, process_count: int = 1) -> DataConfig:
-  """The `DataConfig` of this process for a stage config (configs/stage{1,2,3}.py); raises ConfigError
-  naming the `data.<field>` that is missing or wrong.
+def pipeline_config_for_training(config, process_index: int = 0,
+                                 process_count: int = 1) -> PipelineConfig:
+  """The `PipelineConfig` of this process for a run config (its typed `data` section, validated by
+  `config.run_config_from_dict`), after the checks that need the disk: the source is a record source,
+  the files exist, the tokenizer loads and fits the model, the task names are known. Raises
+  ConfigError naming the `data.<field>`.
 
   From the rest of the config: seq_len, rows = batch_size / process_count, the model's image size and
   tokens per image; the seed defaults to the run's.
   """
-  from qwenvl_jax.config import ConfigError, model_config_from_dict, train_config_from_dict
+  from qwenvl_jax.config import ConfigError, run_config_from_dict
 
-  train_cfg = train_config_from_dict(config)
-  model_cfg = model_config_from_dict(config["model"])
-  data = dict(config.get("data") or {})
-  unknown = sorted(set(data) - set(TRAIN_DATA_FIELDS))
-  if unknown:
-    raise _config_error(unknown[0], f"unknown field; the data section takes {list(TRAIN_DATA_FIELDS)}")
-  source = data.get("source")
-  if source not in _SOURCE_SUFFIX:
-    raise _config_error("source", f"{source!r} is not a record source; expected one of "
+  run_cfg = run_config_from_dict(config)
+  train_cfg, model_cfg, data = run_cfg.train, run_cfg.model, run_cfg.train.data
+  if data.source not in _SOURCE_SUFFIX:
+    raise _config_error("source", f"{data.source!r} is not a record source; expected one of "
                                   f"{sorted(_SOURCE_SUFFIX)} (or 'synthetic')")
-  paths = data.get("paths") or ()
-  paths = (paths,) if isinstance(paths, str) else tuple(str(p) for p in paths)
+  paths = data.paths
   if not paths:
-    raise _config_error("paths", f"no files given for source {source!r} (e.g. --set "
+    raise _config_error("paths", f"no files given for source {data.source!r} (e.g. --set "
                                  f"\"data.paths=('train.jsonl',)\")")
-  if source == "tfds":  # paths name prepared datasets: "NAME" or "NAME:SPLIT"
+  if data.source == "tfds":  # paths name prepared datasets: "NAME" or "NAME:SPLIT"
     paths = tuple(TFDS_PREFIX + (p if ":" in p else f"{p}:train") for p in paths)
-  for p in paths if source != "tfds" else ():
-    if not p.endswith(_SOURCE_SUFFIX[source]):
-      raise _config_error("paths", f"{p} is not a {source} file ({' / '.join(_SOURCE_SUFFIX[source])})")
+  for p in paths if data.source != "tfds" else ():
+    if not p.endswith(_SOURCE_SUFFIX[data.source]):
+      raise _config_error("paths", f"{p} is not a {data.source} file "
+                                   f"({' / '.join(_SOURCE_SUFFIX[data.source])})")
     if not pathlib.Path(p).is_file():
       raise _config_error("paths", f"file not found: {p}")
-  tokenizer = str(data.get("tokenizer") or "")
-  if not tokenizer:
+  if not data.tokenizer:
     raise _config_error("tokenizer", "no tokenizer given (a .tiktoken / .model file or a directory "
                                      "holding one)")
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -445,42 +437,36 @@ def data_config_for_training(config, process_index: int = 0, process_count: int 
   if train_cfg.batch_size % process_count:
     raise ConfigError(f"config field 'batch_size': {train_cfg.batch_size} is not divisible by "
                       f"{process_count} processes")
-  known = {f.name for f in dataclasses.fields(DataConfig)}
-  extra = {k: v for k, v in data.items() if k in known and k not in ("paths", "tokenizer")}
-  if "tasks" in extra:
-    extra["tasks"] = (extra["tasks"],) if isinstance(extra["tasks"], str) else tuple(extra["tasks"])
-  extra.setdefault("seed", train_cfg.seed)
-  for name in ("max_images", "num_workers", "seed", "pack_window", "ocr_max_regions"):
-    least = 1 if name == "pack_window" else 0
-    if name in extra and (not isinstance(extra[name], int) or extra[name] < least):
-      raise _config_error(name, f"must be an integer >= {least}, got {extra[name]!r}")
-  for name, allowed in (("format", ("auto", "chatml", "pretrain")), ("layout", ("unpacked", "packed"))):
-    if name in extra and extra[name] not in allowed:
-      raise _config_error(name, f"{extra[name]!r} is not one of {allowed}")
-  unknown_tasks = sorted(set(extra.get("tasks", ())) - set(tasks.TASKS))
+  unknown_tasks = sorted(set(data.tasks) - set(tasks.TASKS))
   if unknown_tasks:
     raise _config_error("tasks", f"unknown tasks {unknown_tasks}; known: {sorted(tasks.TASKS)}")
-  cfg = DataConfig(paths=paths, tokenizer=tokenizer, seq_len=train_cfg.seq_len,
-                   batch_size=train_cfg.batch_size // process_count,
-                   image_size=model_cfg.vision.image_size, n_image_tokens=model_cfg.tokens_per_image,
-                   shard_index=process_index, shard_count=process_count, **extra)
+  cfg = PipelineConfig(
+      paths=paths, tokenizer=data.tokenizer, format=data.format, tasks=data.tasks or tuple(tasks.TASKS),
+      ocr_max_regions=data.ocr_max_regions, seq_len=train_cfg.seq_len,
+      batch_size=train_cfg.batch_size // process_count, image_size=model_cfg.vision.image_size,
+      n_image_tokens=model_cfg.tokens_per_image, max_images=data.max_images,
+      seed=train_cfg.seed if data.seed is None else data.seed, shuffle=data.shuffle,
+      num_epochs=data.num_epochs, num_workers=data.num_workers, read_threads=data.read_threads,
+      read_prefetch=data.read_prefetch, worker_buffer=data.worker_buffer, shard_index=process_index,
+      shard_count=process_count, layout=data.layout, pack_window=data.pack_window,
+      tfds_dir=data.tfds_dir or None)
   try:
-    tok = _tokenizer(tokenizer)
+    tok = _tokenizer(data.tokenizer)
   except (FileNotFoundError, ValueError) as e:
     raise _config_error("tokenizer", str(e)) from None
-  check_tokenizer_fits(tok, model_cfg, tokenizer)
+  check_tokenizer_fits(tok, model_cfg, data.tokenizer)
   return cfg
 
 
 def to_train_batch(batch: dict) -> dict:
-  """Pipeline batch fields -> the training batch contract (`train/batch.py`); text-only batches
-  (max_images = 0) carry no images."""
-  out = {"tokens": np.asarray(batch["ids"], np.int32), "loss_mask": np.asarray(batch["loss_mask"], bool),
+  """A pipeline batch (already in the contract's names) in the dtypes of `train/batch.py`; text-only
+  batches (max_images = 0) carry no images."""
+  out = {"tokens": np.asarray(batch["tokens"], np.int32), "loss_mask": np.asarray(batch["loss_mask"], bool),
          "segment_ids": np.asarray(batch["segment_ids"], np.int32),
          "positions": np.asarray(batch["positions"], np.int32)}
   if batch["images"].shape[1]:
     out["images"] = np.asarray(batch["images"], np.uint8)
-    out["num_images"] = np.asarray(batch["image_valid"], bool).sum(-1).astype(np.int32)
+    out["num_images"] = np.asarray(batch["num_images"], np.int32)
   return out
 
 
@@ -515,7 +501,7 @@ def make_train_iterator(config, process_index: int, process_count: int) -> Train
   is a record source (`train.loop.make_iterator` calls this). Each process reads a disjoint shard
   of the records (record i goes to process i % process_count) and yields batch_size / process_count
   rows per step."""
-  cfg = data_config_for_training(config, process_index, process_count)
+  cfg = pipeline_config_for_training(config, process_index, process_count)
   try:
     return TrainIterator(make_pipeline(cfg))
   except FileNotFoundError as e:  # a TFDS dataset that is not prepared (files were checked above)

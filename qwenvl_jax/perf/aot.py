@@ -25,19 +25,20 @@ The TPU backend is initialised in compile-only mode; the local backend may stay 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import os
 import re
 import time
-from typing import Any, Mapping
+from typing import Any
 
-from qwenvl_jax.config import MESH_AXES, MeshConfig
+from qwenvl_jax.config import MESH_AXES, ConfigError, MeshConfig
 from qwenvl_jax.model import flops as model_flops
 
 
-class AOTError(ValueError):
+class AOTError(ConfigError):
   """Bad AOT input (unknown topology, mesh or batch that does not divide); the message says which."""
 
 
@@ -242,11 +243,15 @@ def _attention_impl(model_cfg, target: Target) -> str:
   return attention.resolve(model_cfg.attention, model_cfg.dtype, platform)
 
 
-def _check_mesh(mesh_shape: Mapping[str, int], target: Target, rows: int, what: str):
-  shards = mesh_shape["data"] * mesh_shape["fsdp"]
-  if rows % shards:
-    raise AOTError(f"{what} of {rows} rows is not divisible by the data x fsdp mesh size {shards} "
-                   f"(mesh {dict(mesh_shape)} on {target.chips} devices of {target.name})")
+@contextlib.contextmanager
+def _on(target: Target):
+  """Config errors (a batch that does not divide over the mesh, ...) as AOTErrors naming the target."""
+  try:
+    yield
+  except AOTError:
+    raise
+  except ConfigError as e:
+    raise AOTError(f"{e} (compiling for {target.chips} devices of {target.name})") from None
 
 
 def _load(config) -> Any:
@@ -295,10 +300,10 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
   batch is the config's `batch_size` (the paper's) unless given; `microbatches` overrides its
   `grad_accum`; `images_per_row` defaults to the data section's `max_images`.
   """
-  from qwenvl_jax.config import model_config_from_dict, mesh_config_from_dict, train_config_from_dict
+  from qwenvl_jax.config import mesh_config_from_dict
   from qwenvl_jax.sharding import create_mesh
-  from qwenvl_jax.train import step as step_lib
   from qwenvl_jax.train.metrics import trainable_parts
+  from qwenvl_jax.train.setup import setup
 
   log = log or (lambda msg: None)
   cfg = _load(config)
@@ -306,28 +311,22 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
     cfg.grad_accum = int(microbatches)
   if batch_size is not None:
     cfg.batch_size = int(batch_size)
-  train_cfg = train_config_from_dict(cfg)  # checks batch_size % grad_accum, names the field
-  model_cfg = model_config_from_dict(cfg.model)
   target = resolve_target(topology, hbm_bytes)
   mesh_cfg = parse_mesh(mesh) if isinstance(mesh, str) else mesh or mesh_config_from_dict(cfg.get("mesh"))
   mesh_obj = create_mesh(mesh_cfg, target.devices)  # ConfigError if it does not cover the devices
   mesh_shape = dict(mesh_obj.shape)
-  rows = train_cfg.microbatch
-  _check_mesh(mesh_shape, target, rows, f"microbatch (batch_size {train_cfg.batch_size} / "
-              f"{train_cfg.grad_accum} microbatches)")
-  data = cfg.get("data") or {}
-  m_images = int(images_per_row if images_per_row is not None else data.get("max_images", 1))
-  size = model_cfg.vision.image_size
   log(f"building abstract state for {target.chips} x {target.device_kind}, mesh {mesh_shape}")
-
-  from qwenvl_jax.train import finetune
-
-  train_cfg, setup, lora_cfg = finetune.build_setup(cfg, train_cfg, model_cfg, mesh_obj)
-  train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
+  with _on(target):  # the training run's own checks (batch vs mesh, context), state, optimizer, step
+    run = setup(cfg, mesh_obj)
+  train_cfg, model_cfg, lora_cfg = run.train_cfg, run.model_cfg, run.lora_cfg
+  rows = train_cfg.microbatch
+  m_images = int(images_per_row if images_per_row is not None else train_cfg.data.max_images)
+  size = model_cfg.vision.image_size
+  train_step = run.train_step
   batch = abstract_train_batch(train_cfg.batch_size, train_cfg.seq_len, m_images, size,
                                train_step.batch_shardings)
   t0 = time.perf_counter()
-  lowered = train_step.lower(setup.abs_params, setup.abs_opt, setup.abs_buffers, batch)
+  lowered = train_step.lower(run.abstract_state, batch)
   lower_s = time.perf_counter() - t0
   program = model_flops.program_matmul_flops(lowered.as_text())
   if compile:
@@ -389,8 +388,8 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
   from qwenvl_jax.model import layers
   from qwenvl_jax.model.llm import init_cache
   from qwenvl_jax.model.qwenvl import QwenVL
-  from qwenvl_jax.sharding import abstract_state, batch_sharding, create_mesh, logical_to_spec, \
-      _fit_spec
+  from qwenvl_jax.sharding import abstract_state, batch_sharding, check_batch_rows, create_mesh, \
+      logical_to_spec, _fit_spec
 
   log = log or (lambda msg: None)
   cfg = _load(config)
@@ -400,7 +399,8 @@ def _compile_inference(config, topology: str, *, mesh: MeshConfig | str | None =
   mesh_cfg = parse_mesh(mesh) if isinstance(mesh, str) else mesh or mesh_config_from_dict(cfg.get("mesh"))
   mesh_obj = create_mesh(mesh_cfg, target.devices)
   mesh_shape = dict(mesh_obj.shape)
-  _check_mesh(mesh_shape, target, batch, "inference batch")
+  with _on(target):
+    check_batch_rows(mesh_obj, batch, "inference batch")
   cache_len = prompt_len + gen_len
   size = model_cfg.vision.image_size
   graphdef, state = abstract_state(lambda: QwenVL(model_cfg, rngs=nnx.Rngs(0)), mesh_obj)

@@ -1,13 +1,13 @@
 """Fixed-length rows from TokenizedSamples: packed (several samples per row) or one sample per row.
 
 Every layout carries the same fields, so the model and train step never branch on it:
-  ids          int32 [L]  padding = <|endoftext|> (the reference pad id)
+  tokens       int32 [L]  padding = <|endoftext|> (the reference pad id)
   segment_ids  int32 [L]  1, 2, .. per sample in the row; 0 = padding
   positions    int32 [L]  restart at 0 in every segment (RoPE positions; padding = 0)
   loss_mask    bool  [L]  mask[t] = "token t is a training target"
   images       list       the row's images in order of appearance, one per <img> span
 
-Loss-mask convention: the train step predicts ids[t+1] from position t and weights that loss by
+Loss-mask convention: the train step predicts tokens[t+1] from position t and weights that loss by
 mask[t+1]. The first token of every segment is therefore never a target (nothing of its own segment
 precedes it), so its mask is cleared here; that also keeps a loss from crossing segment boundaries.
 Attention isolation comes from `qwenvl_jax.model.masks.attention_mask(segment_ids, positions)`.
@@ -38,7 +38,7 @@ OVERLONG_POLICIES = ("drop", "truncate", "error")
 
 @dataclasses.dataclass
 class PackedRow:
-  ids: np.ndarray
+  tokens: np.ndarray
   segment_ids: np.ndarray
   positions: np.ndarray
   loss_mask: np.ndarray
@@ -55,7 +55,7 @@ class PackedRow:
 
 @dataclasses.dataclass
 class PackedBatch:
-  ids: np.ndarray  # [B, L]
+  tokens: np.ndarray  # [B, L]
   segment_ids: np.ndarray
   positions: np.ndarray
   loss_mask: np.ndarray
@@ -137,19 +137,19 @@ class _Row:
 
   def build(self, pad_id: int) -> PackedRow:
     L = self.seq_len
-    ids = np.full(L, pad_id, np.int32)
+    tokens = np.full(L, pad_id, np.int32)
     seg = np.zeros(L, np.int32)
     pos = np.zeros(L, np.int32)
     mask = np.zeros(L, bool)
     images, t = [], 0
     for k, s in enumerate(self.samples, 1):
       n = len(s)
-      ids[t:t + n], seg[t:t + n], pos[t:t + n] = s.ids, k, np.arange(n)
+      tokens[t:t + n], seg[t:t + n], pos[t:t + n] = s.ids, k, np.arange(n)
       mask[t:t + n] = s.loss_mask
       mask[t] = False  # nothing in this segment predicts its first token
       images.extend(s.images)
       t += n
-    return PackedRow(ids, seg, pos, mask, images)
+    return PackedRow(tokens, seg, pos, mask, images)
 
 
 def _layout(samples, seq_len, tok, overlong, capacity_rule):
@@ -205,7 +205,7 @@ def stack_rows(rows: Sequence[PackedRow], batch_size: int | None = None, *,
   if batch_size is not None and len(rows) != batch_size:
     if len(rows) > batch_size:
       raise ValueError(f"{len(rows)} rows do not fit a batch of {batch_size}")
-    seq_len = len(rows[0].ids) if rows else seq_len
+    seq_len = len(rows[0].tokens) if rows else seq_len
     if pad_id is None or seq_len is None:
       raise ValueError("padding a batch with empty rows needs pad_id (and seq_len if no rows)")
     zeros = lambda dtype: np.zeros(seq_len, dtype)
@@ -213,9 +213,9 @@ def stack_rows(rows: Sequence[PackedRow], batch_size: int | None = None, *,
                        zeros(bool), []) for _ in range(batch_size - len(rows))]
   if not rows:
     raise ValueError("no rows to stack")
-  lengths = {len(r.ids) for r in rows}
+  lengths = {len(r.tokens) for r in rows}
   if len(lengths) != 1:
     raise ValueError(f"rows have different lengths {sorted(lengths)}")
   return PackedBatch(*(np.stack([getattr(r, f) for r in rows])
-                       for f in ("ids", "segment_ids", "positions", "loss_mask")),
+                       for f in ("tokens", "segment_ids", "positions", "loss_mask")),
                      [list(r.images) for r in rows])

@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 from qwenvl_jax.ckpt.lora_run import (FINETUNE_FILE, LoRAConfig, load_finetuned,
-                                      lora_config_from_dict, make_model_fn, save_paths, transform)
+                                      save_paths, transform)
 from qwenvl_jax.config import ConfigError, ModelConfig
 from qwenvl_jax.model.qwenvl import QwenVL
 
@@ -63,24 +63,6 @@ def base_params(source: str, model_cfg: ModelConfig, mesh, cfg: LoRAConfig, seed
 def write_settings(workdir, cfg: LoRAConfig) -> None:
   if jax.process_index() == 0:
     (pathlib.Path(workdir) / FINETUNE_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-
-
-def build_setup(config, train_cfg, model_cfg: ModelConfig, mesh):
-  """(train config, step.Setup, LoRAConfig) of a run config: the plain setup unless `lora.enabled`,
-  else the LoRA model with everything but the factors and modules_to_save frozen."""
-  from qwenvl_jax.sharding import eval_shape_model
-  from qwenvl_jax.train import step as step_lib
-
-  cfg = lora_config_from_dict(config.get("lora"))
-  if not cfg.enabled:
-    return train_cfg, step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh), cfg
-  make = lambda seed: make_model_fn(model_cfg, cfg, seed)()
-  params = nnx.state(eval_shape_model(lambda: make(0)), nnx.Param).to_pure_dict()
-  frozen = tuple(dict.fromkeys(train_cfg.optim.frozen + frozen_paths(params, cfg)))
-  train_cfg = dataclasses.replace(train_cfg, optim=dataclasses.replace(train_cfg.optim, frozen=frozen))
-  setup = step_lib.build_setup(model_cfg, train_cfg.optim, train_cfg.steps, mesh, make_model=make,
-                               dropout=cfg.dropout > 0)
-  return train_cfg, setup, cfg
 
 
 def _refuse_existing(dst, overwrite: bool) -> None:

@@ -30,17 +30,15 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from qwenvl_jax.ckpt import checkpoint as ckpt_lib
-from qwenvl_jax.config import (ConfigError, mesh_config_from_dict, model_config_from_dict,
-                               train_config_from_dict)
+from qwenvl_jax.config import ConfigError, mesh_config_from_dict
 from qwenvl_jax.evals import in_loop
-from qwenvl_jax.sharding import batch_sharding, create_mesh, logical_rules, rules_for
+from qwenvl_jax.sharding import batch_sharding, logical_rules, rules_for
 from qwenvl_jax.train import finetune
 from qwenvl_jax.train import metrics as metrics_lib
 from qwenvl_jax.train import optim
-from qwenvl_jax.train import step as step_lib
+from qwenvl_jax.train import setup as setup_lib
 from qwenvl_jax.train.batch import SyntheticIterator, validate_batch
 
 
@@ -63,17 +61,16 @@ class WorkdirError(ValueError):
 def make_iterator(config, train_cfg, model_cfg, process_index: int, process_count: int):
   """The configured data iterator for this process: synthetic, or the grain pipeline's over the
   records of `data.paths` (`data.pipeline.make_train_iterator`: a disjoint shard per process)."""
-  data = dict(config.get("data") or {})
-  if train_cfg.data_source == "synthetic":
+  data = train_cfg.data
+  if data.source == "synthetic":
     return SyntheticIterator(
-        model_cfg, train_cfg.batch_size, train_cfg.seq_len, max_images=int(data.get("max_images", 1)),
-        packed=data.get("layout", "unpacked") == "packed", seed=int(data.get("seed", train_cfg.seed)),
-        fixed=bool(data.get("fixed", False)), process_index=process_index,
-        process_count=process_count)
+        model_cfg, train_cfg.batch_size, train_cfg.seq_len, max_images=data.max_images,
+        packed=data.layout == "packed", seed=train_cfg.seed if data.seed is None else data.seed,
+        fixed=data.fixed, process_index=process_index, process_count=process_count)
   try:
     from qwenvl_jax.data.pipeline import make_train_iterator
   except ImportError as e:
-    raise ConfigError(f"config field 'data.source': '{train_cfg.data_source}' needs "
+    raise ConfigError(f"config field 'data.source': '{data.source}' needs "
                       f"qwenvl_jax.data.pipeline.make_train_iterator(config, process_index, "
                       f"process_count), which is not available ({e})") from e
   return make_train_iterator(config, process_index, process_count)
@@ -133,26 +130,6 @@ class Preemption:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_context(train_cfg, model_cfg):
-  # Past model.llm.seq_length, inference switches on dynamic NTK and log-n scaling that training never applies:
-  # a model trained on longer rows would be served with positions it never saw.
-  if train_cfg.seq_len > model_cfg.llm.seq_length:
-    raise ConfigError(f"config field 'seq_len': {train_cfg.seq_len} exceeds the model's training context "
-                      f"'model.llm.seq_length' ({model_cfg.llm.seq_length}); raise it with "
-                      f"--set model.llm.seq_length={train_cfg.seq_len}")
-
-
-def _check_mesh(train_cfg, mesh):
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if train_cfg.microbatch % shards:
-    raise ConfigError(f"config field 'grad_accum': microbatch {train_cfg.microbatch} rows "
-                      f"(batch_size {train_cfg.batch_size} / grad_accum {train_cfg.grad_accum}) is not "
-                      f"divisible by the data x fsdp mesh size {shards}")
-  if train_cfg.batch_size % jax.process_count():
-    raise ConfigError(f"config field 'batch_size': {train_cfg.batch_size} is not divisible by "
-                      f"{jax.process_count()} processes")
-
-
 def _progress(total: int, initial: int):
   if jax.process_index() != 0:
     return None
@@ -172,110 +149,108 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
            init: str | None = None, iterator: Iterator | None = None, log=None) -> dict[str, Any]:
   log = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if jax.process_index() == 0
                 else None)
-  train_cfg = train_config_from_dict(config)
-  model_cfg = model_config_from_dict(config.model)
-  mesh = create_mesh(mesh_config_from_dict(config.get("mesh")))
-  _check_mesh(train_cfg, mesh)
-  _check_context(train_cfg, model_cfg)
-  workdir = pathlib.Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
-
-  train_cfg, setup, lora_cfg = finetune.build_setup(config, train_cfg, model_cfg, mesh)
-  abs_full = step_lib.join_full(setup.abs_params, setup.abs_buffers)
-  ckpt = ckpt_lib.Checkpointer(workdir, train_cfg.checkpoint_every, train_cfg.keep_checkpoints,
-                               train_cfg.async_checkpoint)
-  writer = bar = None
+  run = setup_lib.setup(config, workdir=workdir)
   try:
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-      raise WorkdirError(f"{workdir} already has checkpoints up to step {latest}: pass --resume to "
-                         f"continue that run, or use a new workdir")
-    if latest is not None and (workdir / ckpt_lib.MODEL_CONFIG).is_file():
-      # Before anything is written: a failed resume must leave the run as it was.
-      ckpt_lib.check_compatible(ckpt_lib.read_model_config(workdir / ckpt_lib.MODEL_CONFIG),
-                                model_cfg, f"the run in {workdir}", action="resume")
+    state, iterator, start = _start(run, resume, init, iterator, log)
+    return train_loop(run, state, iterator, start, log)
+  finally:
+    run.checkpointer.close()
 
-    pi, pc = jax.process_index(), jax.process_count()
-    if iterator is None:
-      iterator = make_iterator(config, train_cfg, model_cfg, pi, pc)
-      if train_cfg.data_source == "synthetic":
-        rows = train_cfg.batch_size // pc
-        if host_row_range(mesh, train_cfg.batch_size) != (pi * rows, (pi + 1) * rows):
-          raise ValueError("the mesh does not give each process a contiguous block of batch rows")
-    for method in ("get_state", "set_state"):
-      if not callable(getattr(iterator, method, None)):
-        raise TypeError(f"the data iterator {type(iterator).__name__} has no {method}()")
 
-    restored = ckpt.restore_latest(abs_full, setup.abs_opt, log=log) if resume else None
-    if restored is not None:
-      start, full, opt_state, data_state = restored
-      params, buffers = step_lib.split_full(setup, full)
-      iterator.set_state(data_state)
-      log(f"resumed from {ckpt.directory / str(start)}")
-    else:
-      source = init or train_cfg.init
-      if lora_cfg.enabled and source:  # base weights, then quantise / add LoRA / load an adapter
-        model = finetune.base_params(source, model_cfg, mesh, lora_cfg, train_cfg.seed, log)
-        params, buffers = step_lib.split_full(setup, nnx.state(model).to_pure_dict())
-        log(f"initialised the LoRA model from {source}")
-      elif source:  # buffers come from the checkpoint too: no random init of a model we overwrite
-        full = ckpt_lib.load_params(source, abs_full, model_cfg, log=log)
-        params, buffers = step_lib.split_full(setup, full)
-        log(f"initialised parameters from {source}")
-      else:
-        params, buffers = step_lib.init_params(setup, train_cfg.seed)
-      opt_state = step_lib.init_opt_state(setup, params)
-      start = 0
-    _write_run_config(workdir, config, model_cfg, lora_cfg)
-    frozen = (f"{len(train_cfg.optim.frozen)} frozen tensors (LoRA)" if lora_cfg.enabled
-              else f"frozen: {list(train_cfg.optim.frozen)}")
-    log(f"optimizer state: {optim.count_state(opt_state):,} elements for "
-        f"{optim.count_state(params):,} parameters ({frozen})")
+def _start(run: setup_lib.Run, resume: bool, init: str | None, iterator: Iterator | None, log):
+  """(state, data iterator, step) to continue from: this run's latest checkpoint with `resume`,
+  else a fresh state (from `init` / `config.init`, or random). Writes the run's config files only
+  once the state is there, so a failed resume leaves the run as it was."""
+  workdir, ckpt, train_cfg, model_cfg = run.workdir, run.checkpointer, run.train_cfg, run.model_cfg
+  latest = ckpt.latest_step()
+  if latest is not None and not resume:
+    raise WorkdirError(f"{workdir} already has checkpoints up to step {latest}: pass --resume to "
+                       f"continue that run, or use a new workdir")
+  if latest is not None and (workdir / ckpt_lib.MODEL_CONFIG).is_file():
+    ckpt_lib.check_compatible(ckpt_lib.read_model_config(workdir / ckpt_lib.MODEL_CONFIG),
+                              model_cfg, f"the run in {workdir}", action="resume")
 
-    train_step = step_lib.TrainStep(setup, train_cfg.grad_accum)
-    evals = in_loop.from_config(config, total_steps=train_cfg.steps, mesh=mesh, workdir=workdir, log=log)
-    writer = metrics_lib.MetricsWriter(workdir, start)
-    peak = metrics_lib.peak_flops_per_device(train_cfg.peak_flops)
-    parts = metrics_lib.trainable_parts(train_cfg.optim.frozen)
-    rows_per_host = train_cfg.batch_size // pc
-    losses, status, step = [], "done", start
-    bar = _progress(train_cfg.steps, start)
+  pi, pc = jax.process_index(), jax.process_count()
+  if iterator is None:
+    iterator = make_iterator(run.config, train_cfg, model_cfg, pi, pc)
+    if train_cfg.data.source == "synthetic":
+      rows = train_cfg.batch_size // pc
+      if host_row_range(run.mesh, train_cfg.batch_size) != (pi * rows, (pi + 1) * rows):
+        raise ValueError("the mesh does not give each process a contiguous block of batch rows")
+  for method in ("get_state", "set_state"):
+    if not callable(getattr(iterator, method, None)):
+      raise TypeError(f"the data iterator {type(iterator).__name__} has no {method}()")
 
-    def save(step, data_state, force=False, verify=False):
-      started = ckpt.save(step, step_lib.join_full(params, buffers), opt_state, data_state,
-                          model_cfg, force=force)
-      if started and verify:
-        ckpt.wait()
-        ckpt.verify(step)
+  restored = run.restore_latest(log=log) if resume else None
+  if restored is not None:
+    state, data_state = restored
+    start = int(state.step)
+    iterator.set_state(data_state)
+    log(f"resumed from {ckpt.directory / str(start)}")
+  else:
+    state, start = run.init_state(init or train_cfg.init, log=log), 0
+  _write_run_config(workdir, run.config, model_cfg, run.lora_cfg)
+  frozen = (f"{len(train_cfg.optim.frozen)} frozen tensors (LoRA)" if run.lora_cfg.enabled
+            else f"frozen: {list(train_cfg.optim.frozen)}")
+  log(f"optimizer state: {optim.count_state(state.opt_state):,} elements for "
+      f"{optim.count_state(state.params):,} parameters ({frozen})")
+  return state, iterator, start
 
+
+def train_step(run: setup_lib.Run, state, host_batch: dict, step: int, ctx: dict):
+  """One optimizer step on this process's rows: (new state, metrics record, finite)."""
+  train_cfg = run.train_cfg
+  batch = to_global(host_batch, run.mesh, train_cfg.batch_size)
+  t0 = time.perf_counter()
+  state, m = run.train_step(state, batch)
+  m = jax.device_get(m)
+  record = _record(step, m, time.perf_counter() - t0, train_cfg, run.model_cfg, ctx["parts"],
+                   ctx["peak"], len(run.mesh.devices.flat))
+  return state, record, bool(m["finite"])
+
+
+def eval_step(run: setup_lib.Run, evals, state, step: int) -> dict:
+  """The config's in-training evaluations due at `step`, on the live parameters."""
+  if evals is None:
+    return {}
+  return evals(step, run.graphdef, state.params, state.buffers)
+
+
+def train_loop(run: setup_lib.Run, state, iterator, start: int, log) -> dict[str, Any]:
+  """Steps `start + 1 ..` `steps`: log, checkpoint, stop on divergence, save on preemption."""
+  train_cfg, model_cfg, ckpt = run.train_cfg, run.model_cfg, run.checkpointer
+  evals = in_loop.from_config(run.config, total_steps=train_cfg.steps, mesh=run.mesh,
+                              workdir=run.workdir, log=log)
+  ctx = dict(peak=metrics_lib.peak_flops_per_device(train_cfg.peak_flops),
+             parts=metrics_lib.trainable_parts(train_cfg.optim.frozen))
+  rows_per_host = train_cfg.batch_size // jax.process_count()
+  losses, status, step, data_state = [], "done", start, None
+  writer, bar = metrics_lib.MetricsWriter(run.workdir, start), _progress(train_cfg.steps, start)
+  try:
     with Preemption() as preempt:
       for step in range(start + 1, train_cfg.steps + 1):
         try:
           host_batch = next(iterator)
         except StopIteration:
           if step > start + 1:  # keep what was trained: the last step and the state after its batch
-            save(step - 1, data_state, force=True, verify=True)
+            run.save(step - 1, state, data_state, force=True, verify=True)
           raise DataExhausted(f"the training data ran out before step {step} of {train_cfg.steps} "
                               f"(data.paths hold too few records for the steps, or set more "
                               f"data.num_epochs)") from None
         data_state = iterator.get_state()
         if step == start + 1:
           validate_batch(host_batch, rows_per_host, train_cfg.seq_len, model_cfg, check_spans=True)
-        batch = to_global(host_batch, mesh, train_cfg.batch_size)
-        t0 = time.perf_counter()
-        params, opt_state, m = train_step(params, opt_state, buffers, batch)
-        m = jax.device_get(m)
-        dt = time.perf_counter() - t0
-        loss = float(m["loss"])
-        record = _record(step, m, dt, train_cfg, model_cfg, parts, peak, len(mesh.devices.flat))
-        if evals is not None and math.isfinite(loss):  # config.evals on the live parameters
-          record.update(evals(step, setup.graphdef, params, buffers))
+        state, record, finite = train_step(run, state, host_batch, step, ctx)
+        loss = record["loss"]
+        if math.isfinite(loss):
+          record.update(eval_step(run, evals, state, step))
         writer.write(record)
-        if not bool(m["finite"]):
+        if not finite:
           ckpt.wait()
           raise TrainingDiverged(_diverged_message(step, record, ckpt))
         losses.append(loss)
-        save(step, data_state, force=step == train_cfg.steps, verify=step == train_cfg.steps)
+        run.save(step, state, data_state, force=step == train_cfg.steps,
+                 verify=step == train_cfg.steps)
         if bar is not None:
           bar.update(1)
           bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
@@ -288,7 +263,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
           while not preempt.requested:
             time.sleep(0.05)
         if preempt.agreed() and step < train_cfg.steps:
-          save(step, data_state, force=True, verify=True)
+          run.save(step, state, data_state, force=True, verify=True)
           ckpt.wait()
           log(f"preempted: saved step {step} to {ckpt.directory}")
           status = "preempted"
@@ -296,9 +271,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, re
   finally:
     if bar is not None:
       bar.close()
-    if writer is not None:
-      writer.close()
-    ckpt.close()
+    writer.close()
   return {"status": status, "step": step, "losses": losses}
 
 

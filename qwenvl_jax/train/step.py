@@ -1,10 +1,9 @@
 """The jitted train step: sharded, gradient-accumulating, mixed precision, functional NNX.
 
-The model is split once into (graphdef, params, buffers): `params` is the pure dict of `nnx.Param`s
-(fp32 master weights, the only thing the optimizer sees), `buffers` the fixed tables (adapter sin-cos).
-The step is a pure function of (params, opt_state, buffers, batch), jitted with explicit shardings:
-parameters per `sharding.param_shardings` (fsdp + tensor), optimizer moments exactly like their
-parameters, counters replicated, the batch over (data, fsdp). Params and optimizer state are donated.
+The step is a pure function of (train state, batch) (`train/state.py`: step, params, buffers,
+optimizer state), jitted with explicit shardings: parameters per `sharding.param_shardings` (fsdp +
+tensor), optimizer moments exactly like their parameters, counters replicated, the batch over (data,
+fsdp). Params, optimizer state and step are donated; only the trained leaves are differentiated.
 
 Loss: next-token cross entropy in float32 over the targets of the contract (`train/batch.py`),
 normalised as the mean over all target tokens of the global batch: each microbatch contributes its
@@ -21,118 +20,21 @@ in the config's `dtype` (bf16) with weights cast on use; gradients and accumulat
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, traverse_util
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from qwenvl_jax.config import ModelConfig, OptimConfig
 from qwenvl_jax.model import lm_loss, lora
 from qwenvl_jax.model.qwenvl import QwenVL
-from qwenvl_jax.sharding import batch_sharding, eval_shape_model, init_sharded, param_shardings
+from qwenvl_jax.sharding import batch_sharding, logical_rules
 from qwenvl_jax.train import optim
+from qwenvl_jax.train.state import TrainState
 
 BATCH_AXES = ("data", "fsdp")
-
-
-def _pure(state) -> dict:
-  return state.to_pure_dict()
-
-
-def _sharded_struct(x, sharding):
-  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything about the model/optimizer that is fixed for a run (shapes, shardings, transforms)."""
-  model_cfg: ModelConfig
-  mesh: Mesh
-  graphdef: Any
-  abs_params: dict  # ShapeDtypeStructs with shardings
-  abs_buffers: dict
-  param_sh: dict
-  buffer_sh: dict
-  tx: optax.GradientTransformation
-  label_tree: dict
-  abs_opt: Any
-  opt_sh: Any
-  make_model: Any = None  # (seed) -> model; default QwenVL(model_cfg) (LoRA runs: train/finetune.py)
-  dropout: bool = False  # LoRA dropout on: the step gives the forward pass a per-microbatch key
-
-  @property
-  def replicated(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P())
-
-
-def build_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, steps: int, mesh: Mesh,
-                make_model=None, dropout: bool = False) -> Setup:
-  """Abstract model and optimizer state with their shardings; nothing is allocated."""
-  make_model = make_model or (lambda seed: QwenVL(model_cfg, rngs=nnx.Rngs(seed)))
-  model = eval_shape_model(lambda: make_model(0))
-  graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
-  param_sh, buffer_sh = _pure(param_shardings(params, mesh)), _pure(param_shardings(buffers, mesh))
-  params, buffers = _pure(params), _pure(buffers)
-  abs_params = jax.tree.map(_sharded_struct, params, param_sh)
-  abs_buffers = jax.tree.map(_sharded_struct, buffers, buffer_sh)
-  tx, label_tree = optim.make_optimizer(optim_cfg, model_cfg, abs_params, steps)
-  abs_opt = jax.eval_shape(tx.init, abs_params)
-  replicated = NamedSharding(mesh, P())
-  # Moments are sharded exactly like their parameters; counters and other scalars are replicated.
-  opt_sh = opt_state_shardings(abs_opt, params, param_sh, replicated)
-  abs_opt = jax.tree.map(_sharded_struct, abs_opt, opt_sh)
-  return Setup(model_cfg, mesh, graphdef, abs_params, abs_buffers, param_sh, buffer_sh, tx,
-               label_tree, abs_opt, opt_sh, make_model, dropout)
-
-
-def opt_state_shardings(abs_opt, params: dict, param_sh: dict, replicated: NamedSharding):
-  """Each optimizer-state leaf whose trailing dict path and shape are a parameter's gets that
-  parameter's sharding; everything else (step counters) is replicated. (optax.tree_map_params does
-  not see through multi_transform's masked moment trees.)"""
-  flat_p, flat_sh = traverse_util.flatten_dict(params), traverse_util.flatten_dict(param_sh)
-
-  def pick(path, leaf):
-    keys = []
-    for k in reversed(path):
-      if not isinstance(k, jax.tree_util.DictKey):
-        break
-      keys.append(k.key)
-    key = tuple(reversed(keys))
-    if key in flat_p and flat_p[key].shape == leaf.shape:
-      return flat_sh[key]
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(pick, abs_opt)
-
-
-def init_params(setup: Setup, seed: int) -> tuple[dict, dict]:
-  """Random parameters and the fixed buffers, each created on its own shard."""
-  with jax.set_mesh(setup.mesh):
-    model = init_sharded(lambda: setup.make_model(seed), setup.mesh)
-  _, params, buffers = nnx.split(model, nnx.Param, ...)
-  return _pure(params), _pure(buffers)
-
-
-def init_opt_state(setup: Setup, params: dict):
-  return jax.jit(setup.tx.init, in_shardings=(setup.param_sh,), out_shardings=setup.opt_sh)(params)
-
-
-def split_full(setup: Setup, full: dict) -> tuple[dict, dict]:
-  """A checkpoint's `params` item (every variable of the model) -> (params, buffers)."""
-  flat = traverse_util.flatten_dict(full)
-  pick = lambda ref: traverse_util.unflatten_dict(
-      {k: flat[k] for k in traverse_util.flatten_dict(ref)})
-  return pick(setup.abs_params), pick(setup.abs_buffers)
-
-
-def join_full(params: dict, buffers: dict) -> dict:
-  """(params, buffers) -> the pure dict of `nnx.state(model)`."""
-  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(params),
-                                       **traverse_util.flatten_dict(buffers)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,31 +88,34 @@ def _dropout_key(mb: dict, a: jax.Array) -> jax.Array:
 
 
 class TrainStep:
-  """`step(params, opt_state, buffers, batch) -> (params, opt_state, metrics)`, one jit per batch layout
-  (with or without images)."""
+  """`step(state, batch) -> (state, metrics)` on a `train.setup.Run`'s train state, one jit per batch
+  layout (with or without images). The state's params, optimizer state and step are donated; its
+  buffers (fixed tables, a quantised base) are passed through, not donated."""
 
-  def __init__(self, setup: Setup, grad_accum: int):
-    self.setup = setup
-    self.grad_accum = grad_accum
+  def __init__(self, run, grad_accum: int | None = None):
+    self.run = run
+    self.mesh = run.mesh
+    self.grad_accum = grad_accum or run.train_cfg.grad_accum
     self._jitted: dict[tuple, Any] = {}
-    labels = traverse_util.flatten_dict(setup.label_tree)
+    labels = traverse_util.flatten_dict(run.label_tree)
     self._trained = frozenset(k for k, v in labels.items() if v == optim.TRAIN)
 
   def batch_shardings(self, batch: dict) -> dict:
-    return {k: batch_sharding(self.setup.mesh, v.ndim) for k, v in batch.items()}
+    return {k: batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
 
-  def _step(self, params, opt_state, buffers, batch):
-    setup, trained = self.setup, self._trained
+  def _step(self, state: TrainState, buffers, batch):
+    run, trained = self.run, self._trained
+    params, opt_state = state.params, state.opt_state
     flat = traverse_util.flatten_dict(params)
     train_p = {k: v for k, v in flat.items() if k in trained}
     frozen_p = {k: v for k, v in flat.items() if k not in trained}
-    flat_sh = traverse_util.flatten_dict(setup.param_sh)
+    flat_sh = traverse_util.flatten_dict(run.abstract_state.shardings().params)
     train_sh = {k: flat_sh[k] for k in train_p}
 
     def micro_loss(train_p, mb, a):
       full = traverse_util.unflatten_dict({**train_p, **frozen_p})
-      with lora.dropout(_dropout_key(mb, a) if setup.dropout else None):
-        return loss_sums(nnx.merge(setup.graphdef, full, buffers), mb)
+      with lora.dropout(_dropout_key(mb, a) if run.dropout else None):
+        return loss_sums(nnx.merge(run.graphdef, full, buffers), mb)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -230,7 +135,7 @@ class TrainStep:
     grad_norm = optax.global_norm(grads)
     # Frozen leaves feed `set_to_zero`, which ignores its input: pass the params, not zeros.
     full_grads = traverse_util.unflatten_dict({**grads, **frozen_p})
-    updates, new_opt_state = setup.tx.update(full_grads, opt_state, params)
+    updates, new_opt_state = run.tx.update(full_grads, opt_state, params)
     flat_u = traverse_util.flatten_dict(updates)
     new_flat = {k: (v + flat_u[k].astype(v.dtype)) if k in trained else v for k, v in flat.items()}
     loss = ce_sum / denom
@@ -245,24 +150,39 @@ class TrainStep:
     metrics = dict(loss=loss, grad_norm=grad_norm, target_tokens=n, finite=finite,
                    tokens=jnp.sum(batch["segment_ids"] != 0, dtype=jnp.int32),
                    images=jnp.sum(batch["num_images"]) if "num_images" in batch else jnp.int32(0))
-    return traverse_util.unflatten_dict(new_flat), new_opt_state, metrics
+    new = TrainState(step=state.step + finite.astype(jnp.int32),
+                     params=traverse_util.unflatten_dict(new_flat), buffers=None,
+                     opt_state=new_opt_state)
+    return new, metrics
 
   def _compile(self, batch: dict):
     key = tuple(sorted((k, v.ndim) for k, v in batch.items()))
     if key not in self._jitted:
-      s = self.setup
+      sh = self.run.abstract_state.shardings()
       self._jitted[key] = jax.jit(
           self._step,
-          in_shardings=(s.param_sh, s.opt_sh, s.buffer_sh, self.batch_shardings(batch)),
-          out_shardings=(s.param_sh, s.opt_sh, s.replicated),
-          donate_argnums=(0, 1))
+          in_shardings=(sh.replace(buffers=None), sh.buffers, self.batch_shardings(batch)),
+          out_shardings=(sh.replace(buffers=None), NamedSharding(self.mesh, P())),
+          donate_argnums=(0,))
     return self._jitted[key]
 
-  def __call__(self, params, opt_state, buffers, batch):
-    with jax.set_mesh(self.setup.mesh):
-      return self._compile(batch)(params, opt_state, buffers, batch)
+  def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    with jax.set_mesh(self.mesh), logical_rules(self.run.rules):
+      new, metrics = self._compile(batch)(state.replace(buffers=None), state.buffers, batch)
+    return new.replace(buffers=state.buffers), metrics
 
-  def lower(self, params, opt_state, buffers, batch):
-    """Lowered step for abstract inputs (AOT compile / memory reports)."""
-    with jax.set_mesh(self.setup.mesh):
-      return self._compile(batch).lower(params, opt_state, buffers, batch)
+  def lower(self, state: TrainState, batch: dict):
+    """The lowered step for an abstract state and batch (AOT compile / memory reports)."""
+    with jax.set_mesh(self.mesh), logical_rules(self.run.rules):
+      return self._compile(batch).lower(state.replace(buffers=None), state.buffers, batch)
+
+  def compile(self, state: TrainState, batch: dict):
+    """The step AOT-compiled for this state and batch layout, called like the step itself."""
+    executable = self.lower(state, batch).compile()
+
+    def call(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+      with jax.set_mesh(self.mesh):
+        new, metrics = executable(state.replace(buffers=None), state.buffers, batch)
+      return new.replace(buffers=state.buffers), metrics
+
+    return call

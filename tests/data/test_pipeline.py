@@ -14,7 +14,7 @@ from tests.data.helpers import assert_same, take
 def cfg(vocab, **kw):
   base = dict(paths=(), tokenizer=vocab, seq_len=1024, batch_size=3, image_size=28, n_image_tokens=4,
               shard_index=0, shard_count=1, seed=1)
-  return pipeline.DataConfig(**{**base, **kw})
+  return pipeline.PipelineConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_same_seed_same_batches(byte_vocab, records):
   assert_same(a, b)
   # The batches do not depend on the number of worker processes either.
   assert_same(a, take(iter(pipeline.make_pipeline(cfg(byte_vocab, num_workers=2), records)), 4))
-  assert any(not np.array_equal(x["ids"], y["ids"]) for x, y in zip(a, c))
+  assert any(not np.array_equal(x["tokens"], y["tokens"]) for x, y in zip(a, c))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -49,10 +49,10 @@ def test_resume_continues_with_the_next_batch(byte_vocab, records, workers):
 def test_row_layout(byte_vocab, records):
   tok = load_tokenizer(byte_vocab)
   b = next(iter(pipeline.make_pipeline(cfg(byte_vocab, shuffle=False, tasks=("caption",)), records)))
-  assert b["ids"].shape == (3, 1024) and b["images"].shape == (3, 1, 28, 28, 3)
-  assert b["image_valid"].all()
+  assert b["tokens"].shape == (3, 1024) and b["images"].shape == (3, 1, 28, 28, 3)
+  assert (b["num_images"] == 1).all()
   n = int(b["segment_ids"][0].sum())
-  ids = b["ids"][0]
+  ids = b["tokens"][0]
   text = tok.decode(ids[:n])
   assert text == ("<img>" + "<imgpad>" * 4 + "</img>Generate the caption in English: " + records[0]["caption"]
                   + "<|endoftext|>")
@@ -72,7 +72,7 @@ def test_chatml_records(byte_vocab, tmp_path):
   (b,) = list(pipeline.make_pipeline(c))
   n = int(b["segment_ids"][0].sum())
   # The reference label rule; the leading <|im_start|> is dropped (nothing predicts the first token).
-  trained = tok.decode(b["ids"][0][:n][b["loss_mask"][0][:n]])
+  trained = tok.decode(b["tokens"][0][:n][b["loss_mask"][0][:n]])
   assert trained == "<|im_end|>\n<|im_start|><|im_end|>\n<|im_start|>Red.<|im_end|>\n"
   # uint8 pixels, resized, not normalised (the model normalises them on the device)
   assert b["images"].dtype == np.uint8
@@ -91,7 +91,7 @@ def test_corrupt_images_counted_through_the_pipeline(byte_vocab, tmp_path):
   for workers in (0, 2):
     p = pipeline.make_pipeline(cfg(byte_vocab, num_epochs=1, batch_size=10, drop_remainder=False,
                                    num_workers=workers, image_size=14), recs)
-    rows = sum(b["ids"].shape[0] for b in p)
+    rows = sum(b["tokens"].shape[0] for b in p)
     assert rows == 97, workers
     assert p.skips.counts == {"corrupt_image": 3}, p.skips.as_dict()
 
@@ -113,7 +113,7 @@ def test_packed_rows_hold_every_sample_once(byte_vocab, records):
                                     tasks=("caption", "vqa")), records)
   batches = list(p)
   n_segments = sum(int(s.max()) for b in batches for s in b["segment_ids"])
-  n_images = sum(int(b["image_valid"].sum()) for b in batches)
+  n_images = sum(int(b["num_images"].sum()) for b in batches)
   assert n_segments == len(records) == n_images and p.skips.total == 0
   seg = np.concatenate([b["segment_ids"] for b in batches])
   pos = np.concatenate([b["positions"] for b in batches])

@@ -127,9 +127,9 @@ def test_process_shards_are_disjoint_and_cover_the_epoch(byte_vocab, numbered_js
       "model.image_pad_id=399"], "data.tokenizer"),  # the tokenizer has 473 ids
 ])
 def test_config_errors_name_the_field(byte_vocab, shapes_jsonl, overrides, field):
-  config = stage_config(1, byte_vocab, [shapes_jsonl], *overrides)
+  # A wrong type or value fails as the override is applied; what needs the disk, when the data opens.
   with pytest.raises(ConfigError, match=f"'{field}'"):
-    pipeline.make_train_iterator(config, 0, 1)
+    pipeline.make_train_iterator(stage_config(1, byte_vocab, [shapes_jsonl], *overrides), 0, 1)
 
 
 def test_unknown_data_field(byte_vocab, shapes_jsonl):
@@ -216,7 +216,7 @@ def test_prepared_tfds_datasets_feed_training(byte_vocab, tmp_path):
   tfds_source.make_builder("text", 4, 0, seed=3, size=64, data_dir=str(tmp_path)).download_and_prepare()
   config = stage_config(1, byte_vocab, ["qwenvl_synth_shapes:train", "qwenvl_synth_text"],
                         "data.source=tfds", f"data.tfds_dir={str(tmp_path)!r}", "data.tasks=('caption',)")
-  source = pipeline.open_source(pipeline.data_config_for_training(config).paths, str(tmp_path))
+  source = pipeline.open_source(pipeline.pipeline_config_for_training(config).paths, str(tmp_path))
   assert len(source) == 10
   want = {r["id"]: r for r in list(synth.generate("shapes", 6, seed=3, size=64)) +
           list(synth.generate("text", 4, seed=3, size=64))}

@@ -41,19 +41,19 @@ def check_rows(tok, rows, samples, seq_len):
   """Every sample appears intact in exactly one segment, in order; fields are consistent."""
   seen = []
   for row in rows:
-    assert row.ids.shape == row.segment_ids.shape == row.positions.shape == row.loss_mask.shape
-    assert row.ids.shape == (seq_len,)
+    assert row.tokens.shape == row.segment_ids.shape == row.positions.shape == row.loss_mask.shape
+    assert row.tokens.shape == (seq_len,)
     for k in range(1, row.n_segments + 1):
       where = np.flatnonzero(row.segment_ids == k)
       assert len(where) and (np.diff(where) == 1).all()  # contiguous
       assert row.positions[where].tolist() == list(range(len(where)))
-      seen.append((row.ids[where].tolist(), row.loss_mask[where].tolist()))
+      seen.append((row.tokens[where].tolist(), row.loss_mask[where].tolist()))
     pad = row.segment_ids == 0
-    assert (row.ids[pad] == tok.pad_id).all() and not row.loss_mask[pad].any()
+    assert (row.tokens[pad] == tok.pad_id).all() and not row.loss_mask[pad].any()
     assert (row.positions[pad] == 0).all()
     # Images: one per <img> span, in order.
-    assert len(row.images) == (row.ids == tok.img_start_id).sum()
-    assert (row.ids == tok.img_pad_id).sum() == N_IMG * len(row.images)
+    assert len(row.images) == (row.tokens == tok.img_start_id).sum()
+    assert (row.tokens == tok.img_pad_id).sum() == N_IMG * len(row.images)
   by_ids = {tuple(s.ids.tolist()): s for s in samples}
   assert len(seen) == len(samples)
   for ids, mask in seen:
@@ -115,7 +115,7 @@ def test_pack_properties(tiny_tok, lengths, seq_len, max_images):
   rows, stats = P.pack_samples(samples, seq_len, tokenizer=tiny_tok, max_images_per_row=max_images)
   assert stats.tokens_packed == sum(lengths) == sum(r.n_tokens for r in rows)
   for r in rows:
-    assert len(r.images) == (r.ids == tiny_tok.img_start_id).sum()
+    assert len(r.images) == (r.tokens == tiny_tok.img_start_id).sum()
     assert max_images is None or len(r.images) <= max_images
   assert sorted(im for r in rows for im in r.images) == sorted(im for s in samples for im in s.images)
 
@@ -144,9 +144,9 @@ def test_overlong_truncate_never_cuts_spans(tiny_tok, seq_len, keep):
   assert stats.truncated == 1 and len(rows) == 1
   row = rows[0]
   assert row.n_tokens == keep
-  assert row.ids[:keep].tolist() == s.ids[:keep].tolist()
+  assert row.tokens[:keep].tolist() == s.ids[:keep].tolist()
   assert row.images == (["only.jpg"] if keep >= 42 else [])
-  kept = row.ids[:keep]
+  kept = row.tokens[:keep]
   assert (kept == tiny_tok.box_start_id).sum() == (kept == tiny_tok.box_end_id).sum()
 
 
@@ -174,7 +174,7 @@ def test_truncate_drops_sample_without_targets(tiny_tok):
 def test_stack_rows_pads_batch(tiny_tok):
   rows, _ = P.pack_samples(make_samples(tiny_tok, 2), 200, tokenizer=tiny_tok)
   batch = P.stack_rows(rows, batch_size=4, pad_id=tiny_tok.pad_id)
-  assert batch.ids.shape == (4, 200) and batch.images[-1] == []
+  assert batch.tokens.shape == (4, 200) and batch.images[-1] == []
   assert batch.flat_images == [im for r in rows for im in r.images]
   with pytest.raises(ValueError, match="do not fit"):
     P.stack_rows(rows, batch_size=0)

@@ -6,12 +6,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from qwenvl_jax.config import (MeshConfig, apply_overrides, load_config_dict, model_config_from_dict,
-                               train_config_from_dict)
+from qwenvl_jax.ckpt import checkpoint as ckpt_lib
+from qwenvl_jax.config import MeshConfig, apply_overrides, load_config_dict
 from qwenvl_jax.model.qwenvl import QwenVL
 from qwenvl_jax.sharding import create_mesh
-from qwenvl_jax.train import step as step_lib
 from qwenvl_jax.train.batch import SyntheticIterator
+from qwenvl_jax.train.setup import setup
+from qwenvl_jax.train.state import TrainState
 
 
 def stage_config(stage: int, *overrides: str):
@@ -34,27 +35,31 @@ def mesh_of(shape):
   return create_mesh(MeshConfig(*shape))
 
 
+def tiny_run(config, mesh_shape=None):
+  """`train.setup.setup` of a stage config on a mesh shape (None: the config's mesh, all devices)."""
+  return setup(config, mesh_of(mesh_shape) if mesh_shape is not None else None)
+
+
+def initial_train_state(run):
+  """The run's state from the shared tiny initial parameters (no compile of a random init)."""
+  host_params, host_buffers = initial_state(run.model_cfg)
+  return run.placed_state(TrainState(0, host_params, host_buffers, None).model_state())
+
+
 def run_steps(config, mesh_shape, n_steps, fixed=False):
-  """n_steps of the stage config on a mesh: (losses, final params as numpy, setup, opt_state)."""
-  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-  mesh = mesh_of(mesh_shape)
-  setup = step_lib.build_setup(mcfg, tcfg.optim, tcfg.steps, mesh)
-  host_params, host_buffers = initial_state(mcfg)
-  params = jax.device_put(host_params, setup.param_sh)
-  buffers = jax.device_put(host_buffers, setup.buffer_sh)
-  opt_state = step_lib.init_opt_state(setup, params)
-  train_step = step_lib.TrainStep(setup, tcfg.grad_accum)
+  """n_steps of the stage config on a mesh: (losses, final params as numpy, run, final state)."""
+  run = tiny_run(config, mesh_shape)
+  tcfg, mcfg, train_step = run.train_cfg, run.model_cfg, run.train_step
+  state = initial_train_state(run)
   data = config.data
   it = SyntheticIterator(mcfg, tcfg.batch_size, tcfg.seq_len, max_images=data.max_images,
                          packed=data.layout == "packed", fixed=fixed)
   losses = []
   for _ in range(n_steps):
     host = next(it)
-    batch = {k: jax.device_put(v, s) for (k, v), s in zip(host.items(),
-                                                           train_step.batch_shardings(host).values())}
-    params, opt_state, m = train_step(params, opt_state, buffers, batch)
+    state, m = train_step(state, jax.device_put(host, train_step.batch_shardings(host)))
     losses.append(float(m["loss"]))
-  return np.asarray(losses), jax.tree.map(np.asarray, params), setup, opt_state
+  return np.asarray(losses), jax.tree.map(np.asarray, state.params), run, state
 
 
 def flat(tree):
@@ -62,23 +67,12 @@ def flat(tree):
   return {path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def abstract_full(config):
-  """(setup on all devices, abstract full-params tree, model config) of a stage config."""
-  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-  setup = step_lib.build_setup(mcfg, tcfg.optim, tcfg.steps, create_mesh(MeshConfig()))
-  return setup, step_lib.join_full(setup.abs_params, setup.abs_buffers), mcfg
-
-
 def write_init_checkpoint(config, directory):
   """A workdir holding the shared tiny initial parameters (as a converted checkpoint would): runs
   started from it with --init skip compiling a random init (seconds on CPU)."""
-  from qwenvl_jax.ckpt import checkpoint as ckpt_lib
-  setup, _, mcfg = abstract_full(config)
-  host_params, host_buffers = initial_state(mcfg)
-  params = jax.device_put(host_params, setup.param_sh)
-  full = step_lib.join_full(params, jax.device_put(host_buffers, setup.buffer_sh))
-  ckpt = ckpt_lib.Checkpointer(directory, 1, 1)
-  ckpt.save(0, full, step_lib.init_opt_state(setup, params), {}, mcfg, force=True)
-  ckpt.close()
-  ckpt_lib.write_model_config(directory, mcfg)
+  run = setup(config, workdir=directory)
+  state = initial_train_state(run)
+  run.save(0, state, {}, force=True)
+  run.checkpointer.close()
+  ckpt_lib.write_model_config(directory, run.model_cfg)
   return directory

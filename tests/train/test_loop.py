@@ -8,14 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from qwenvl_jax.config import ConfigError, MeshConfig, model_config_from_dict, train_config_from_dict
-from qwenvl_jax.sharding import create_mesh
+from qwenvl_jax.config import ConfigError, model_config_from_dict, train_config_from_dict
 from qwenvl_jax.ckpt import checkpoint as ckpt_lib
-from qwenvl_jax.train import step as step_lib
+from qwenvl_jax.train.setup import setup
 from qwenvl_jax.train.batch import SyntheticIterator
 from qwenvl_jax.train.loop import TrainingDiverged, WorkdirError, make_iterator, train
 from qwenvl_jax.train.metrics import read_metrics
-from tests.train.helpers import (abstract_full as _abs_full, initial_state, stage_config,
+from tests.train.helpers import (initial_state, initial_train_state, mesh_of, stage_config, tiny_run,
                                  write_init_checkpoint)
 
 
@@ -66,15 +65,15 @@ def test_nan_stop_then_next_stage_init_at_higher_resolution(tmp_path):
   # Stage 2 (56 px) from the stage-1 run (28 px): same tensors (the ViT's position table is resized
   # on the fly); the model configs differ only in vision.image_size.
   s2 = stage_config(2, "steps=2")
-  setup1, abs1, _ = _abs_full(s1)
-  _, abs2, mcfg2 = _abs_full(s2)
+  run1, run2 = tiny_run(s1), tiny_run(s2)
+  abs1, abs2, mcfg2 = run1.abstract_state.model_state(), run2.abstract_state.model_state(), run2.model_cfg
   assert (mcfg1.vision.image_size, mcfg2.vision.image_size) == (28, 56)
   assert jax.tree.map(lambda x: x.shape, abs1) == jax.tree.map(lambda x: x.shape, abs2)
   logs = []
   loaded = ckpt_lib.load_params(tmp_path / "s1", abs2, mcfg2, log=logs.append)
   assert "['vision.image_size']" in logs[0]
   restored = ckpt_lib.Checkpointer(tmp_path / "s1", 2, 3)
-  saved, _, data_state = restored.restore(4, abs1, setup1.abs_opt)
+  saved, _, data_state = restored.restore(4, abs1, run1.abstract_state.opt_state)
   restored.close()
   assert data_state == {"step": 4}
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(saved)):
@@ -95,27 +94,24 @@ def test_init_from_an_incompatible_model_names_the_field(tmp_path):
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
   config = stage_config(2)
-  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-  host_params, host_buffers = initial_state(mcfg)
-  setups = [step_lib.build_setup(mcfg, tcfg.optim, 10, create_mesh(MeshConfig(*s)))
-            for s in [(8, 1, 1), (2, 2, 2)]]
-  params = jax.device_put(host_params, setups[0].param_sh)
-  opt = step_lib.init_opt_state(setups[0], params)
-  opt = jax.tree.map(lambda x: x + 1, opt)  # non-trivial moments and counters
-  ckpt = ckpt_lib.Checkpointer(tmp_path, 1, 2)
-  ckpt.save(7, step_lib.join_full(params, jax.device_put(host_buffers, setups[0].buffer_sh)), opt,
-            {"step": 7}, mcfg, force=True)
-  ckpt.wait()
-  full, opt2, data = ckpt.restore(7, step_lib.join_full(setups[1].abs_params, setups[1].abs_buffers),
-                                  setups[1].abs_opt)
-  ckpt.close()
-  p2, _ = step_lib.split_full(setups[1], full)
-  assert data == {"step": 7}
-  kernel = p2["llm"]["blocks"]["mlp"]["w1"]["kernel"]
-  assert kernel.sharding == setups[1].param_sh["llm"]["blocks"]["mlp"]["w1"]["kernel"]
-  for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(host_params)):
+  run = setup(config, mesh_of((8, 1, 1)), workdir=tmp_path)
+  state = initial_train_state(run)
+  # Non-trivial moments, counters and step.
+  state = state.replace(step=state.step + 7, opt_state=jax.tree.map(lambda x: x + 1, state.opt_state))
+  run.save(7, state, {"step": 7}, force=True)
+  run.checkpointer.close()
+  other = setup(config, mesh_of((2, 2, 2)), workdir=tmp_path)
+  restored, data = other.restore_latest()
+  other.checkpointer.close()
+  assert data == {"step": 7} and int(restored.step) == 7
+  kernel = restored.params["llm"]["blocks"]["mlp"]["w1"]["kernel"]
+  assert kernel.sharding == other.abstract_state.params["llm"]["blocks"]["mlp"]["w1"]["kernel"].sharding
+  host_params, host_buffers = initial_state(run.model_cfg)
+  for a, b in zip(jax.tree.leaves((restored.params, restored.buffers)),
+                  jax.tree.leaves((host_params, host_buffers))):
     assert np.array_equal(np.asarray(a), b)
-  for a, b, sh in zip(jax.tree.leaves(opt2), jax.tree.leaves(opt), jax.tree.leaves(setups[1].opt_sh)):
+  for a, b, sh in zip(jax.tree.leaves(restored.opt_state), jax.tree.leaves(state.opt_state),
+                      jax.tree.leaves(other.abstract_state.shardings().opt_state)):
     assert a.sharding == sh and np.array_equal(np.asarray(a), np.asarray(b))
 
 

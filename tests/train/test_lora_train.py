@@ -9,12 +9,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from qwenvl_jax.ckpt import lora_run
-from qwenvl_jax.config import (apply_overrides, load_config_dict, model_config_from_dict,
-                               train_config_from_dict)
-from qwenvl_jax.sharding import create_mesh
-from qwenvl_jax.config import MeshConfig
-from qwenvl_jax.train import finetune, optim
+from qwenvl_jax.config import apply_overrides, load_config_dict
+from qwenvl_jax.train import optim
 from qwenvl_jax.train.loop import train
+from qwenvl_jax.train.setup import setup
 from tests.train.helpers import flat, stage_config, write_init_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -40,15 +38,14 @@ def base(tmp_path_factory):
 
 def test_optimizer_state_holds_only_the_trainable_tensors():
   config = _config("tiny_lora", "lora.modules_to_save=('lm_head',)")
-  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-  _, setup, cfg = finetune.build_setup(config, tcfg, mcfg, create_mesh(MeshConfig()))
-  shapes = {optim.path_str(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(setup.abs_params)}
+  abstract = setup(config).abstract_state
+  shapes = {optim.path_str(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(abstract.params)}
   trained = {k: v for k, v in shapes.items() if k.endswith((".lora_a", ".lora_b")) or k == "llm.lm_head"}
   n_trained = sum(int(np.prod(v)) for v in trained.values())
   n_all = sum(int(np.prod(v)) for v in shapes.values())
   assert len(trained) == 9 and n_trained < n_all / 3  # 4 layers x (A, B) + lm_head
   # Adam's two moments for the trained tensors; the rest is scalar counters.
-  assert 2 * n_trained <= optim.count_state(setup.abs_opt) <= 2 * n_trained + 8
+  assert 2 * n_trained <= optim.count_state(abstract.opt_state) <= 2 * n_trained + 8
 
 
 def test_lora_run_changes_only_lora_and_modules_to_save_and_resumes_exactly(base, tmp_path):

@@ -16,8 +16,7 @@ import pytest
 
 from qwenvl_jax.ckpt import checkpoint as ckpt_lib
 from qwenvl_jax.cli import main
-from qwenvl_jax.config import MeshConfig, model_config_from_dict
-from qwenvl_jax.sharding import create_mesh
+from qwenvl_jax.config import model_config_from_dict
 from tests.train.helpers import stage_config, write_init_checkpoint
 from tests.cli_subprocess import cli_env
 
@@ -148,19 +147,12 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
 def test_a_step_with_a_non_finite_update_keeps_the_old_state():
   """Loss and gradient norm finite, the update NaN (Adam's second moment poisoned negative): the step
   must return the parameters and optimizer state it was given, and say it was not finite."""
-  from qwenvl_jax.train import step as step_lib
   from qwenvl_jax.train.batch import SyntheticIterator
-  from qwenvl_jax.config import train_config_from_dict
-  from tests.train.helpers import initial_state
+  from tests.train.helpers import initial_train_state, tiny_run
 
-  config = stage_config(1, "batch_size=2", "grad_accum=1", "seq_len=16")  # stage 1: the LLM is frozen
-  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-  setup = step_lib.build_setup(mcfg, tcfg.optim, tcfg.steps,
-                               create_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1]))
-  host_params, host_buffers = initial_state(mcfg)
-  params = jax.device_put(host_params, setup.param_sh)
-  buffers = jax.device_put(host_buffers, setup.buffer_sh)
-  opt = step_lib.init_opt_state(setup, params)
+  # Stage 1: the LLM is frozen.
+  run = tiny_run(stage_config(1, "batch_size=2", "grad_accum=1", "seq_len=16"), (1, 1, 1))
+  state = initial_train_state(run)
   poisoned = []
 
   def poison(path, x):
@@ -170,17 +162,15 @@ def test_a_step_with_a_non_finite_update_keeps_the_old_state():
       return x - 1.0
     return x
 
-  opt = jax.tree_util.tree_map_with_path(poison, opt)
+  state = state.replace(opt_state=jax.tree_util.tree_map_with_path(poison, state.opt_state))
   assert poisoned
-  before_p, before_o = jax.device_get(params), jax.device_get(opt)
-  host = next(SyntheticIterator(mcfg, 2, 16))
-  train_step = step_lib.TrainStep(setup, 1)
-  batch = {k: jax.device_put(v, s) for (k, v), s in zip(host.items(),
-                                                         train_step.batch_shardings(host).values())}
-  new_p, new_o, m = train_step(params, opt, buffers, batch)
+  before = jax.device_get(state)
+  host = next(SyntheticIterator(run.model_cfg, 2, 16))
+  new, m = run.train_step(state, jax.device_put(host, run.train_step.batch_shardings(host)))
   assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
   assert not bool(m["finite"])
-  for a, b in zip(jax.tree.leaves((new_p, new_o)), jax.tree.leaves((before_p, before_o))):
+  assert int(new.step) == 0  # no update was applied
+  for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(before)):
     np.testing.assert_array_equal(np.asarray(a), b)
 
 
@@ -224,7 +214,7 @@ def test_a_mistyped_override_is_one_line(tmp_path, capsys, override, field, expe
   rc = main(["train", "--config", "configs/stage2.py:tiny", "--workdir", str(tmp_path / "w"),
              "--set", override])
   line = one_line(capsys.readouterr().err)
-  assert rc == 2 and f"config field '{field}' expects {expected}" in line
+  assert rc == 2 and f"config field '{field}': expects {expected}" in line
   assert not (tmp_path / "w").exists()
 
 

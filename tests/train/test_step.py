@@ -26,16 +26,16 @@ def test_sharded_trajectory_equals_one_device(one_device, shape, accum):
   microbatches, the meshes 1 and 4. Tolerances: losses to 1e-5 relative (fp32; only the reduction
   order differs), parameters after 5 Adam steps (lr 1e-3) to 2e-5 absolute."""
   ref_losses, ref_params, _, _ = one_device
-  losses, params, setup, opt_state = run_steps(stage_config(2, f"grad_accum={accum}"), shape, 5)
+  losses, params, run, state = run_steps(stage_config(2, f"grad_accum={accum}"), shape, 5)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   diff = max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
   assert diff < 2e-5, diff
   assert ref_losses[-1] < ref_losses[0]
   # Parameters and their Adam moments really are sharded (fsdp x tensor on (2, 2, 2)).
   data, fsdp, tensor = shape
-  mu = opt_state.inner_states["train"].inner_state[1].mu
+  mu = state.opt_state.inner_states["train"].inner_state[1].mu
   qkv_mu = mu["llm"]["blocks"]["attn"]["qkv"]["kernel"]
-  assert qkv_mu.sharding == setup.param_sh["llm"]["blocks"]["attn"]["qkv"]["kernel"]
+  assert qkv_mu.sharding == run.abstract_state.params["llm"]["blocks"]["attn"]["qkv"]["kernel"].sharding
   assert qkv_mu.addressable_shards[0].data.shape[1] == qkv_mu.shape[1] // fsdp
 
 
@@ -45,7 +45,7 @@ def test_frozen_subtrees_unchanged(stage):
   config = stage_config(stage, *(["model.dtype=bfloat16"] if stage == 3 else []))
   frozen = tuple(config.optim.frozen)
   before = flat(run_steps(config, (1, 1, 1), 0)[1])
-  losses, after, _, opt_state = run_steps(config, (1, 1, 1), 3)
+  losses, after, _, state = run_steps(config, (1, 1, 1), 3)
   after = flat(after)
   assert np.isfinite(losses).all() and all(v.dtype == np.float32 for v in after.values())
   for k in before:
@@ -53,7 +53,7 @@ def test_frozen_subtrees_unchanged(stage):
       assert np.array_equal(before[k], after[k]), f"frozen {k} changed"
     elif not k.endswith(".bias") and "ln_" not in k:  # weights with gradient signal move
       assert not np.array_equal(before[k], after[k]), f"trained {k} did not change"
-  moments = [optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(opt_state)]
+  moments = [optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)]
   assert not any(optim.is_frozen(p.split(".mu.")[-1].split(".nu.")[-1], frozen)
                  for p in moments if ".mu." in p or ".nu." in p)
 
@@ -104,21 +104,17 @@ def test_gradient_is_mean_over_targets_with_grad_accum():
   target count) over the whole batch: an extra division by grad_accum would be off 4x (Adam hides the
   scale of the gradient in the trajectory, so the trajectory tests cannot see it)."""
   from flax import nnx
-  from tests.train.helpers import initial_state, mesh_of
-  from qwenvl_jax.config import train_config_from_dict
-  config = stage_config(2)
-  tcfg, mcfg = train_config_from_dict(config), model_config_from_dict(config.model)
-  setup = step_lib.build_setup(mcfg, tcfg.optim, tcfg.steps, mesh_of((1, 1, 1)))
+  from tests.train.helpers import initial_state, initial_train_state, tiny_run
+  run = tiny_run(stage_config(2, "grad_accum=4"), (1, 1, 1))
+  mcfg = run.model_cfg
   host_params, buffers = initial_state(mcfg)
   batch = make_synthetic_batch(mcfg, 8, 64, max_images=2, packed=True)
 
   def mean_loss(p):
-    ce, n = step_lib.loss_sums(nnx.merge(setup.graphdef, p, buffers), batch)
+    ce, n = step_lib.loss_sums(nnx.merge(run.graphdef, p, buffers), batch)
     return ce / n
 
   want = float(jax.numpy.sqrt(sum(jax.numpy.sum(g ** 2) for g in
                                   jax.tree.leaves(jax.jit(jax.grad(mean_loss))(host_params)))))
-  params = jax.device_put(host_params, setup.param_sh)
-  step = step_lib.TrainStep(setup, 4)
-  _, _, m = step(params, step_lib.init_opt_state(setup, params), buffers, dict(batch))
+  _, m = run.train_step(initial_train_state(run), dict(batch))
   np.testing.assert_allclose(float(m["grad_norm"]), want, rtol=1e-4)
