@@ -189,8 +189,9 @@ def test_sharded_generation_matches_single_device(model, tok):
   gen = _gen(sharded, tok, mesh=mesh)
   assert gen.generate_ids(prompts, sampling=sampling, stop_ids=[tok.im_end_id]) == want
   _, cache, _, _ = gen.prefill(gen.prepare(prompts), 8)
-  spec = tuple(cache.k.sharding.spec)
-  assert spec[1] == "data" and spec[3] == "tensor", spec  # batch over data, heads over tensor
+  assert gen.per_layer  # CPU: per-layer blocks decode over per-layer heads-first [B, H, S, D] k/v
+  spec = tuple(cache.k[0].sharding.spec)
+  assert spec[0] == "data" and spec[1] == "tensor", spec  # batch over data, heads over tensor
 
 
 def test_bfloat16_inference_copy(model, tok):
