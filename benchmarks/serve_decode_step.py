@@ -67,6 +67,47 @@ def op_sources(hlo: str) -> dict[str, str]:
   return out
 
 
+def matmul_floor(state, rows, rounds: int) -> list[dict]:
+  """The LLM's weight products alone, x [B, K] @ W for every matrix of a decode step (no attention,
+  norms or sampling), in one jit (XLA) and with numpy's BLAS: the floor of a step's cost on this
+  CPU, and so the best batch ratio any decode step can reach here."""
+  import jax
+  import numpy as np
+
+  mats = []
+  for path, x in jax.tree_util.tree_leaves_with_path(state):
+    key = jax.tree_util.keystr(path)
+    if "llm" in key and ("kernel" in key or "lm_head" in key):  # attn.out is [H, Dh, D]: 2 in-dims
+      x = np.asarray(x)
+      mats.append(x.reshape(-1, x.shape[-1]) if "'out'" in key else x.reshape(x.shape[0], -1))
+  ws = [jax.numpy.asarray(m) for m in mats]
+  f = jax.jit(lambda xs, ws: [x @ w for x, w in zip(xs, ws)])
+  flops = sum(2 * m.size for m in mats)
+  out, base = [], None
+  print(f"weight products alone ({len(mats)} matrices, {flops / 2e6:.0f}M parameters): rows | "
+        f"ms XLA | ms numpy | tok/s XLA | x of 1 row | GFLOP/s XLA | GFLOP/s numpy", flush=True)
+  xs_of = {b: [np.ones((b, m.shape[0]), np.float32) for m in mats] for b in rows}
+  best = {b: [float("inf"), float("inf")] for b in rows}
+  for b in rows:
+    jax.block_until_ready(f(xs_of[b], ws))
+  for _ in range(rounds):
+    for b in rows:
+      t = time.process_time()
+      jax.block_until_ready(f(xs_of[b], ws))
+      best[b][0] = min(best[b][0], time.process_time() - t)
+      t = time.process_time()
+      [x @ m for x, m in zip(xs_of[b], mats)]
+      best[b][1] = min(best[b][1], time.process_time() - t)
+  for b in rows:
+    xla, blas = best[b]
+    base = base or 1 / xla
+    out.append({"rows": b, "ms_xla": round(xla * 1e3, 2), "ms_numpy": round(blas * 1e3, 2),
+                "x_of_1_row": round(b / xla / base, 2)})
+    print(f"  {b:>3} | {xla * 1e3:6.2f} | {blas * 1e3:6.2f} | {b / xla:7.0f} | {b / xla / base:5.2f} | "
+          f"{b * flops / xla / 1e9:5.1f} | {b * flops / blas / 1e9:5.1f}", flush=True)
+  return out
+
+
 def profile_ops(run, repeats: int = 2):
   """Seconds per call of `run` and per XLA op (jax.profiler trace, as profile_step.py reads it)."""
   import tempfile
@@ -197,9 +238,10 @@ def main():
         profile_step.summarize(f"ring {n_cols}, {b} rows, one {args.steps}-step chunk", wall, ops,
                                profile_step.xla_category, args.top)
   print(f"# load {os.getloadavg()[0]:.1f}", flush=True)
+  matmuls = matmul_floor(gen.state, args.rows, args.rounds)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps({"config": args.config, "threads": args.threads,
-                                                   "rows": rows_out}, indent=2))
+                                                   "rows": rows_out, "matmuls": matmuls}, indent=2))
 
 
 if __name__ == "__main__":
