@@ -105,7 +105,7 @@ def summarize(title: str, wall: float, ops: collections.Counter, categorize, top
     print(f"  {c:<32}{s:>8.3f} s {100 * s / max(total, 1e-12):>5.1f}%")
   print("  top ops:")
   for name, s in ops.most_common(top):
-    print(f"    {name[:64]:<66}{s:>8.4f} s")
+    print(f"    {name[:48]:<50}{s:>8.4f} s")
   return dict(wall_s=wall, op_s=total, categories=dict(cats), top=dict(ops.most_common(top)))
 
 
