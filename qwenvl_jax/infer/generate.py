@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from qwenvl_jax.model import pixels
 from qwenvl_jax.model import layers
-from qwenvl_jax.model.llm import KVCache, init_cache
+from qwenvl_jax.model.llm import KVCache, init_cache, is_per_layer, per_layer_cache
 from qwenvl_jax.model.qwenvl import check_image_spans
 from qwenvl_jax.sharding import batch_sharding, constrain
 
@@ -193,7 +193,10 @@ class Generator:
     self.graphdef, self.state = nnx.split(model)
     # Per-layer LLM weights made CPU decode 2.2x faster at 0.64B (`QwenLM.unstack_layers`) at the
     # cost of a second copy of the blocks; the default spares accelerator memory that copy.
-    if unstack_layers if unstack_layers is not None else jax.default_backend() == "cpu":
+    # Per-layer blocks decode over a per-layer, heads-first KV cache (`llm.per_layer_cache`).
+    self.per_layer = bool(unstack_layers if unstack_layers is not None
+                          else jax.default_backend() == "cpu")
+    if self.per_layer:
       view = nnx.merge(self.graphdef, self.state)  # shares the arrays; `model` stays stacked
       view.llm.unstack_layers()
       self.graphdef, self.state = nnx.split(view)
@@ -206,14 +209,14 @@ class Generator:
     self.mesh = mesh
     self.min_prompt_bucket = min_prompt_bucket
     self.logn = bool(cfg.llm.use_logn_attn)
-    donate = jax.default_backend() != "cpu"  # CPU ignores donation (and warns)
-    self._prefill = jax.jit(functools.partial(_prefill, self.graphdef, self.logn),
-                            static_argnames=("cache_len",))
+    self._prefill = jax.jit(
+        functools.partial(_prefill, self.graphdef, self.logn, per_layer=self.per_layer),
+        static_argnames=("cache_len",))
     self._step = jax.jit(functools.partial(_step_fn, self.graphdef, self.logn),
-                         donate_argnums=(1,) if donate else ())
+                         donate_argnums=(1,))  # the cache: written in place
     self._decode = jax.jit(
         functools.partial(_decode, self.graphdef, self.logn, self.pad_id, self.valid_vocab),
-        static_argnames=("gen_len",), donate_argnums=(1,) if donate else ())
+        static_argnames=("gen_len",))
 
   # ---- bookkeeping -----------------------------------------------------------------------
 
@@ -355,12 +358,16 @@ class Generator:
 
 
 def _constrain_cache(cache: KVCache) -> KVCache:
-  names = (None, "act_batch", "act_kv_length", "act_heads", None)  # [L, B, S, H, D]
-  return cache._replace(k=constrain(cache.k, names), v=constrain(cache.v, names))
+  if is_per_layer(cache):  # [B, H, S, D] per layer
+    names = ("act_batch", "act_heads", "act_kv_length", None)
+    one = lambda xs: tuple(constrain(x, names) for x in xs)
+  else:  # [L, B, S, H, D]
+    one = lambda x: constrain(x, (None, "act_batch", "act_kv_length", "act_heads", None))
+  return cache._replace(k=one(cache.k), v=one(cache.v))
 
 
 def _prefill(graphdef, logn, state, ids, segment_ids, positions, images, num_images, alpha, *,
-             cache_len):
+             cache_len, per_layer=False):
   model = nnx.merge(graphdef, state)
   cfg = model.cfg
   b = ids.shape[0]
@@ -368,7 +375,7 @@ def _prefill(graphdef, logn, state, ids, segment_ids, positions, images, num_ima
   x = model.embed(ids, images, num_images if images is not None else None)
   hidden, cache = model.llm(x, positions, segment_ids, cache=cache, rope_alpha=alpha, logn=logn)
   logits = model.llm.logits(hidden[:, -1:])[:, 0].astype(jnp.float32)
-  return logits, _constrain_cache(cache)
+  return logits, _constrain_cache(per_layer_cache(cache) if per_layer else cache)
 
 
 def _forward_one(model, logn, cache, tokens, positions, alpha):

@@ -163,6 +163,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   return jnp.einsum("bhts,bshd->bthd", probs, v)
 
 
+def single_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                           scale: float) -> jax.Array:
+  """`dot_product_attention` for one query per row (a decode step) over a heads-first cache:
+  q [B, 1, H, D], k/v [B, H, S, D], mask broadcastable to [B, 1, 1, S] -> [B, 1, H, D].
+
+  Heads-first, both products are plain batched matrix-vector products over (B, H); over the
+  [B, S, H, D] layout XLA on CPU copied k and v of every layer into a transposed layout per step.
+  """
+  scores = jnp.einsum("bhd,bhsd->bhs", q[:, 0], k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    scores = jnp.where(mask[:, 0], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhs,bhsd->bhd", probs, v)[:, None]
+
+
 def attention_probs(q: jax.Array, k: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
   """Softmax attention weights [B, H, T, S] in float32 (see `dot_product_attention`)."""
   scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
@@ -218,5 +233,5 @@ def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs
 
 
 __all__ = ["param", "Buffer", "Linear", "LayerNorm", "RMSNorm", "rope_cos_sin", "apply_rope",
-           "dot_product_attention", "scan_layers", "stacked", "constrain", "dtype_of", "ntk_alpha",
+           "dot_product_attention", "single_query_attention", "scan_layers", "stacked", "constrain", "dtype_of", "ntk_alpha",
            "ntk_base"]

@@ -29,13 +29,42 @@ class KVCache(NamedTuple):
   """Per-layer keys/values [L, B, S, H, D] plus the segment id / position of every slot [B, S].
 
   `index` is the next slot to write; all rows write the same slots (rows of different lengths are
-  left-padded with segment 0, which the mask ignores).
+  left-padded with segment 0, which the mask ignores). With per-layer blocks, decoding uses k and v
+  as tuples of L heads-first arrays [B, H, S, D] instead (`per_layer_cache`).
   """
   k: jax.Array
   v: jax.Array
   segment_ids: jax.Array
   positions: jax.Array
   index: jax.Array
+
+
+def per_layer_cache(cache: KVCache) -> KVCache:
+  """The decode layout for per-layer blocks (`QwenLM.unstack_layers`): k/v as L heads-first arrays
+  [B, H, S, D]. Make it outside the decode loop's jit (a jit output has the plain row-major layout;
+  inside, XLA kept the transposed layout and copied it on every step).
+
+  Why (XLA on CPU): on the stacked [L, B, S, H, D] array, each layer's one-column write + read
+  became a copy of the whole cache per layer and step, and the [B, S, H, D] layout a transposed
+  copy of k and v for the attention products; so a step's cost grew with rows x window instead of
+  being dominated by the weights, which a batch shares. Per layer and heads first, each step
+  writes one column in place and attends with plain batched matrix-vector products."""
+  if is_per_layer(cache):
+    return cache
+  split = lambda x: tuple(jnp.swapaxes(x[i], 1, 2) for i in range(x.shape[0]))
+  return cache._replace(k=split(cache.k), v=split(cache.v))
+
+
+def stacked_cache(cache: KVCache) -> KVCache:
+  """The [L, B, S, H, D] form of a cache (inverse of `per_layer_cache`)."""
+  if not is_per_layer(cache):
+    return cache
+  stack = lambda xs: jnp.stack([jnp.swapaxes(x, 1, 2) for x in xs])
+  return cache._replace(k=stack(cache.k), v=stack(cache.v))
+
+
+def is_per_layer(cache: KVCache) -> bool:
+  return isinstance(cache.k, (tuple, list))
 
 
 def init_cache(cfg: LLMConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
@@ -56,7 +85,9 @@ class Attention(nnx.Module):
     self.out = Linear((cfg.heads, cfg.head_dim), (cfg.hidden,), ("heads", "head_dim"), ("embed",),
                       use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None, seg_pos=None):
+  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None, seg_pos=None,
+               heads_first=False):
+    """`cache_kv`: this layer's (k, v), [B, S, H, D] or with `heads_first` [B, H, S, D]."""
     qkv = self.qkv(x)
     names = ("act_batch", "act_length", "act_heads", None)
     q, k, v = (constrain(qkv[:, :, i], names) for i in range(3))
@@ -65,13 +96,21 @@ class Attention(nnx.Module):
       q = (q * q_scale[:, :, None, None]).astype(q.dtype)
     if cache_kv is not None:
       ck, cv = cache_kv
-      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-      cache_kv = (k, v)
+      if heads_first:
+        put = lambda c, new: jax.lax.dynamic_update_slice(
+            c, jnp.swapaxes(new, 1, 2).astype(c.dtype), (0, 0, index, 0))
+        cache_kv = (put(ck, k), put(cv, v))
+        k, v = (jnp.swapaxes(c, 1, 2) for c in cache_kv)  # (T > 1 only; a step reads cache_kv)
+      else:
+        k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+        cache_kv = (k, v)
     scale = self.cfg.head_dim ** -0.5
     if cache_kv is None and attention.resolve(self.impl, q.dtype) != "xla":
       out = attention.self_attention(q, k, v, impl=self.impl, scale=scale, causal=True,
                                      segment_ids=seg_pos[0], positions=seg_pos[1])
+    elif heads_first and q.shape[1] == 1:  # a decode step
+      out = layers.single_query_attention(q, *cache_kv, mask, scale).astype(q.dtype)
     else:
       out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale)
     return self.out(out), cache_kv
@@ -99,8 +138,10 @@ class DecoderBlock(nnx.Module):
     self.ln_2 = RMSNorm(cfg.hidden, cfg.rms_eps, ("embed",), param_dtype=param_dtype)
     self.mlp = MLP(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None, seg_pos=None):
-    h, cache_kv = self.attn(self.ln_1(x), cos, sin, mask, q_scale, cache_kv, index, seg_pos)
+  def __call__(self, x, cos, sin, mask, q_scale, cache_kv=None, index=None, seg_pos=None,
+               heads_first=False):
+    h, cache_kv = self.attn(self.ln_1(x), cos, sin, mask, q_scale, cache_kv, index, seg_pos,
+                            heads_first)
     x = x + h
     x = x + self.mlp(self.ln_2(x))
     return constrain(x, ("act_batch", "act_length", "act_embed")), cache_kv
@@ -181,12 +222,15 @@ class QwenLM(nnx.Module):
       for block in self.blocks:
         x = block(x, cos, sin, mask, q_scale, seg_pos=seg_pos)[0]
       return self.ln_f(x), None
-    k, v = cache.k, cache.v
+    stacked = not is_per_layer(cache)
+    ks, vs = list(cache.k), list(cache.v)  # per-layer arrays (slices of a stacked cache)
     for i, block in enumerate(self.blocks):
-      x, (k_i, v_i) = block(x, cos, sin, mask, q_scale, (k[i], v[i]), cache.index)
-      k, v = k.at[i].set(k_i), v.at[i].set(v_i)
-    new_cache = KVCache(k, v, kv_seg, kv_pos, cache.index + x.shape[1])
-    return self.ln_f(x), new_cache
+      x, (ks[i], vs[i]) = block(x, cos, sin, mask, q_scale, (ks[i], vs[i]), cache.index,
+                                heads_first=not stacked)
+    if stacked:
+      return self.ln_f(x), KVCache(jnp.stack(ks), jnp.stack(vs), kv_seg, kv_pos,
+                                   cache.index + x.shape[1])
+    return self.ln_f(x), KVCache(tuple(ks), tuple(vs), kv_seg, kv_pos, cache.index + x.shape[1])
 
   def unstack_layers(self) -> None:
     """Replaces the stacked blocks by a list of per-layer blocks holding their own arrays (a copy,

@@ -20,7 +20,7 @@ import uuid
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from qwenvl_jax.serve.engine import BatchEngine, EngineClosed, Request
@@ -141,9 +141,37 @@ class Server:
 
       return EventSourceResponse(run.events(), ping=15)
     try:
-      return JSONResponse(await run.complete())
+      answer = await _unless_disconnected(request, run.complete())
     except APIError as e:
       return error_response(e)
+    if answer is None:  # the client went away: `pieces` cancelled its engine request
+      return Response(status_code=499)
+    return JSONResponse(answer)
+
+
+async def _unless_disconnected(request: HTTPRequest, work):
+  """Awaits `work`, or cancels it (-> None) when the client disconnects first. The body is read,
+  so the next ASGI message can only be `http.disconnect`; streams need no watcher (a closed
+  stream raises inside its generator)."""
+
+  async def disconnected():
+    while (await request.receive())["type"] != "http.disconnect":
+      pass
+
+  task, gone = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+  try:
+    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+  except asyncio.CancelledError:
+    task.cancel()
+    raise
+  finally:
+    gone.cancel()
+  if task.done():
+    return task.result()
+  task.cancel()
+  with contextlib.suppress(asyncio.CancelledError):
+    await task
+  return None
 
 
 class _Run:

@@ -38,7 +38,7 @@ from flax import nnx
 from qwenvl_jax.infer.generate import (ContextLengthError, _forward_one, _prefill, next_pow2,
                                        sample_logits)
 from qwenvl_jax.model import layers
-from qwenvl_jax.model.llm import KVCache, init_cache
+from qwenvl_jax.model.llm import KVCache, init_cache, is_per_layer, per_layer_cache
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,24 @@ def _sample_rows(logits, valid_vocab, seeds, counters, temps, top_k, top_p):
   return jax.lax.cond((temps <= 0).all(), greedy, mixed, None)
 
 
+def _batch_axis(cache: KVCache) -> int:
+  """k/v's row axis: [B, H, S, D] per layer, or [L, B, S, H, D]; the column axis is 2 in both."""
+  return 0 if is_per_layer(cache) else 1
+
+
 def _insert(ring: KVCache, small: KVCache, rows):
-  """Copies prefilled rows (P columns each) into ring rows `rows` ending just before the write
-  column; rows >= B (batch padding) are dropped."""
-  n_cols, width = ring.k.shape[2], small.k.shape[2]
+  """Copies prefilled rows (P columns each, same layout as the ring) into ring rows `rows` ending
+  just before the write column; rows >= B (batch padding) are dropped."""
+  n_cols, width = ring.segment_ids.shape[1], small.segment_ids.shape[1]
   cols = (ring.index - width + jnp.arange(width)) % n_cols
   r, c = rows[:, None], cols[None, :]
+  if is_per_layer(ring):  # x[r, :, c] is [n, P, H, D]
+    put = lambda x, s: x.at[r, :, c].set(jnp.swapaxes(s, 1, 2).astype(x.dtype), mode="drop")
+  else:
+    put = lambda x, s: x.at[:, r, c].set(s.astype(x.dtype), mode="drop")
   seg = ring.segment_ids.at[rows].set(0, mode="drop")  # forget the slot's previous request
   return KVCache(
-      ring.k.at[:, r, c].set(small.k.astype(ring.k.dtype), mode="drop"),
-      ring.v.at[:, r, c].set(small.v.astype(ring.v.dtype), mode="drop"),
+      jax.tree.map(put, ring.k, small.k), jax.tree.map(put, ring.v, small.v),
       seg.at[r, c].set(small.segment_ids, mode="drop"),
       ring.positions.at[r, c].set(small.positions, mode="drop"),
       ring.index)
@@ -110,19 +118,22 @@ def _insert(ring: KVCache, small: KVCache, rows):
 
 def _grow(ring: KVCache, n_cols: int) -> KVCache:
   """A longer ring with the same contents, oldest column first, ending at the last column."""
-  pad = n_cols - ring.k.shape[2]
+  pad = n_cols - ring.segment_ids.shape[1]
   shift = lambda x, axis: jnp.concatenate(
       [jnp.zeros(x.shape[:axis] + (pad,) + x.shape[axis + 1:], x.dtype),
        jnp.roll(x, -ring.index, axis=axis)], axis=axis)
-  return KVCache(shift(ring.k, 2), shift(ring.v, 2), shift(ring.segment_ids, 1),
-                 shift(ring.positions, 1), jnp.zeros((), jnp.int32))
+  kv = lambda xs: jax.tree.map(lambda x: shift(x, 2), xs)
+  return KVCache(kv(ring.k), kv(ring.v), shift(ring.segment_ids, 1), shift(ring.positions, 1),
+                 jnp.zeros((), jnp.int32))
 
 
 def _decode_chunk(graphdef, logn, valid_vocab, n_steps, state, ring, tokens, positions, alpha,
                   seeds, counters, temps, top_k, top_p):
   """`n_steps` decode steps on the first len(tokens) rows of the ring -> (tokens [B, n], ring)."""
-  b, n_cols = tokens.shape[0], ring.k.shape[2]
-  sub = KVCache(ring.k[:, :b], ring.v[:, :b], ring.segment_ids[:b], ring.positions[:b], ring.index)
+  b, n_cols = tokens.shape[0], ring.segment_ids.shape[1]
+  ax = _batch_axis(ring)
+  rows = lambda xs: jax.tree.map(lambda x: jax.lax.slice_in_dim(x, 0, b, axis=ax), xs)
+  sub = KVCache(rows(ring.k), rows(ring.v), ring.segment_ids[:b], ring.positions[:b], ring.index)
 
   def body(i, carry):
     tok, sub, out, state = carry
@@ -135,10 +146,20 @@ def _decode_chunk(graphdef, logn, valid_vocab, n_steps, state, ring, tokens, pos
 
   out = jnp.zeros((b, n_steps), jnp.int32)
   _, sub, out, _ = jax.lax.fori_loop(0, n_steps, body, (tokens, sub, out, state))
-  ring = KVCache(ring.k.at[:, :b].set(sub.k), ring.v.at[:, :b].set(sub.v),
+  back = lambda xs, ys: jax.tree.map(
+      lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, 0, axis=ax), xs, ys)
+  ring = KVCache(back(ring.k, sub.k), back(ring.v, sub.v),
                  ring.segment_ids.at[:b].set(sub.segment_ids),
                  ring.positions.at[:b].set(sub.positions), sub.index)
   return out, ring
+
+
+def decode_chunk_fn(generator, n_steps: int):
+  """The engine's jitted chunk for `generator`'s model: (state, ring, tokens, positions, alpha,
+  seeds, counters, temps, top_k, top_p) -> (tokens [B, n_steps], ring). The ring is donated: every
+  step writes one column per row in place (without donation each call copied the whole ring)."""
+  g, logn, vv = generator.graphdef, generator.logn, generator.valid_vocab
+  return jax.jit(functools.partial(_decode_chunk, g, logn, vv, n_steps), donate_argnums=(1,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,14 +205,14 @@ class BatchEngine:
     self._cv = threading.Condition()
     self._closing = False
     self._ring: KVCache | None = None
-    g, logn, vv = generator.graphdef, generator.logn, generator.valid_vocab
-    self._prefill = jax.jit(functools.partial(_prefill, g, logn), static_argnames=("cache_len",))
+    g, logn = generator.graphdef, generator.logn
+    self._prefill = jax.jit(functools.partial(_prefill, g, logn, per_layer=generator.per_layer),
+                            static_argnames=("cache_len",))
     self._sample = jax.jit(_sample_rows, static_argnums=(1,))
-    self._insert = jax.jit(_insert)
+    self._insert = jax.jit(_insert, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
     self._chunks = {}  # n_steps -> jitted chunk (shapes add variants under each)
-    self._decode = lambda n: self._chunks.setdefault(
-        n, jax.jit(functools.partial(_decode_chunk, g, logn, vv, n)))
+    self._decode = lambda n: self._chunks.setdefault(n, decode_chunk_fn(generator, n))
     self._thread = threading.Thread(target=self._run, name="qwenvl-serve-engine", daemon=True)
     self._thread.start()
 
@@ -275,12 +296,14 @@ class BatchEngine:
 
   def _ring_for(self, need: int):
     """Makes sure the ring has >= `need` columns."""
-    if self._ring is not None and self._ring.k.shape[2] >= need:
+    if self._ring is not None and self._ring.segment_ids.shape[1] >= need:
       return
     n_cols = max(MIN_RING, next_pow2(need))
     if self._ring is None:
       cfg = self.cfg
       self._ring = init_cache(cfg.llm, self.slots_n, n_cols, layers.dtype_of(cfg.dtype))
+      if self.gen.per_layer:  # the layout the decode loop carries (see llm.per_layer_cache)
+        self._ring = per_layer_cache(self._ring)
     else:
       self._ring = self._grow(self._ring, n_cols)
 

@@ -189,8 +189,9 @@ def test_sharded_generation_matches_single_device(model, tok):
   gen = _gen(sharded, tok, mesh=mesh)
   assert gen.generate_ids(prompts, sampling=sampling, stop_ids=[tok.im_end_id]) == want
   _, cache, _, _ = gen.prefill(gen.prepare(prompts), 8)
-  spec = tuple(cache.k.sharding.spec)
-  assert spec[1] == "data" and spec[3] == "tensor", spec  # batch over data, heads over tensor
+  assert gen.per_layer  # CPU: per-layer blocks decode over per-layer heads-first [B, H, S, D] k/v
+  spec = tuple(cache.k[0].sharding.spec)
+  assert spec[0] == "data" and spec[1] == "tensor", spec  # batch over data, heads over tensor
 
 
 def test_bfloat16_inference_copy(model, tok):
@@ -201,7 +202,7 @@ def test_bfloat16_inference_copy(model, tok):
   assert bf16.llm.blocks.attn.qkv.kernel[...].dtype == jnp.bfloat16 and bf16.cfg.dtype == "bfloat16"
   gen = _gen(bf16, tok)
   logits, cache, _, _ = gen.prefill(gen.prepare([list(range(3, 40))]), 8)
-  assert cache.k.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+  assert cache.k[0].dtype == jnp.bfloat16 and logits.dtype == jnp.float32  # per-layer k (CPU)
   out = gen.generate_ids([list(range(3, 40))], sampling=SamplingConfig(temperature=0, max_new_tokens=8),
                          stop_ids=[])
   assert len(out[0]) == 8

@@ -7,6 +7,8 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import socket
+import time
 import urllib.request
 
 import numpy as np
@@ -107,6 +109,37 @@ def test_text_between_img_tags_opens_nothing(client, image_root, predictor):
   text = f"<img>{image_root / 'inside.png'}</img> what is this?"
   got = ask(client, [{"role": "user", "content": text}])
   assert got.choices[0].message.content == greedy_chat(predictor, text)
+
+
+def test_plain_request_whose_client_disconnects_is_cancelled(live):
+  """A non-streamed request's client closes its connection mid-answer: the engine request is
+  cancelled (finish "cancelled", far fewer tokens than asked) and its slot freed."""
+  engine = live.server.engine
+  seen, submit, stops = [], engine.submit, engine.stop_ids
+  engine.submit = lambda req: (seen.append(req), submit(req))[1]
+  engine.stop_ids = frozenset()  # no early stop token: only the disconnect can end it early
+  n = 1000
+  body = json.dumps({"model": "tiny", "temperature": 0, "max_tokens": n,
+                     "messages": [{"role": "user", "content": "Tell me a long story."}]}).encode()
+  try:
+    with socket.create_connection(("127.0.0.1", live.port), timeout=60) as conn:
+      conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                   + body)
+      _wait_for(lambda: seen and seen[0].generated > 0, 120)  # decoding has started
+    _wait_for(lambda: seen[0].done, 60)
+    assert seen[0].cancelled and seen[0].generated < n
+    _wait_for(lambda: engine.busy() == 0, 30)
+  finally:
+    del engine.submit
+    engine.stop_ids = stops
+
+
+def _wait_for(condition, seconds: float):
+  end = time.time() + seconds
+  while not condition():
+    assert time.time() < end, "timed out"
+    time.sleep(0.02)
 
 
 def test_models_and_health(client, live):
