@@ -2,11 +2,11 @@
 
   python -m experiments.sft_mixture --data W/data [--dialogues 12000 --grounding 20000 --vqa 16000 --replay 20000]
 
-Written from the training split only (WORK/data/train; no held-out image), into
+Written from the training split only (DATA/train; no held-out image), into
 DATA/train/sft-<counts>/:
   chat.jsonl    ChatML conversations, shuffled:
                 - `dialogues` of the 1-2 turn dialogues prepare_data wrote (chat_shapes / chat_words:
-                  captions, questions, boxes, reading, in both orders);
+                  captions, questions, boxes, reading, in varying order);
                 - `grounding` single turns "Output the bounding box of {phrase}." -> "<ref>..</ref><box>..</box>",
                   drawn from every object of every training scene (the dialogues ask about the first two
                   only, and a grounding turn there is one of ~6 kinds);
