@@ -21,7 +21,9 @@ Departures from Table 8, all forced by training from scratch at this scale (stat
   stage 1 keeps the paper's 2e-4 but trains only the adapter's output map (ln_post, proj), and
   stage 2 freezes the ViT and the adapter (the paper trains both in stages 1 and 2), so that no
   stage washes out what the vision warm-up taught the vision side about where things are (each trained stage
-  cost box precision; experiments/README.md); stage 3 is the released recipe (ViT frozen);
+  cost box precision; experiments/README.md); stage 3 freezes the adapter too (the paper trains it)
+  and, besides the chat data, replays stage-2 samples and asks for boxes and answers in single chat
+  turns (experiments/sft_mixture.py), so that the chat model keeps what stage 2 learnt;
 - the adapter starts from a local attention pattern (`adapter.local_init`, see Adapter.local_init):
   under the released random init every query averages all patches and, from scratch, the image path
   stayed unused for the whole 60-minute budget (measured in experiments/README.md);
@@ -51,6 +53,11 @@ ADAPTER_CORE = tuple(f"adapter.{name}" for name in ("query", "kv_proj", "ln_q", 
 
 # read_prefetch: a packed stage-2 step takes ~40 samples; with grain's default-sized buffer (16) the
 # reader threads sat idle during the step (measured: 7500 stage-2 steps 2417 s -> 2328 s at 128).
+# Stage 2's pre-training tasks (also stage 3's replay). ref_grounding named 3 times: drawn 3 times as
+# often (grounding is the slowest to learn).
+PRETRAIN_TASKS = ("caption", "vqa", "grounding", "ref_grounding", "ref_grounding", "ref_grounding",
+                  "grounded_caption", "ocr")
+
 _DATA = dict(source="jsonl", paths=(), tokenizer="", num_workers=0, read_prefetch=128)
 
 VALUES = {
@@ -72,15 +79,16 @@ VALUES = {
     # frozen the steps are 1.7x faster (0.27 vs 0.46 s).
     "stage2": dict(stage=2, image_size=96, seq_len=128, batch_size=12, grad_accum=1, steps=7500,
                    peak_lr=1e-3, min_lr=1e-5, warmup_steps=30, frozen=("visual", "adapter"),
-                   # ref_grounding named 3 times: drawn 3 times as often (grounding is the slowest to learn)
-                   data=dict(_DATA, format="pretrain", layout="packed", max_images=3,
-                             tasks=("caption", "vqa", "grounding", "ref_grounding", "ref_grounding",
-                                    "ref_grounding", "grounded_caption", "ocr"))),
-    "stage3": dict(stage=3, image_size=96, seq_len=176, batch_size=8, grad_accum=1, steps=600,
+                   data=dict(_DATA, format="pretrain", layout="packed", max_images=3, tasks=PRETRAIN_TASKS)),
+    # Stage 3: ChatML fine-tuning on experiments/sft_mixture.py's mix (the driver sets data.paths):
+    # dialogues, single chat turns asking for boxes and answers, and raw records that "auto" turns into
+    # stage-2 samples (replay, with stage 2's tasks). Packed like stage 2: a chat turn is 80-110 tokens,
+    # a replayed sample ~45, so unpacked 176-token rows were half padding. ViT and adapter frozen as
+    # in stage 2 (the paper trains the adapter here; this LLM was trained on the frozen image tokens).
+    "stage3": dict(stage=3, image_size=96, seq_len=176, batch_size=8, grad_accum=1, steps=1500,
                    # peak 1/5 of stage 2's: the paper's ratio (Table 8: 5e-5 -> 1e-5)
-                   peak_lr=2e-4, min_lr=1e-6, warmup_steps=10,
-                   frozen=("visual", "adapter.ln_post", "adapter.proj"),
-                   data=dict(_DATA, format="chatml", layout="unpacked", max_images=1)),
+                   peak_lr=2e-4, min_lr=1e-6, warmup_steps=10, frozen=("visual", "adapter"),
+                   data=dict(_DATA, format="auto", layout="packed", max_images=3, tasks=PRETRAIN_TASKS)),
 }
 
 

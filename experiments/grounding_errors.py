@@ -8,7 +8,8 @@ the eval's grounding accuracy), `chose` (the predicted box's centre is nearer th
 than any other object's: the model picked the right one) and, when it chose right, the absolute error
 of each coordinate in pixels. Grouped by the number of objects in the scene and by shape category:
 single-object scenes measure how precisely boxes are written, the others also how well the phrase
-picks the object.
+picks the object. A chat answer names the object before its box (`<ref>phrase</ref><box>..`): `named_asked`
+says whether that name is the asked phrase (a wrong name is followed by the named object's box).
 """
 
 from __future__ import annotations
@@ -29,15 +30,26 @@ def _centre(box) -> np.ndarray:
   return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
 
 
+def _name(answer: str) -> str | None:
+  """The text an answer puts before its box (the `<ref>` phrase of a chat answer), tags removed; None
+  when there is none (a pre-training-prompt answer is the box alone)."""
+  head = answer.split("<box>")[0] if "<box>" in answer else answer.split("(")[0]
+  for tag in ("<ref>", "</ref>"):
+    head = head.replace(tag, "")
+  return head.strip() or None
+
+
 def item_errors(record: dict, index: int, answer: str) -> dict:
   """hit / chose / per-coordinate error (x1, y1, x2, y2 px) of one answer about object `index`."""
   objects = record["objects"]
   box = to_pixels(parse_box(answer), record["width"], record["height"])
+  name = _name(answer)
   asked = objects[index]["box"]
   distances = [np.linalg.norm(_centre(box) - _centre(o["box"])) for o in objects]
   return {"hit": box_iou(box, asked) >= 0.5, "chose": int(np.argmin(distances)) == index,
           "error_px": np.abs(np.subtract(box, asked)).tolist(),
           "centre_error_px": float(distances[index]), "n_objects": len(objects),
+          "named_asked": None if name is None else name.lower() == str(objects[index].get("phrase", "")).lower(),
           "category": objects[index].get("category", "?")}
 
 
@@ -48,7 +60,9 @@ def _summary(rows: list[dict]) -> dict:
           "chose_asked_object": float(np.mean([r["chose"] for r in rows])),
           "accuracy_when_chosen": float(np.mean([r["hit"] for r in chosen])) if chosen else None,
           "median_error_px_x1y1x2y2": np.median(err, 0).round(1).tolist() if len(err) else None,
-          "median_centre_error_px": float(np.median([r["centre_error_px"] for r in rows]))}
+          "median_centre_error_px": float(np.median([r["centre_error_px"] for r in rows])),
+          **({"named_asked_phrase": float(np.mean([r["named_asked"] for r in named])), "named": len(named)}
+             if (named := [r for r in rows if r["named_asked"] is not None]) else {})}
 
 
 def breakdown(records: list[dict], predictions: list[dict]) -> dict:

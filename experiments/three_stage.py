@@ -1,7 +1,8 @@
 """The small-scale reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
 
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
-      [--steps 0:300,1:200,2:7500,3:600] [--vision-steps 4500] [--eval-limit 150]
+      [--steps 0:300,1:200,2:7500,3:1500] [--vision-steps 4500] [--eval-limit 150]
+      [--sft-mix dialogues=12000,grounding=20000,vqa=16000,replay=20000] [--reuse OTHER_WORK]
 
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
@@ -10,8 +11,9 @@
    through auxiliary heads: there is no pre-trained CLIP ViT either),
    stage 1 (captions, 72 px, LLM frozen as in the paper; only the adapter's output map trains),
    stage 2 (the pre-training tasks, 96 px, packed rows, the LLM trained on the warm-up's frozen image
-   tokens), stage 3 (ChatML, 96 px, ViT frozen), each initialised from the
-   previous one (`--init`), with
+   tokens), stage 3 (96 px, the LLM alone on `experiments.sft_mixture`'s mix: dialogues, single chat
+   turns asking for boxes and answers, and replayed stage-2 samples; `--reuse` links another run's
+   data and stages 0-2 so only stage 3 trains), each initialised from the previous one (`--init`), with
    `qwenvl-jax train --config experiments/configs.py:stageN` (data via the grain pipeline's
    `make_train_iterator`; the tokenizer is copied into each workdir for eval / chat).
 3. After every stage `qwenvl-jax eval --task all` on the held-out sets: synth_grounding
@@ -20,18 +22,20 @@
    `experiments.grounding_errors` breaks the grounding answers down (right object chosen? how far
    off is each coordinate?) into the report.
 4. After stage 3 a chat turn asking for a box (`experiments.chat_demo`), drawn on the picture.
-5. RESULTS/three_stage.json (commands, timings, load, metrics per stage) and the plots.
+5. RESULTS/three_stage.json (commands, timings, load, metrics per stage), RESULTS/stage_table.md
+   (`experiments.stage_table`) and the plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
 import time
 
-from experiments import common, grounding_errors
+from experiments import common, grounding_errors, sft_mixture, stage_table
 from qwenvl_jax.evals.tasks.base import load_jsonl
 
 TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl",
@@ -41,10 +45,12 @@ TASK_FILES = {"synth_grounding": "shapes.jsonl", "synth_caption": "shapes.jsonl"
 TASK_FILES.update({f"{task}_chat": name for task, name in list(TASK_FILES.items())})
 
 
-def stage_paths(data: pathlib.Path, stage: int) -> tuple[str, ...]:
+def stage_paths(data: pathlib.Path, stage: int, sft_mix: sft_mixture.SftMix = sft_mixture.SftMix()
+                ) -> tuple[str, ...]:
+  if stage == 3:  # built from the training split on first use (experiments/sft_mixture.py)
+    return sft_mixture.paths(data, sft_mix)
   train = data / "train"
-  names = {0: ("text.jsonl",), 1: ("shapes.jsonl",), 2: ("shapes.jsonl", "words.jsonl"),
-           3: ("chat_shapes.jsonl", "chat_words.jsonl")}[stage]
+  names = {0: ("text.jsonl",), 1: ("shapes.jsonl",), 2: ("shapes.jsonl", "words.jsonl")}[stage]
   return tuple(str(train / n) for n in names)
 
 
@@ -77,9 +83,10 @@ def parse_steps(text: str) -> dict[int, int]:
 
 
 def train_cmd(stage: int, workdir: pathlib.Path, data: pathlib.Path, manifest: dict, steps: int,
-              init: pathlib.Path | None, extra: list[str]) -> list[str]:
+              init: pathlib.Path | None, extra: list[str],
+              sft_mix: sft_mixture.SftMix = sft_mixture.SftMix()) -> list[str]:
   sets = common.tokenizer_overrides(manifest) + [
-      f"data.paths={stage_paths(data, stage)!r}", f"steps={steps}",
+      f"data.paths={stage_paths(data, stage, sft_mix)!r}", f"steps={steps}",
       f"optim.warmup_steps={min(steps, max(1, steps // 15))}", f"checkpoint_every={steps}"] + extra
   cmd = ["--config", f"{common.CONFIG}:stage{stage}", "--workdir", str(workdir)]
   if init is not None:
@@ -101,9 +108,9 @@ def scores(last_line: str) -> dict:
           for r in results}
 
 
-def grounding_breakdown(data: pathlib.Path, last_line: str) -> dict:
-  """`experiments.grounding_errors` of the synth_grounding answers named in the eval's result line."""
-  result = next(r for r in json.loads(last_line) if r["task"] == "synth_grounding")
+def grounding_breakdown(data: pathlib.Path, last_line: str, task: str = "synth_grounding") -> dict:
+  """`experiments.grounding_errors` of the `task` answers named in the eval's result line."""
+  result = next(r for r in json.loads(last_line) if r["task"] == task)
   predictions = [p for path in result["predictions"] for p in load_jsonl(pathlib.Path(common.REPO, path))]
   records = load_jsonl(pathlib.Path(common.REPO, data, "heldout", TASK_FILES["synth_grounding"]))
   return grounding_errors.breakdown(records, predictions)
@@ -124,6 +131,33 @@ def vision_warmup(work: pathlib.Path, data: pathlib.Path, results: pathlib.Path,
   return out
 
 
+REUSED = ("data", "stage0", "stageV", "stage1", "stage2")
+
+
+def write_report(report: dict, results: pathlib.Path, work: pathlib.Path):
+  """RESULTS/three_stage.json, and a copy in WORK (what a later `--reuse WORK` reads its timings from)."""
+  for folder in (results, work):
+    (folder / "three_stage.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def reuse_stages(work: pathlib.Path, source: pathlib.Path) -> list[dict] | None:
+  """Links SOURCE's data and finished stages 0-2 into WORK, so only stage 3 trains (stage-3 variants
+  and seeds from one stage 2); WORK's own results are written as usual. -> SOURCE's recorded commands
+  (SOURCE/three_stage.json), so the timing can add up stages 0-2 there and stage 3 here."""
+  work.mkdir(parents=True, exist_ok=True)
+  for name in REUSED:
+    link, target = work / name, (source / name).resolve()
+    if not target.exists():
+      raise SystemExit(f"--reuse: {target} does not exist (run the stages there first)")
+    if link.is_symlink() or link.exists():
+      if link.resolve() != target:
+        raise SystemExit(f"--reuse: {link} exists and is not a link to {target}")
+      continue
+    link.symlink_to(target, target_is_directory=True)
+  recorded = source / "three_stage.json"
+  return json.loads(recorded.read_text())["commands"] if recorded.is_file() else None
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--work", default="runs/exp11/full")
@@ -136,21 +170,32 @@ def main(argv=None):
   p.add_argument("--set", dest="overrides", action="append", default=[],
                  help="extra config override for every stage")
   p.add_argument("--no-chat", action="store_true")
+  p.add_argument("--sft-mix", default="", help="stage-3 mixture counts (experiments/sft_mixture.py), "
+                 "e.g. dialogues=12000,grounding=20000,vqa=16000,replay=20000,seed=0")
+  p.add_argument("--reuse", default="", help="a work dir whose data and stages 0-2 this run links to "
+                 "(only stage 3 trains)")
   args = p.parse_args(argv)
+  try:
+    sft_mix = sft_mixture.SftMix.parse(args.sft_mix)
+  except ValueError as e:
+    p.error(str(e))
 
   work, results = pathlib.Path(args.work), pathlib.Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
   data = work / "data"
   steps = parse_steps(args.steps)
+  reused_commands = reuse_stages(work, pathlib.Path(args.reuse)) if args.reuse else None
   report = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": steps,
-            "vision_steps": args.vision_steps,
+            "vision_steps": args.vision_steps, "sft_mix": dataclasses.asdict(sft_mix),
+            "reused_stages_from": args.reuse or None, "reused_commands": reused_commands,
+            "overrides": args.overrides,
             "cpu_count": __import__("os").cpu_count(), "commands": [], "stages": {}}
   t_start = time.perf_counter()
   logs = work / "logs"
 
   def record(name, res):
     report["commands"].append({"name": name, **res})
-    (results / "three_stage.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, results, work)
 
   if not (data / "manifest.json").is_file():
     record("prepare_data", common.run(common.python_module(
@@ -165,7 +210,7 @@ def main(argv=None):
       print(f"stage {stage}: using the finished {wd}")
     else:
       record(f"train_stage{stage}", common.run(
-          train_cmd(stage, wd, data, manifest, steps[stage], init, args.overrides),
+          train_cmd(stage, wd, data, manifest, steps[stage], init, args.overrides, sft_mix),
           logs / f"train_stage{stage}.log"))
     init = wd
     if stage == 0:  # the text-only LLM: nothing to evaluate on images
@@ -179,6 +224,7 @@ def main(argv=None):
     report["stages"][stage] = {
         "metrics": scores(ev["last_line"]), "steps": steps[stage],
         "grounding_errors": grounding_breakdown(data, ev["last_line"]),
+        "grounding_errors_chat": grounding_breakdown(data, ev["last_line"], "synth_grounding_chat"),
         "final_loss_avg10": sum(m["loss"] for m in metrics[-10:]) / max(1, len(metrics[-10:])),
         "median_step_s": sorted(m["step_time_s"] for m in metrics)[len(metrics) // 2] if metrics else None}
     print(json.dumps({stage: report["stages"][stage]["metrics"]}), flush=True)
@@ -189,7 +235,8 @@ def main(argv=None):
         "--out", str(results)), logs / "chat.log"))
   report["wall_minutes"] = round((time.perf_counter() - t_start) / 60, 1)
   report["load_avg_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
-  (results / "three_stage.json").write_text(json.dumps(report, indent=2) + "\n")
+  write_report(report, results, work)
+  (results / "stage_table.md").write_text(stage_table.markdown(report))
 
   from experiments import plots
   plots.three_stage_plots(work, results, report)

@@ -17,15 +17,20 @@ from qwenvl_jax.text import boxes as box_lib
 from qwenvl_jax.text.chat_requests import DESCRIBE_REQUEST, READ_ALL_REQUEST, grounding_request
 
 
+def grounding_turn(obj: dict, width: int, height: int) -> tuple[str, str]:
+  """(request, answer) asking for one object's box: "Output the bounding box of {phrase}." ->
+  "<ref>{phrase}</ref><box>(x1,y1),(x2,y2)</box>" (box normalised to [0, 1000))."""
+  box = box_lib.format_box(box_lib.normalize_box(obj["box"], width, height))
+  return grounding_request(obj["phrase"]), f"{box_lib.format_ref(obj['phrase'])}{box}"
+
+
 def _turns(record: dict, max_words: int) -> list[tuple[str, str]]:
   turns = []
   if record.get("caption"):
     turns.append((DESCRIBE_REQUEST, record["caption"]))
   turns += [(qa["question"], qa["answer"]) for qa in record.get("qa") or []]
   w, h = record["width"], record["height"]
-  for obj in (record.get("objects") or [])[:2]:
-    box = box_lib.format_box(box_lib.normalize_box(obj["box"], w, h))
-    turns.append((grounding_request(obj["phrase"]), f"{box_lib.format_ref(obj['phrase'])}{box}"))
+  turns += [grounding_turn(obj, w, h) for obj in (record.get("objects") or [])[:2]]
   words = record.get("words") or []
   if words and len(words) <= max_words:
     turns.append((READ_ALL_REQUEST, "\n".join(x["text"] for x in words)))

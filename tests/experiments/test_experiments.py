@@ -103,9 +103,8 @@ ADAPTER_CORE = {f"adapter.{n}" for n in ("query", "kv_proj", "ln_q", "ln_kv", "i
 ADAPTER_OUT = {"adapter.ln_post", "adapter.proj"}
 # What each stage trains (experiments/configs.py): stage 1 only the adapter's output map (the LLM
 # frozen as in the paper; ViT and the adapter's attention keep the vision warm-up's "where"), stage 2 only the
-# LLM, stage 3 the released recipe (ViT and output map frozen).
-TRAINED = {0: {"visual", "llm"} | ADAPTER_CORE | ADAPTER_OUT, 1: ADAPTER_OUT, 2: {"llm"},
-           3: {"llm"} | ADAPTER_CORE}
+# LLM, stage 3 only the LLM (on stage 2's frozen image tokens).
+TRAINED = {0: {"visual", "llm"} | ADAPTER_CORE | ADAPTER_OUT, 1: ADAPTER_OUT, 2: {"llm"}, 3: {"llm"}}
 
 
 def _trained_parts(model_cfg, frozen):
@@ -153,8 +152,17 @@ def test_stage_data_become_contract_batches(data_dir, tmp_path, stage):
   validate_batch(batch, 2, config.seq_len, model, check_spans=True)
   assert batch["loss_mask"].any(axis=1).all()
   assert ("images" in batch) == (stage > 0)  # stage 0 is text only
-  if stage in (0, 2):  # packed rows hold several samples
+  if stage in (0, 2, 3):  # packed rows hold several samples
     assert batch["segment_ids"].max() >= 2
+  if stage == 3:  # ChatML samples and replayed pre-training samples (experiments/sft_mixture.py)
+    from qwenvl_jax.text.tokenizer import load_tokenizer
+    im_start = load_tokenizer(manifest["tokenizer"]).im_start_id
+    it = make_train_iterator(config, 0, 1)
+    kinds = set()
+    for b in [next(it) for _ in range(4)]:
+      for ids, seg in zip(b["tokens"], b["segment_ids"]):
+        kinds |= {bool((ids[seg == k] == im_start).any()) for k in range(1, seg.max() + 1)}
+    assert kinds == {True, False}  # a chat sample has <|im_start|>, a replayed one does not
 
 
 def test_eval_root_has_absolute_images_for_every_task(data_dir, tmp_path):
