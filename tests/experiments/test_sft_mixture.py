@@ -2,7 +2,6 @@
 against the evaluations that ask the chat model (synth_*_chat) and the training records themselves."""
 
 import collections
-import json
 import pathlib
 
 import pytest
