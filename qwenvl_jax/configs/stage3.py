@@ -15,7 +15,9 @@ VALUES = {
                  peak_lr=1e-5, min_lr=1e-6, warmup_steps=3000, frozen=FROZEN,
                  # Table 8: model parallelism 2, grad_accum 8 = 16-row microbatches. Full remat,
                  # scanned layers. A 4-chip v5p: `--set mesh.tensor=1` (4 rows per chip per
-                 # microbatch; `qwenvl-jax aot`, docs/tpu.md).
+                 # microbatch). 16 v5e chips (v5e:4x4): `--set mesh.tensor=1` with this grad_accum
+                 # (1 row per chip: 15.1 of 15.75 GiB; tensor=2 does not fit). `qwenvl-jax aot`,
+                 # docs/tpu.md.
                  mesh=dict(data=1, fsdp=-1, tensor=2),
                  model=dict(remat="full", scan_layers=True),
                  data=dict(source="jsonl", paths=(), tokenizer="", tfds_dir="", format="chatml", layout="unpacked",
