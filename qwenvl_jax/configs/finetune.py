@@ -30,7 +30,10 @@ def _finetune(config, lora: dict | None = None, *, optim: dict = (), model: dict
 
 def full(lora: dict | None = None, **run):
   # Released SFT: bf16, lr 1e-5, cosine, 2,048-token rows. Micro-batch 1 row per chip with full
-  # remat (1 chip for Q-LoRA, 4 for the others: `--set grad_accum=...` for other slices).
+  # remat (1 chip for Q-LoRA, 4 for the others: `--set grad_accum=...` for other slices). Compiled
+  # (`qwenvl-jax aot`, docs/finetune.md): Q-LoRA on v5e:1x1 14.9 of 15.75 GiB, LoRA on v5e:2x2 10.0;
+  # full does not fit 4 v5e chips (state alone 23.5 GiB per chip): use 16 (v5e:4x4, fsdp 16,
+  # `--set grad_accum=4`).
   config = stage3.full()
   config.mesh.tensor = 1
   run = dict(dict(batch_size=64, grad_accum=16, steps=2000), **run)

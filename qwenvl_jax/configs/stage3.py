@@ -13,6 +13,10 @@ DATA = dict(paths=(), tokenizer="", tfds_dir="", format="chatml", layout="unpack
 
 
 def full():
+  # Table 8: model parallelism 2, grad_accum 8 = 16-row microbatches. Full remat, scanned layers. A
+  # 4-chip v5p: `--set mesh.tensor=1` (4 rows per chip per microbatch). 16 v5e chips (v5e:4x4):
+  # `--set mesh.tensor=1` with this grad_accum (1 row per chip: 15.1 of 15.75 GiB; tensor=2 does not
+  # fit). `qwenvl-jax aot`, docs/tpu.md.
   return run_config(
       stage=3, model=model("qwen_vl_7b", 448, remat="full", scan_layers=True),
       seq_len=2048, batch_size=128, grad_accum=8, steps=8000,

@@ -64,8 +64,21 @@ def self_attention(q, k, v, *, impl: str, scale: float, causal: bool, segment_id
 # Splash.
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, length: int, causal: bool, interpret: bool):
+  if _platform() != jax.default_backend():
+    # AOT compile for a TPU topology that is not here: no device can evaluate the mask tables
+    # eagerly, so they become constants of the current trace (built per trace, not cached).
+    return _make_splash_kernel(heads, length, causal, interpret)
+  with jax.ensure_compile_time_eval():  # concrete mask tables: the kernel is cached across traces
+    return _cached_splash_kernel(heads, length, causal, interpret)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_splash_kernel(heads: int, length: int, causal: bool, interpret: bool):
+  return _make_splash_kernel(heads, length, causal, interpret)
+
+
+def _make_splash_kernel(heads: int, length: int, causal: bool, interpret: bool):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -74,17 +87,18 @@ def _splash_kernel(heads: int, length: int, causal: bool, interpret: bool):
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                         block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
                         block_kv_dq=block)
-  with jax.ensure_compile_time_eval():  # concrete mask tables: the kernel is cached across traces
-    return sk.make_splash_mha(sm.MultiHeadMask([one] * heads), block_sizes=sizes, head_shards=1,
-                              q_seq_shards=1, interpret=interpret)
+  return sk.make_splash_mha(sm.MultiHeadMask([one] * heads), block_sizes=sizes, head_shards=1,
+                            q_seq_shards=1, interpret=interpret)
 
 
 def _platform() -> str:
   """The platform being compiled for: the active mesh's (an AOT compile for a TPU topology runs on a
   CPU host), else JAX's default backend."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh is not None and not mesh.empty and getattr(mesh, "platform", None):
-    return mesh.platform
+  # The platform lives on the mesh's abstract device (an AbstractMesh has no `platform` itself).
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  if getattr(device, "platform", None):
+    return device.platform
   return jax.default_backend()
 
 

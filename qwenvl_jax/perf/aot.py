@@ -328,7 +328,8 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
   t0 = time.perf_counter()
   lowered = train_step.lower(run.abstract_state, batch)
   lower_s = time.perf_counter() - t0
-  program = model_flops.program_matmul_flops(lowered.as_text())
+  text = lowered.as_text()
+  program = model_flops.program_matmul_flops(text)
   if compile:
     log(f"lowered in {lower_s:.1f}s; compiling for {target.name}")
     compiled, memory, compile_s = _compile(lowered, target.hbm_bytes)
@@ -344,6 +345,8 @@ def _compile_train(config, topology: str, *, mesh: MeshConfig | str | None = Non
       device_kind=target.device_kind, chips=target.chips, mesh=mesh_shape,
       remat=model_cfg.remat, scan_layers=model_cfg.scan_layers, trainable=list(parts),
       attention=_attention_impl(model_cfg, target), loss_chunk=model_cfg.loss_chunk,
+      # Pallas kernels in the lowered program: > 0 where splash really runs (not the XLA path).
+      pallas_calls=text.count("tpu_custom_call"),
       lora=(lora_cfg.quantize or "bf16") + f" base, r={lora_cfg.rank}" if lora_cfg.enabled else None,
       global_batch=train_cfg.batch_size, microbatches=train_cfg.grad_accum, microbatch_rows=rows,
       rows_per_shard=rows / shards, seq_len=train_cfg.seq_len, images_per_row=m_images,
@@ -492,7 +495,8 @@ def format_report(r: dict) -> str:
                        f"({r['rows_per_shard']:g} rows per data x fsdp shard), "
                        f"{r['images_per_row']} images/row at {r['image_size']}px"),
              ("memory options", f"remat={r['remat']}, scan_layers={r['scan_layers']}, "
-                                f"attention={r.get('attention')}, loss_chunk={r.get('loss_chunk')}, "
+                                f"attention={r.get('attention')} ({r.get('pallas_calls', 0)} "
+                                f"Pallas calls), loss_chunk={r.get('loss_chunk')}, "
                                 f"trained: {', '.join(r['trainable'])}")]
   else:
     rows += [("batch", f"{r['batch']} rows, prompt {r['prompt_len']}, KV cache {r['cache_len']}, "

@@ -121,6 +121,15 @@ def test_inference_reports():
 # TPU topologies through libtpu (compile-only).
 
 
+def test_tpu_lowering_runs_splash_attention():
+  # "auto" resolves by the mesh's platform (a TPU topology on this CPU host), not the local
+  # backend: the lowered program holds the Pallas kernels, not the XLA einsum path.
+  r = aot.compile_train(TINY, "v5e:2x2", microbatches=1, compile=False)
+  assert r["attention"] == "splash" and r["pallas_calls"] > 0
+  r = aot.compile_train(_tiny_cfg(attention="xla"), "v5e:2x2", microbatches=1, compile=False)
+  assert r["attention"] == "xla" and r["pallas_calls"] == 0
+
+
 @pytest.mark.slow
 def test_tiny_compiles_for_a_tpu_topology():
   r = aot.compile_train(TINY, "v5p:2x2x1")
