@@ -87,7 +87,8 @@ def train_cmd(stage: int, workdir: pathlib.Path, data: pathlib.Path, manifest: d
               sft_mix: sft_mixture.SftMix = sft_mixture.SftMix()) -> list[str]:
   sets = common.tokenizer_overrides(manifest) + [
       f"data.paths={stage_paths(data, stage, sft_mix)!r}", f"steps={steps}",
-      f"optim.warmup_steps={min(steps, max(1, steps // 15))}", f"checkpoint_every={steps}"] + extra
+      f"optim.warmup_steps={min(steps, max(1, steps // 15))}",
+      f"checkpoint_every={min(steps, 1500)}"] + extra  # periodic: a killed stage resumes
   cmd = ["--config", f"{common.CONFIG}:stage{stage}", "--workdir", str(workdir)]
   if init is not None:
     cmd += ["--init", str(init)]
