@@ -143,6 +143,10 @@ class ModelConfig:
   # Training loss: the LM head runs on chunks of this many positions per row, targets only
   # (model/lm_loss.py); 0 = full [rows, T, vocab] logits (the reference path).
   loss_chunk: int = 256
+  # The chunked loss's LM head split over the vocabulary across the row shards (model/lm_loss.py):
+  # gathers each chunk's hidden states instead of the [embed, vocab] head, and the head's gradient
+  # stays sharded (no full per-chip partial). Needs loss_chunk > 0.
+  loss_shard_vocab: bool = True
 
   def validate(self):
     self.vision.validate()
@@ -286,7 +290,7 @@ def scaled_model_config(vocab_size: int, vision: Mapping[str, Any], adapter: Map
       llm=dataclasses.asdict(LLMConfig(vocab_size=v, **llm)),
       image_start_id=v - 3, image_end_id=v - 2, image_pad_id=v - 1,
       dtype="float32", param_dtype="float32", remat="none", scan_layers=True,
-      attention="auto", loss_chunk=256,
+      attention="auto", loss_chunk=256, loss_shard_vocab=True,
   ))
 
 
@@ -413,6 +417,10 @@ class OptimConfig:
   grad_clip: float = 1.0
   vit_lr_decay: float = 0.95  # block i of L gets lr * decay^(L - i); 1.0 disables
   frozen: tuple = ()
+  # Storage dtype of both Adam moments (train/optim.py: updated in float32, stored rounded to this).
+  # "bfloat16" halves the optimizer state; with b2 close to 1 (> ~0.99) bf16 cannot represent the
+  # second moment's per-step change (its relative step (1 - b2) is below bf16's half ulp, 2^-9).
+  moment_dtype: str = "float32"
 
   def validate(self, prefix: str = "optim"):
     _check(self.peak_lr > 0, f"{prefix}.peak_lr", f"must be positive, got {self.peak_lr}")
@@ -427,6 +435,11 @@ class OptimConfig:
     _check(0 < self.vit_lr_decay <= 1, f"{prefix}.vit_lr_decay", "must be in (0, 1]")
     _check(all(isinstance(f, str) and f for f in self.frozen), f"{prefix}.frozen",
            f"must be a tuple of dotted parameter paths, got {self.frozen!r}")
+    _check(self.moment_dtype in ("float32", "bfloat16"), f"{prefix}.moment_dtype",
+           f"{self.moment_dtype!r} not in ('float32', 'bfloat16')")
+    _check(self.moment_dtype == "float32" or self.b2 <= 0.99, f"{prefix}.moment_dtype",
+           f"bfloat16 moments need b2 <= 0.99 (got {self.b2}): bf16 cannot hold the second "
+           f"moment's per-step change of (1 - b2)")
     return self
 
 

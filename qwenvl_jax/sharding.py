@@ -55,6 +55,12 @@ DEFAULT_RULES: Rules = (
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
     ("act_kv_length", None),
+    # the vocabulary-parallel LM head inside the chunked loss (model/lm_loss.py): a chunk's rows are
+    # gathered, the head and its logits split over the vocabulary on every batch and model axis
+    ("loss_rows", None),
+    ("loss_embed", None),
+    # (order: "vocab"'s axes, then "embed"'s, then the rest: the head's re-layout is one all-to-all)
+    ("loss_vocab", ("tensor", "fsdp", "data")),
 )
 
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("qwenvl_rules", default=DEFAULT_RULES)

@@ -171,7 +171,7 @@ def write_text_atomic(path: pathlib.Path, text: str):
 COMPATIBLE_FIELDS = ("vision.image_size", "dtype", "param_dtype", "remat", "scan_layers",
                      "llm.seq_length", "llm.use_dynamic_ntk", "llm.use_logn_attn",
                      "vision.window_patches", "vision.global_every", "adapter.local_init",
-                     "attention", "loss_chunk")
+                     "attention", "loss_chunk", "loss_shard_vocab")
 
 
 def check_compatible(saved: ModelConfig, ours: ModelConfig, source: str,

@@ -22,6 +22,9 @@ learnable queries (`adapter.query`, a set of embeddings). Decayed: every project
 `visual.patch_embed`, `adapter.proj` and `llm.lm_head`.
 
 Schedule: linear warmup from 0 to `peak_lr` over `warmup_steps`, then cosine to `min_lr` at `steps`.
+
+Moments: float32 by default; `moment_dtype = "bfloat16"` stores both Adam moments in bf16
+(`stored_as`), half the optimizer state (at 7B on 16 chips: 4.5 -> 2.25 GiB per chip).
 """
 
 from __future__ import annotations
@@ -111,6 +114,29 @@ def scale_by_layer(n_vit_layers: int, decay: float) -> optax.GradientTransformat
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def stored_as(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+  """`inner` with its floating-point state stored in `dtype` and updated in float32.
+
+  For Adam in bf16: optax's `mu_dtype` covers the first moment only; this rounds both moments
+  (round to nearest) after each float32 update, and the update itself is computed from the
+  float32 moments of this step, before rounding. Counters (integers) are untouched."""
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float32:
+    return inner
+
+  def cast(tree, to):
+    return jax.tree.map(lambda x: x.astype(to) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+  def init_fn(params):
+    return cast(inner.init(params), dtype)
+
+  def update_fn(updates, state, params=None):
+    updates, new_state = inner.update(updates, cast(state, jnp.float32), params)
+    return updates, cast(new_state, dtype)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def schedule(cfg: OptimConfig, steps: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.peak_lr, warmup_steps=cfg.warmup_steps,
@@ -123,7 +149,7 @@ def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, params, steps: int)
   decay_mask = lambda tree: map_with_paths(lambda p, _: decays(p), tree)
   trained = optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
-      optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+      stored_as(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps), cfg.moment_dtype),
       optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
       scale_by_layer(model_cfg.vision.layers, cfg.vit_lr_decay),
       optax.scale_by_learning_rate(schedule(cfg, steps)),

@@ -56,7 +56,7 @@ def loss_sums(model: QwenVL, batch: dict) -> tuple[jax.Array, jax.Array]:
                  segment_ids=batch["segment_ids"], positions=batch["positions"], return_hidden=True)
   return lm_loss.cross_entropy(hidden[:, :-1], model.llm.lm_head[...], batch["tokens"][:, 1:],
                                target_weights(batch), chunk=model.cfg.loss_chunk,
-                               dtype=model.llm.dtype)
+                               dtype=model.llm.dtype, shard_vocab=model.cfg.loss_shard_vocab)
 
 
 def microbatch(batch: dict, n: int, a: jax.Array) -> dict:

@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qwenvl_jax.config import apply_overrides, load_config_dict, model_config_from_dict
+import re
+
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from qwenvl_jax.config import MeshConfig, apply_overrides, load_config_dict, model_config_from_dict
 from qwenvl_jax.model import lm_loss
 from qwenvl_jax.model.qwenvl import QwenVL
+from qwenvl_jax.sharding import create_mesh, logical_to_spec
 from qwenvl_jax.train import step as step_lib
 from qwenvl_jax.train.batch import make_synthetic_batch
 
@@ -42,6 +47,39 @@ def test_chunked_equals_plain_value_and_gradients(chunk):
   assert not np.asarray(gh)[~np.asarray(w)].any()  # non-targets get no gradient
 
 
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 8, 1), (1, 4, 2)])
+def test_vocab_parallel_head_on_a_mesh_equals_plain(mesh_shape):
+  """`shard_vocab` on the 8 fake devices (rows over data x fsdp, the head as its parameter: embed over
+  fsdp, vocab over tensor): value and both gradients equal the single-device full-logits reference,
+  and the compiled program never gathers the whole [D, V] head (the point of the layout)."""
+  h, k, lab, w = _inputs(b=8, n=40, d=24, v=208)
+  ref, (gh_ref, gk_ref) = jax.value_and_grad(
+      lambda h, k: lm_loss.plain_cross_entropy(h, k, lab, w)[0], argnums=(0, 1))(h, k)
+  mesh = create_mesh(MeshConfig(*mesh_shape))
+  with jax.set_mesh(mesh):
+    hs = jax.device_put(h, NamedSharding(mesh, logical_to_spec(("act_batch", None, None))))
+    ks = jax.device_put(k, NamedSharding(mesh, logical_to_spec(("embed", "vocab"))))
+    step = jax.jit(jax.value_and_grad(
+        lambda h, k: lm_loss.chunked_cross_entropy(h, k, lab, w, chunk=8, shard_vocab=True)[0],
+        argnums=(0, 1)), out_shardings=(None, (hs.sharding, ks.sharding)))
+    val, (gh, gk) = step(hs, ks)
+    hlo = step.lower(hs, ks).compile().as_text()
+  np.testing.assert_allclose(val, ref, rtol=1e-6)
+  np.testing.assert_allclose(gh, gh_ref, atol=1e-5)
+  np.testing.assert_allclose(gk, gk_ref, atol=1e-5)
+  gathered = re.findall(r"= \w+\[(\d+),(\d+)\]\S* all-gather\(", hlo)
+  assert ("24", "208") not in gathered and ("208", "24") not in gathered, gathered
+
+
+def test_vocab_parallel_head_only_where_the_vocabulary_divides():
+  """A vocabulary the mesh does not divide (or no mesh) keeps the row-sharded head: a replicated
+  vocabulary with gathered rows would compute every row's full logits on every chip."""
+  with jax.set_mesh(create_mesh(MeshConfig(2, 2, 2))):
+    assert lm_loss._vocab_splits_as_rows(8, (24, 208))
+    assert not lm_loss._vocab_splits_as_rows(8, (24, 212))
+  assert not lm_loss._vocab_splits_as_rows(8, (24, 208))
+
+
 def test_chunks_without_targets_are_skipped():
   """Skipping is real: the head runs on ceil(most targets in a row / chunk) chunks, once per chunk
   also when differentiated. Counted with a head tallied through a host callback."""
@@ -50,9 +88,9 @@ def test_chunks_without_targets_are_skipped():
   calls = []
   orig = lm_loss._head
 
-  def counting_head(hc, kc, dtype):
+  def counting_head(*args):
     jax.debug.callback(lambda: calls.append(1))
-    return orig(hc, kc, dtype)
+    return orig(*args)
 
   lm_loss._head = counting_head
   try:

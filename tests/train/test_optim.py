@@ -112,3 +112,34 @@ def test_schedule_warmup_then_cosine_to_min():
   assert float(s(50_000)) == pytest.approx(1e-6)
   mid = 500 + (50_000 - 500) // 2
   assert float(s(mid)) == pytest.approx(1e-6 + (2e-4 - 1e-6) / 2, rel=1e-3)
+
+
+def test_bf16_moments_are_stored_in_bf16_and_update_from_float32(tiny):
+  """`moment_dtype=bfloat16`: both Adam moments are stored in bf16; the first update (moments from
+  zero) equals the float32 optimizer's exactly, the second is computed from the rounded moments."""
+  model_cfg, params = tiny
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3) + 1e-3 * jnp.arange(p.size).reshape(p.shape),
+                       params)
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    tx, _ = optim.make_optimizer(OptimConfig(moment_dtype=dtype), model_cfg, params, steps=10)
+    state = tx.init(params)
+    u1, state = jax.jit(tx.update)(grads, state, params)
+    u2, state = jax.jit(tx.update)(grads, state, params)
+    out[dtype] = u1, u2, state
+  adam = lambda s: s.inner_states["train"].inner_state[1]
+  moments = jax.tree.leaves((adam(out["bfloat16"][2]).mu, adam(out["bfloat16"][2]).nu))
+  assert moments and all(m.dtype == jnp.bfloat16 for m in moments)
+  assert adam(out["bfloat16"][2]).count.dtype == jnp.int32
+  for a, b in zip(jax.tree.leaves(out["float32"][0]), jax.tree.leaves(out["bfloat16"][0])):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(out["float32"][1]), jax.tree.leaves(out["bfloat16"][1])):
+    np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-9)
+
+
+def test_bf16_moments_need_b2_at_most_099():
+  from qwenvl_jax.config import ConfigError
+  with pytest.raises(ConfigError, match="optim.moment_dtype"):
+    OptimConfig(b2=0.999, moment_dtype="bfloat16").validate()
+  with pytest.raises(ConfigError, match="optim.moment_dtype"):
+    OptimConfig(moment_dtype="float16").validate()
