@@ -21,7 +21,9 @@ def full():
   # 16 v5e chips do NOT hold this stage (fp32 weights, Adam moments and the gradient accumulator of
   # the 9.6B model are 9 GiB of a chip's 15.75 at fsdp=16, before one microbatch's gradient, the row's
   # activations and its 7 images): fsdp=16 needs > 16.9 GiB, tensor=2 or 4 more. 16 v4 chips do
-  # (22.9 of 30.75 GiB, `--set mesh.tensor=1 --set grad_accum=256`); see docs/tpu.md for v5e.
+  # (22.9 of 30.75 GiB, `--set mesh.tensor=1 --set grad_accum=256`); see docs/tpu.md for v5e
+  # (the vocabulary-parallel loss head, `model.loss_shard_vocab`, and bf16 Adam moments,
+  # `--set optim.moment_dtype=bfloat16`, with what they measured).
   return run_config(
       stage=2, model=model("qwen_vl_7b", 448, remat="full", scan_layers=True),
       seq_len=2048, batch_size=4096, grad_accum=8, steps=19_000,
