@@ -120,6 +120,7 @@ def test_gradient_is_mean_over_targets_with_grad_accum():
   np.testing.assert_allclose(float(m["grad_norm"]), want, rtol=1e-4)
 
 
+@pytest.mark.slow  # two 8-step tiny training runs (minutes on the loaded shared host)
 def test_bf16_moments_train_like_float32():
   """The tiny stage-2 model on a fixed batch, 8 steps of AdamW (lr 1e-3, b2 0.98): bf16-stored
   moments reach the float32 run's losses within 1% and learn (8 steps after a 2-step warmup take
