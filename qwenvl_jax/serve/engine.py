@@ -6,12 +6,13 @@ Why this shape:
   of waiting for the current batch to end, and a finished row frees its slot at once.
 * The model's KV cache has one write column for all rows (`KVCache.index`). The engine's cache is a
   ring of L columns: every step writes column `index` of every row and the index wraps mod L.
-  A joining request is prefilled on its own rows (left padded to a prompt bucket P, exactly as
-  `Generator` does, so its logits equal a `chat` call's) and its P columns are copied into its slot's
-  row at columns index-P .. index-1 (mod L), after the row's old segment ids are cleared. The
-  attention mask reads segment ids and positions, never column order, so the row then sees exactly
-  its own prompt and tokens. A request fits while P + max_tokens <= L; the ring grows (rolled so
-  the write column restarts at 0) when one needs more, and is dropped when the engine goes idle.
+  Joining requests are prefilled together, one call per prompt bucket P (left padded exactly as
+  `Generator` does, so each row's logits equal a `chat` call's), and each row's P columns are
+  copied into its slot's row at columns index-P .. index-1 (mod L), after the row's old segment
+  ids are cleared. The attention mask reads segment ids and positions, never column order, so the
+  row then sees exactly its own prompt and tokens. A request fits while P + max_tokens <= L; the
+  ring grows (rolled so the write column restarts at 0) when one needs more, and is dropped when
+  the engine goes idle.
 * Busy slots are kept at the low indices and each chunk runs only the first `next_pow2(highest busy
   slot + 1)` rows, so one client does not pay for sixteen.
 * Sampling knobs are per row (temperature, top-k, top-p, seed): traced arrays, never recompiles.
@@ -35,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qwenvl_jax.infer.generate import (ContextLengthError, _forward_one, _prefill, next_pow2,
-                                       sample_logits)
+from qwenvl_jax.infer.generate import (ContextLengthError, _constrain_cache, _forward_one, _prefill,
+                                       next_pow2, prompt_bucket, sample_logits)
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import KVCache, init_cache, is_per_layer, per_layer_cache
 
@@ -116,6 +117,15 @@ def _insert(ring: KVCache, small: KVCache, rows):
       ring.index)
 
 
+def _new_ring(llm_cfg, dtype, per_layer: bool, slots: int, n_cols: int) -> KVCache:
+  """An empty ring, made by one jitted call (eager per-layer ops cost ~0.1 s here). The engine
+  commits it to the model's device like every later ring (jit outputs are), so `_insert` compiles
+  one variant per shape, not two (committed and uncommitted arguments are different variants)."""
+  ring = init_cache(llm_cfg, slots, n_cols, dtype)
+  # per-layer heads-first: the layout the decode loop carries (see llm.per_layer_cache)
+  return _constrain_cache(per_layer_cache(ring) if per_layer else ring)
+
+
 def _grow(ring: KVCache, n_cols: int) -> KVCache:
   """A longer ring with the same contents, oldest column first, ending at the last column."""
   pad = n_cols - ring.segment_ids.shape[1]
@@ -181,6 +191,7 @@ class EngineStats:
   row_steps: int = 0  # rows x steps computed (incl. padding rows)
   tokens: int = 0  # tokens handed to requests
   admitted: int = 0
+  prefills: int = 0  # prefill calls (requests that join together share one)
   max_busy: int = 0  # most slots busy at once
 
 
@@ -211,6 +222,10 @@ class BatchEngine:
     self._sample = jax.jit(_sample_rows, static_argnums=(1,))
     self._insert = jax.jit(_insert, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
+    dtype = layers.dtype_of(self.cfg.dtype)
+    self._device = next(iter(jax.tree.leaves(generator.state)[0].devices()))
+    self._new_ring = jax.jit(functools.partial(_new_ring, self.cfg.llm, dtype, generator.per_layer),
+                             static_argnums=(0, 1))
     self._chunks = {}  # n_steps -> jitted chunk (shapes add variants under each)
     self._decode = lambda n: self._chunks.setdefault(n, decode_chunk_fn(generator, n))
     self._thread = threading.Thread(target=self._run, name="qwenvl-serve-engine", daemon=True)
@@ -250,7 +265,8 @@ class BatchEngine:
     self._thread.join(timeout)
 
   def compiled_count(self) -> int:
-    fns = [self._prefill, self._sample, self._insert, self._grow, *self._chunks.values()]
+    fns = [self._prefill, self._sample, self._insert, self._grow, self._new_ring,
+           *self._chunks.values()]
     return sum(f._cache_size() for f in fns)
 
   # ---- engine thread ---------------------------------------------------------------------
@@ -300,44 +316,60 @@ class BatchEngine:
       return
     n_cols = max(MIN_RING, next_pow2(need))
     if self._ring is None:
-      cfg = self.cfg
-      self._ring = init_cache(cfg.llm, self.slots_n, n_cols, layers.dtype_of(cfg.dtype))
-      if self.gen.per_layer:  # the layout the decode loop carries (see llm.per_layer_cache)
-        self._ring = per_layer_cache(self._ring)
+      self._ring = self._new_ring(self.slots_n, n_cols)
+      if self.gen.mesh is None:  # an output of inputs-free jit is uncommitted: commit it
+        self._ring = jax.device_put(self._ring, self._device)
     else:
       self._ring = self._grow(self._ring, n_cols)
 
   def _admit(self, joining: list[Request], free: list[int]):
-    """Prefills the joining requests into free slots, one at a time: a batch-1 prefill has one
-    compiled shape per prompt bucket (joiner counts would multiply them, and every new shape stalls
-    all slots for a compile), and each row gets the NTK alpha it would get alone."""
-    for req, slot in zip(joining, free):
+    """Prefills the joining requests into free slots, one prefill call per group of requests that
+    share a prompt bucket, an images-per-row bucket and an NTK alpha (what a batch-1 prefill of
+    each would use), so each row's logits are those it would get alone. A group's rows are padded
+    to a power of two: prefill compiles once per (prompt bucket, batch bucket <= slots)."""
+    live = []
+    for req in joining:
       if req.cancelled:
         self._finish(req, "cancelled")
-        continue
-      alpha, members = self.gen.alpha_for([len(req.ids)]), [(req, slot)]
-      reqs = [r for r, _ in members]
-      images = [[np.asarray(a, np.float32) for a in r.images] for r in reqs]
-      batch = self.gen.prepare([list(r.ids) for r in reqs], images)
-      width = batch.ids.shape[1]
-      self._ring_for(width + max(r.max_tokens for r in reqs))
-      put = self.gen._put
-      logits, small = self._prefill(
-          self.gen.state, put(batch.ids), put(batch.segment_ids), put(batch.positions),
-          put(batch.images), put(batch.num_images), jnp.float32(alpha), cache_len=width)
-      b = batch.ids.shape[0]
-      rows = np.full(b, self.slots_n, np.int32)  # padding rows land outside the ring: dropped
-      rows[:len(members)] = [s for _, s in members]
-      self._ring = self._insert(self._ring, small, jnp.asarray(rows))
-      knobs = self._knobs(reqs, b)
-      first = np.asarray(self._sample(logits, self.gen.valid_vocab, knobs["seeds"],
-                                      np.zeros(b, np.int32), knobs["temps"], knobs["top_k"],
-                                      knobs["top_p"]))
-      for j, (req, slot) in enumerate(members):
-        self._slots[slot] = _Slot(req, int(first[j]), len(req.ids), alpha, 1)
-        self.stats.admitted += 1
-        self._hand_out(slot, [int(first[j])])
+      else:
+        live.append(req)
+    groups: dict[tuple, list[Request]] = {}
+    for req in live:
+      groups.setdefault(self._prefill_key(req), []).append(req)
+    free = iter(free)
+    for key, reqs in groups.items():
+      self._prefill_group(reqs, [next(free) for _ in reqs], alpha=key[-1])
     self.stats.max_busy = max(self.stats.max_busy, len(self._busy_slots()))
+
+  def _prefill_key(self, req: Request) -> tuple:
+    """Requests with equal keys prefill together: same prompt bucket, images-per-row bucket and
+    NTK alpha (from the request's own length, as when it is prefilled alone)."""
+    n_images = len(req.images)
+    return (prompt_bucket(len(req.ids), self.gen.min_prompt_bucket),
+            next_pow2(n_images) if n_images else 0, self.gen.alpha_for([len(req.ids)]))
+
+  def _prefill_group(self, reqs: list[Request], slots: list[int], alpha: float):
+    images = [[np.asarray(a, np.float32) for a in r.images] for r in reqs]
+    batch = self.gen.prepare([list(r.ids) for r in reqs], images)
+    width = batch.ids.shape[1]
+    self._ring_for(width + max(r.max_tokens for r in reqs))
+    put = self.gen._put
+    logits, small = self._prefill(
+        self.gen.state, put(batch.ids), put(batch.segment_ids), put(batch.positions),
+        put(batch.images), put(batch.num_images), jnp.float32(alpha), cache_len=width)
+    b = batch.ids.shape[0]
+    rows = np.full(b, self.slots_n, np.int32)  # padding rows land outside the ring: dropped
+    rows[:len(reqs)] = slots
+    self._ring = self._insert(self._ring, small, jnp.asarray(rows))
+    knobs = self._knobs(reqs, b)
+    first = np.asarray(self._sample(logits, self.gen.valid_vocab, knobs["seeds"],
+                                    np.zeros(b, np.int32), knobs["temps"], knobs["top_k"],
+                                    knobs["top_p"]))
+    self.stats.prefills += 1
+    for j, (req, slot) in enumerate(zip(reqs, slots)):
+      self._slots[slot] = _Slot(req, int(first[j]), len(req.ids), alpha, 1)
+      self.stats.admitted += 1
+      self._hand_out(slot, [int(first[j])])
 
   @staticmethod
   def _knobs(reqs: Sequence[Request], b: int) -> dict:
