@@ -119,8 +119,9 @@ def _insert(ring: KVCache, small: KVCache, rows):
 
 def _new_ring(llm_cfg, dtype, per_layer: bool, slots: int, n_cols: int) -> KVCache:
   """An empty ring, made by one jitted call (eager per-layer ops cost ~0.1 s here). The engine
-  commits it to the model's device like every later ring (jit outputs are), so `_insert` compiles
-  one variant per shape, not two (committed and uncommitted arguments are different variants)."""
+  commits it to the default device like every later ring (outputs of the decode chunk are), so
+  `_insert` compiles one variant per shape, not two (committed and uncommitted arguments are
+  different variants)."""
   ring = init_cache(llm_cfg, slots, n_cols, dtype)
   # per-layer heads-first: the layout the decode loop carries (see llm.per_layer_cache)
   return _constrain_cache(per_layer_cache(ring) if per_layer else ring)
@@ -213,6 +214,7 @@ class BatchEngine:
     self.stats = EngineStats()
     self._slots: list[_Slot | None] = [None] * self.slots_n
     self._queue: list[Request] = []
+    self._jobs: list[Callable[[], None]] = []  # run on the engine thread when no slot is busy
     self._cv = threading.Condition()
     self._closing = False
     self._ring: KVCache | None = None
@@ -223,7 +225,6 @@ class BatchEngine:
     self._insert = jax.jit(_insert, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
     dtype = layers.dtype_of(self.cfg.dtype)
-    self._device = next(iter(jax.tree.leaves(generator.state)[0].devices()))
     self._new_ring = jax.jit(functools.partial(_new_ring, self.cfg.llm, dtype, generator.per_layer),
                              static_argnums=(0, 1))
     self._chunks = {}  # n_steps -> jitted chunk (shapes add variants under each)
@@ -245,14 +246,46 @@ class BatchEngine:
       raise ValueError("max_tokens must be >= 1")
 
   def submit(self, req: Request):
-    self.check(req)
+    self.submit_all([req])
+
+  def submit_all(self, reqs: Sequence[Request]):
+    """Queues requests at once: with free slots they join at the same step boundary (and those
+    sharing a prompt bucket share one prefill call)."""
+    for req in reqs:
+      self.check(req)
     with self._cv:
       if self._closing:
         raise EngineClosed("the server is shutting down")
-      if len(self._queue) >= self.max_queue:
+      if len(self._queue) + len(reqs) > self.max_queue:
         raise EngineClosed("too many queued requests")
-      self._queue.append(req)
+      self._queue.extend(reqs)
       self._cv.notify()
+
+  def warm_up(self, prompt_tokens: Sequence[int], max_tokens: int) -> int:
+    """Compiles, before serving, every shape that requests of up to `max_tokens` new tokens with
+    prompts in the buckets of `prompt_tokens` can meet: prefill per (prompt bucket, batch bucket),
+    KV insert per (ring, prompt bucket, batch bucket), sampling and decode chunks per row count and
+    ring, ring creation and growth. Without it, each new shape stalls every slot for a compile
+    (seconds) the first time traffic meets it. Runs on the engine thread while no request is
+    decoding; -> the number of compiled variants added. Text-only prompts: shapes with pictures
+    (another images-per-row bucket) still compile on first use."""
+    done, out = threading.Event(), {}
+
+    def job():
+      try:
+        out["n"] = self._warm_up(prompt_tokens, max_tokens)
+      except BaseException as e:  # handed to the caller's thread
+        out["error"] = e
+      finally:
+        done.set()
+
+    with self._cv:
+      self._jobs.append(job)
+      self._cv.notify()
+    done.wait()
+    if "error" in out:
+      raise out["error"]
+    return out["n"]
 
   def busy(self) -> int:
     return sum(s is not None for s in self._slots) + len(self._queue)
@@ -278,11 +311,18 @@ class BatchEngine:
   def _run(self):
     while True:
       with self._cv:
-        while not self._queue and not self._busy_slots() and not self._closing:
+        while (not self._queue and not self._busy_slots() and not self._closing
+               and not self._jobs):
           self._ring = None  # idle: let the next request start from a short ring
           self._cv.wait()
-        if self._closing and not self._queue and not self._busy_slots():
+        job = self._jobs.pop(0) if self._jobs and not self._busy_slots() else None
+        if job is None and self._closing and not self._queue and not self._busy_slots():
           return
+      if job is not None:  # runs alone: it uses the slots and the ring
+        with self._ctx():
+          job()
+        continue
+      with self._cv:
         free = [i for i, s in enumerate(self._slots) if s is None]
         joining = self._queue[:len(free)]
         del self._queue[:len(free)]
@@ -303,6 +343,39 @@ class BatchEngine:
             self._slots[i] = None
         self._ring = None
 
+  def _warm_up(self, prompt_tokens: Sequence[int], max_tokens: int) -> int:
+    before = self.compiled_count()
+    widths = sorted({prompt_bucket(max(1, int(n)), self.gen.min_prompt_bucket)
+                     for n in prompt_tokens})
+    ring_of = lambda w: max(MIN_RING, next_pow2(w + max(1, int(max_tokens))))
+    rings = sorted({ring_of(w) for w in widths})
+    # every request count a prefill group can have (-> its batch bucket) and decode row count
+    counts = sorted({min(self.slots_n, next_pow2(n)) for n in range(1, self.slots_n + 1)})
+    saved = self.stop_ids, self.stats
+    self.stop_ids = frozenset()  # dummy rows must stay busy through their chunk
+    self.stats = EngineStats()  # the dummies are not traffic
+    try:
+      for n_cols in rings:
+        for w in (w for w in widths if ring_of(w) <= n_cols):
+          for n in counts:
+            self._ring = None
+            self._ring_for(n_cols)
+            dummy = [Request([self.gen.pad_id] * w, (), n_cols - w, lambda *a: None)
+                     for _ in range(n)]
+            self._admit(dummy, list(range(n)))
+            self._step()
+            self._slots = [None] * self.slots_n
+      for small, large in zip(rings, rings[1:]):  # a ring that grows while requests run
+        self._ring = None
+        self._ring_for(small)
+        self._ring_for(large)
+      jax.block_until_ready(self._ring)
+    finally:
+      self.stop_ids, self.stats = saved
+      self._slots = [None] * self.slots_n
+      self._ring = None
+    return self.compiled_count() - before
+
   def _busy_slots(self) -> list[int]:
     return [i for i, s in enumerate(self._slots) if s is not None]
 
@@ -318,7 +391,7 @@ class BatchEngine:
     if self._ring is None:
       self._ring = self._new_ring(self.slots_n, n_cols)
       if self.gen.mesh is None:  # an output of inputs-free jit is uncommitted: commit it
-        self._ring = jax.device_put(self._ring, self._device)
+        self._ring = jax.device_put(self._ring, jax.devices()[0])
     else:
       self._ring = self._grow(self._ring, n_cols)
 
