@@ -86,6 +86,7 @@ def _alone(gen, prompts, images, max_tokens):
   return [gen.generate_ids([p], [i], sampling=greedy)[0] for p, i in zip(prompts, images)]
 
 
+@pytest.mark.slow  # ~5 min on the loaded 2-core machine: many pictured/text shapes compile
 def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture_paths):
   """Requests that join together are prefilled in one call per (prompt bucket, pictures per row):
   text and pictured prompts of the 64 and the 128 bucket -> 4 prefills for 9 requests, and every answer's greedy tokens equal the request prefilled and decoded alone."""
