@@ -6,10 +6,13 @@
 Starts the server as its own process on a free 127.0.0.1 port (the default model: random weights of
 configs/small.py with a SentencePiece vocabulary trained here, cached under --workdir) and drives it
 with N client threads, each sending chat requests (one 224 px picture + a question, or the question
-alone with --no-picture; greedy, max_tokens fixed) back to back. Each level first runs one untimed round (compiles its shapes), then
-max(`--requests`, 2 x clients) timed requests or until `--max-seconds`, whichever comes first. Tokens are the
-`usage.completion_tokens` the server reports. The 1-minute load average is printed with each row:
-the machine is shared, so read the numbers with it.
+alone with --no-picture; greedy, max_tokens fixed) back to back. The server compiles its text
+shapes for 64- and 128-token prompt buckets before it listens (`serve --warmup-prompt-tokens`;
+`--no-warmup` to skip), and each level first runs one untimed round, then max(`--requests`, 2 x
+clients) timed requests or until `--max-seconds`, whichever comes first. Tokens are the
+`usage.completion_tokens` the server reports; `compiles` is how many shapes the server compiled
+during the timed round (from /health: each stalls every request for seconds). The 1-minute load
+average is printed with each row: the machine is shared, so read the numbers with it.
 """
 
 from __future__ import annotations
@@ -89,6 +92,11 @@ def post(url: str, body: dict, timeout: float) -> dict:
     return json.load(r)
 
 
+def compiled(base: str) -> int:
+  with urllib.request.urlopen(base + "/health", timeout=30) as r:
+    return json.load(r)["compiled"]
+
+
 def run_level(base: str, model: str, clients: int, n_requests: int, max_tokens: int,
               deadline_s: float, pictures: list[str]) -> dict:
   """`clients` threads send requests back to back until n_requests are done or time is up."""
@@ -141,6 +149,8 @@ def main(argv=None):
   ap.add_argument("--max-seconds", type=float, default=300, help="time bound per level")
   ap.add_argument("--max-batch", type=int, default=16)
   ap.add_argument("--chunk", type=int, default=8)
+  ap.add_argument("--no-warmup", action="store_true",
+                  help="do not have the server compile its shapes before listening")
   ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                   help="more `qwenvl-jax serve` flags (e.g. --quantize int8)")
   ap.add_argument("--json", default=None)
@@ -152,10 +162,13 @@ def main(argv=None):
   proc = subprocess.Popen(
       [*CLI, "serve", "--ckpt", str(ckpt), "--port", str(port),
        "--host", "127.0.0.1", "--model-name", "bench", "--max-batch", str(args.max_batch),
-       "--chunk", str(args.chunk), "--log-level", "warning", *args.extra], env=_env())
+       "--chunk", str(args.chunk), "--log-level", "warning",
+       *([] if args.no_warmup else ["--warmup-prompt-tokens", "64", "128",
+                                    "--warmup-max-tokens", str(args.max_tokens)]),
+       *args.extra], env=_env())
   rows = []
   try:
-    end = time.time() + 600
+    end = time.time() + 1200  # the warm-up compiles a few dozen shapes on a loaded CPU
     while True:
       try:
         urllib.request.urlopen(base + "/health", timeout=5).close()
@@ -166,15 +179,17 @@ def main(argv=None):
         time.sleep(1)
     pictures = [] if args.no_picture else [picture_url(s) for s in range(8)]
     print(f"{'clients':>7} {'reqs':>5} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
-          f"{'tok/req':>7} {'load':>5}", flush=True)
+          f"{'tok/req':>7} {'compiles':>8} {'load':>5}", flush=True)
     for c in args.clients:
       run_level(base, "bench", c, 2 * c, args.max_tokens, args.max_seconds, pictures)  # compile
+      before = compiled(base)
       row = run_level(base, "bench", c, max(args.requests, 2 * c), args.max_tokens, args.max_seconds,
                       pictures)
+      row["compiles"] = compiled(base) - before
       rows.append(row)
       print(f"{row['clients']:>7} {row['requests']:>5} {row['requests_per_s']:>7} "
             f"{row['tokens_per_s']:>7} {row['p50_s']:>7} {row['p95_s']:>7} "
-            f"{row['mean_tokens']:>7} {row['load_avg_1m']:>5}", flush=True)
+            f"{row['mean_tokens']:>7} {row['compiles']:>8} {row['load_avg_1m']:>5}", flush=True)
     if len(rows) > 1 and rows[0]["tokens_per_s"]:
       print(f"aggregate tokens/s at {rows[-1]['clients']} clients = "
             f"{rows[-1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x that of "

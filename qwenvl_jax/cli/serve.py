@@ -21,6 +21,11 @@ def register(subparsers):
                  help="requests decoded together (slots of the batched decode loop)")
   p.add_argument("--chunk", type=int, default=8,
                  help="decode steps per device call; new requests join between calls")
+  p.add_argument("--warmup-prompt-tokens", type=int, nargs="+", default=None, metavar="N",
+                 help="before listening, compile every shape for prompts of these lengths' buckets "
+                      "(and --warmup-max-tokens new tokens), so no request waits for a compile")
+  p.add_argument("--warmup-max-tokens", type=int, default=512, metavar="N",
+                 help="longest answer the warm-up compiles for (default 512: the request default)")
   p.add_argument("--image-root", default=None, metavar="DIR",
                  help="allow file:// image URLs under DIR (default: data: URLs only)")
   p.add_argument("--max-image-bytes", type=int, default=10 * 2**20,
@@ -60,8 +65,13 @@ def run(args):
   # for in-flight requests, then the app's lifespan stops the engine).
   AppStatus.disable_automatic_graceful_drain()
   name = args.model_name or pathlib.Path(args.ckpt).resolve().name
+  warmup = None
+  if args.warmup_prompt_tokens:
+    if min(args.warmup_prompt_tokens) < 1 or args.warmup_max_tokens < 1:
+      raise UserError("--warmup-prompt-tokens and --warmup-max-tokens must be >= 1")
+    warmup = (args.warmup_prompt_tokens, args.warmup_max_tokens)
   server = Server(predictor, model_name=name, max_batch=args.max_batch, chunk=args.chunk,
-                  limits=ServeLimits(image_root=root, max_image_bytes=args.max_image_bytes))
+                  warmup=warmup, limits=ServeLimits(image_root=root, max_image_bytes=args.max_image_bytes))
   config = uvicorn.Config(server.app, host=args.host, port=args.port, log_level=args.log_level,
                           timeout_graceful_shutdown=None, lifespan="on")
   print(f"serving {name} on http://{args.host}:{args.port} (web chat at /, API at /v1)", flush=True)

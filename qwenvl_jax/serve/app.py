@@ -80,8 +80,12 @@ class Server:
   """Holds the predictor, engine and limits; `app` is the Starlette application."""
 
   def __init__(self, predictor, *, model_name: str, limits: ServeLimits | None = None,
-               max_batch: int = 16, chunk: int = 8, engine: BatchEngine | None = None):
+               max_batch: int = 16, chunk: int = 8, engine: BatchEngine | None = None,
+               warmup: tuple[list[int], int] | None = None):
+    """`warmup`: (prompt token counts, max new tokens) to compile for before the server listens
+    (`BatchEngine.warm_up`)."""
     self.pred = predictor
+    self.warmup = warmup
     self.model_name = model_name
     self.limits = limits or ServeLimits()
     self.engine = engine or BatchEngine(predictor.generator, slots=max_batch, chunk=chunk)
@@ -102,7 +106,9 @@ class Server:
     return HTMLResponse(page.read_text(encoding="utf-8").replace("{{MODEL}}", name))
 
   async def health(self, request):
-    return JSONResponse({"status": "ok", "model": self.model_name, "busy": self.engine.busy()})
+    # `compiled`: the engine's compiled shapes so far (a load test can see compiles mid-run)
+    return JSONResponse({"status": "ok", "model": self.model_name, "busy": self.engine.busy(),
+                         "compiled": self.engine.compiled_count()})
 
   async def models(self, request):
     return JSONResponse({"object": "list", "data": [
@@ -118,6 +124,10 @@ class Server:
 
   @contextlib.asynccontextmanager
   async def _lifespan(self, app):
+    if self.warmup is not None:  # uvicorn accepts connections once this is done
+      t0 = time.perf_counter()
+      n = await run_in_threadpool(self.engine.warm_up, *self.warmup)
+      log.info("warm-up compiled %d shapes in %.1f s", n, time.perf_counter() - t0)
     yield
     # uvicorn has finished the in-flight requests (SIGTERM drain); now stop the engine thread.
     await run_in_threadpool(self.engine.close)

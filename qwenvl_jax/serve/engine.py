@@ -6,12 +6,13 @@ Why this shape:
   of waiting for the current batch to end, and a finished row frees its slot at once.
 * The model's KV cache has one write column for all rows (`KVCache.index`). The engine's cache is a
   ring of L columns: every step writes column `index` of every row and the index wraps mod L.
-  A joining request is prefilled on its own rows (left padded to a prompt bucket P, exactly as
-  `Generator` does, so its logits equal a `chat` call's) and its P columns are copied into its slot's
-  row at columns index-P .. index-1 (mod L), after the row's old segment ids are cleared. The
-  attention mask reads segment ids and positions, never column order, so the row then sees exactly
-  its own prompt and tokens. A request fits while P + max_tokens <= L; the ring grows (rolled so
-  the write column restarts at 0) when one needs more, and is dropped when the engine goes idle.
+  Joining requests are prefilled together, one call per prompt bucket P (left padded exactly as
+  `Generator` does, so each row's logits equal a `chat` call's), and each row's P columns are
+  copied into its slot's row at columns index-P .. index-1 (mod L), after the row's old segment
+  ids are cleared. The attention mask reads segment ids and positions, never column order, so the
+  row then sees exactly its own prompt and tokens. A request fits while P + max_tokens <= L; the
+  ring grows (rolled so the write column restarts at 0) when one needs more, and is dropped when
+  the engine goes idle.
 * Busy slots are kept at the low indices and each chunk runs only the first `next_pow2(highest busy
   slot + 1)` rows, so one client does not pay for sixteen.
 * Sampling knobs are per row (temperature, top-k, top-p, seed): traced arrays, never recompiles.
@@ -35,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qwenvl_jax.infer.generate import (ContextLengthError, _forward_one, _prefill, next_pow2,
-                                       sample_logits)
+from qwenvl_jax.infer.generate import (ContextLengthError, _constrain_cache, _forward_one, _prefill,
+                                       next_pow2, prompt_bucket, sample_logits)
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import KVCache, init_cache, is_per_layer, per_layer_cache
 
@@ -116,6 +117,16 @@ def _insert(ring: KVCache, small: KVCache, rows):
       ring.index)
 
 
+def _new_ring(llm_cfg, dtype, per_layer: bool, slots: int, n_cols: int) -> KVCache:
+  """An empty ring, made by one jitted call (eager per-layer ops cost ~0.1 s here). The engine
+  commits it to the default device like every later ring (outputs of the decode chunk are), so
+  `_insert` compiles one variant per shape, not two (committed and uncommitted arguments are
+  different variants)."""
+  ring = init_cache(llm_cfg, slots, n_cols, dtype)
+  # per-layer heads-first: the layout the decode loop carries (see llm.per_layer_cache)
+  return _constrain_cache(per_layer_cache(ring) if per_layer else ring)
+
+
 def _grow(ring: KVCache, n_cols: int) -> KVCache:
   """A longer ring with the same contents, oldest column first, ending at the last column."""
   pad = n_cols - ring.segment_ids.shape[1]
@@ -181,6 +192,7 @@ class EngineStats:
   row_steps: int = 0  # rows x steps computed (incl. padding rows)
   tokens: int = 0  # tokens handed to requests
   admitted: int = 0
+  prefills: int = 0  # prefill calls (requests that join together share one)
   max_busy: int = 0  # most slots busy at once
 
 
@@ -202,6 +214,7 @@ class BatchEngine:
     self.stats = EngineStats()
     self._slots: list[_Slot | None] = [None] * self.slots_n
     self._queue: list[Request] = []
+    self._jobs: list[Callable[[], None]] = []  # run on the engine thread when no slot is busy
     self._cv = threading.Condition()
     self._closing = False
     self._ring: KVCache | None = None
@@ -211,6 +224,9 @@ class BatchEngine:
     self._sample = jax.jit(_sample_rows, static_argnums=(1,))
     self._insert = jax.jit(_insert, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
+    dtype = layers.dtype_of(self.cfg.dtype)
+    self._new_ring = jax.jit(functools.partial(_new_ring, self.cfg.llm, dtype, generator.per_layer),
+                             static_argnums=(0, 1))
     self._chunks = {}  # n_steps -> jitted chunk (shapes add variants under each)
     self._decode = lambda n: self._chunks.setdefault(n, decode_chunk_fn(generator, n))
     self._thread = threading.Thread(target=self._run, name="qwenvl-serve-engine", daemon=True)
@@ -230,14 +246,46 @@ class BatchEngine:
       raise ValueError("max_tokens must be >= 1")
 
   def submit(self, req: Request):
-    self.check(req)
+    self.submit_all([req])
+
+  def submit_all(self, reqs: Sequence[Request]):
+    """Queues requests at once: with free slots they join at the same step boundary (and those
+    sharing a prompt bucket share one prefill call)."""
+    for req in reqs:
+      self.check(req)
     with self._cv:
       if self._closing:
         raise EngineClosed("the server is shutting down")
-      if len(self._queue) >= self.max_queue:
+      if len(self._queue) + len(reqs) > self.max_queue:
         raise EngineClosed("too many queued requests")
-      self._queue.append(req)
+      self._queue.extend(reqs)
       self._cv.notify()
+
+  def warm_up(self, prompt_tokens: Sequence[int], max_tokens: int) -> int:
+    """Compiles, before serving, every shape that requests of up to `max_tokens` new tokens with
+    prompts in the buckets of `prompt_tokens` can meet: prefill per (prompt bucket, batch bucket),
+    KV insert per (ring, prompt bucket, batch bucket), sampling and decode chunks per row count and
+    ring, ring creation and growth. Without it, each new shape stalls every slot for a compile
+    (seconds) the first time traffic meets it. Runs on the engine thread while no request is
+    decoding; -> the number of compiled variants added. Text-only prompts: shapes with pictures
+    (another images-per-row bucket) still compile on first use."""
+    done, out = threading.Event(), {}
+
+    def job():
+      try:
+        out["n"] = self._warm_up(prompt_tokens, max_tokens)
+      except BaseException as e:  # handed to the caller's thread
+        out["error"] = e
+      finally:
+        done.set()
+
+    with self._cv:
+      self._jobs.append(job)
+      self._cv.notify()
+    done.wait()
+    if "error" in out:
+      raise out["error"]
+    return out["n"]
 
   def busy(self) -> int:
     return sum(s is not None for s in self._slots) + len(self._queue)
@@ -250,7 +298,8 @@ class BatchEngine:
     self._thread.join(timeout)
 
   def compiled_count(self) -> int:
-    fns = [self._prefill, self._sample, self._insert, self._grow, *self._chunks.values()]
+    fns = [self._prefill, self._sample, self._insert, self._grow, self._new_ring,
+           *self._chunks.values()]
     return sum(f._cache_size() for f in fns)
 
   # ---- engine thread ---------------------------------------------------------------------
@@ -262,11 +311,18 @@ class BatchEngine:
   def _run(self):
     while True:
       with self._cv:
-        while not self._queue and not self._busy_slots() and not self._closing:
+        while (not self._queue and not self._busy_slots() and not self._closing
+               and not self._jobs):
           self._ring = None  # idle: let the next request start from a short ring
           self._cv.wait()
-        if self._closing and not self._queue and not self._busy_slots():
+        job = self._jobs.pop(0) if self._jobs and not self._busy_slots() else None
+        if job is None and self._closing and not self._queue and not self._busy_slots():
           return
+      if job is not None:  # runs alone: it uses the slots and the ring
+        with self._ctx():
+          job()
+        continue
+      with self._cv:
         free = [i for i, s in enumerate(self._slots) if s is None]
         joining = self._queue[:len(free)]
         del self._queue[:len(free)]
@@ -287,6 +343,39 @@ class BatchEngine:
             self._slots[i] = None
         self._ring = None
 
+  def _warm_up(self, prompt_tokens: Sequence[int], max_tokens: int) -> int:
+    before = self.compiled_count()
+    widths = sorted({prompt_bucket(max(1, int(n)), self.gen.min_prompt_bucket)
+                     for n in prompt_tokens})
+    ring_of = lambda w: max(MIN_RING, next_pow2(w + max(1, int(max_tokens))))
+    rings = sorted({ring_of(w) for w in widths})
+    # every request count a prefill group can have (-> its batch bucket) and decode row count
+    counts = sorted({min(self.slots_n, next_pow2(n)) for n in range(1, self.slots_n + 1)})
+    saved = self.stop_ids, self.stats
+    self.stop_ids = frozenset()  # dummy rows must stay busy through their chunk
+    self.stats = EngineStats()  # the dummies are not traffic
+    try:
+      for n_cols in rings:
+        for w in (w for w in widths if ring_of(w) <= n_cols):
+          for n in counts:
+            self._ring = None
+            self._ring_for(n_cols)
+            dummy = [Request([self.gen.pad_id] * w, (), n_cols - w, lambda *a: None)
+                     for _ in range(n)]
+            self._admit(dummy, list(range(n)))
+            self._step()
+            self._slots = [None] * self.slots_n
+      for small, large in zip(rings, rings[1:]):  # a ring that grows while requests run
+        self._ring = None
+        self._ring_for(small)
+        self._ring_for(large)
+      jax.block_until_ready(self._ring)
+    finally:
+      self.stop_ids, self.stats = saved
+      self._slots = [None] * self.slots_n
+      self._ring = None
+    return self.compiled_count() - before
+
   def _busy_slots(self) -> list[int]:
     return [i for i, s in enumerate(self._slots) if s is not None]
 
@@ -300,44 +389,60 @@ class BatchEngine:
       return
     n_cols = max(MIN_RING, next_pow2(need))
     if self._ring is None:
-      cfg = self.cfg
-      self._ring = init_cache(cfg.llm, self.slots_n, n_cols, layers.dtype_of(cfg.dtype))
-      if self.gen.per_layer:  # the layout the decode loop carries (see llm.per_layer_cache)
-        self._ring = per_layer_cache(self._ring)
+      self._ring = self._new_ring(self.slots_n, n_cols)
+      if self.gen.mesh is None:  # an output of inputs-free jit is uncommitted: commit it
+        self._ring = jax.device_put(self._ring, jax.devices()[0])
     else:
       self._ring = self._grow(self._ring, n_cols)
 
   def _admit(self, joining: list[Request], free: list[int]):
-    """Prefills the joining requests into free slots, one at a time: a batch-1 prefill has one
-    compiled shape per prompt bucket (joiner counts would multiply them, and every new shape stalls
-    all slots for a compile), and each row gets the NTK alpha it would get alone."""
-    for req, slot in zip(joining, free):
+    """Prefills the joining requests into free slots, one prefill call per group of requests that
+    share a prompt bucket, an images-per-row bucket and an NTK alpha (what a batch-1 prefill of
+    each would use), so each row's logits are those it would get alone. A group's rows are padded
+    to a power of two: prefill compiles once per (prompt bucket, batch bucket <= slots)."""
+    live = []
+    for req in joining:
       if req.cancelled:
         self._finish(req, "cancelled")
-        continue
-      alpha, members = self.gen.alpha_for([len(req.ids)]), [(req, slot)]
-      reqs = [r for r, _ in members]
-      images = [[np.asarray(a, np.float32) for a in r.images] for r in reqs]
-      batch = self.gen.prepare([list(r.ids) for r in reqs], images)
-      width = batch.ids.shape[1]
-      self._ring_for(width + max(r.max_tokens for r in reqs))
-      put = self.gen._put
-      logits, small = self._prefill(
-          self.gen.state, put(batch.ids), put(batch.segment_ids), put(batch.positions),
-          put(batch.images), put(batch.num_images), jnp.float32(alpha), cache_len=width)
-      b = batch.ids.shape[0]
-      rows = np.full(b, self.slots_n, np.int32)  # padding rows land outside the ring: dropped
-      rows[:len(members)] = [s for _, s in members]
-      self._ring = self._insert(self._ring, small, jnp.asarray(rows))
-      knobs = self._knobs(reqs, b)
-      first = np.asarray(self._sample(logits, self.gen.valid_vocab, knobs["seeds"],
-                                      np.zeros(b, np.int32), knobs["temps"], knobs["top_k"],
-                                      knobs["top_p"]))
-      for j, (req, slot) in enumerate(members):
-        self._slots[slot] = _Slot(req, int(first[j]), len(req.ids), alpha, 1)
-        self.stats.admitted += 1
-        self._hand_out(slot, [int(first[j])])
+      else:
+        live.append(req)
+    groups: dict[tuple, list[Request]] = {}
+    for req in live:
+      groups.setdefault(self._prefill_key(req), []).append(req)
+    free = iter(free)
+    for key, reqs in groups.items():
+      self._prefill_group(reqs, [next(free) for _ in reqs], alpha=key[-1])
     self.stats.max_busy = max(self.stats.max_busy, len(self._busy_slots()))
+
+  def _prefill_key(self, req: Request) -> tuple:
+    """Requests with equal keys prefill together: same prompt bucket, images-per-row bucket and
+    NTK alpha (from the request's own length, as when it is prefilled alone)."""
+    n_images = len(req.images)
+    return (prompt_bucket(len(req.ids), self.gen.min_prompt_bucket),
+            next_pow2(n_images) if n_images else 0, self.gen.alpha_for([len(req.ids)]))
+
+  def _prefill_group(self, reqs: list[Request], slots: list[int], alpha: float):
+    images = [[np.asarray(a, np.float32) for a in r.images] for r in reqs]
+    batch = self.gen.prepare([list(r.ids) for r in reqs], images)
+    width = batch.ids.shape[1]
+    self._ring_for(width + max(r.max_tokens for r in reqs))
+    put = self.gen._put
+    logits, small = self._prefill(
+        self.gen.state, put(batch.ids), put(batch.segment_ids), put(batch.positions),
+        put(batch.images), put(batch.num_images), jnp.float32(alpha), cache_len=width)
+    b = batch.ids.shape[0]
+    rows = np.full(b, self.slots_n, np.int32)  # padding rows land outside the ring: dropped
+    rows[:len(reqs)] = slots
+    self._ring = self._insert(self._ring, small, jnp.asarray(rows))
+    knobs = self._knobs(reqs, b)
+    first = np.asarray(self._sample(logits, self.gen.valid_vocab, knobs["seeds"],
+                                    np.zeros(b, np.int32), knobs["temps"], knobs["top_k"],
+                                    knobs["top_p"]))
+    self.stats.prefills += 1
+    for j, (req, slot) in enumerate(zip(reqs, slots)):
+      self._slots[slot] = _Slot(req, int(first[j]), len(req.ids), alpha, 1)
+      self.stats.admitted += 1
+      self._hand_out(slot, [int(first[j])])
 
   @staticmethod
   def _knobs(reqs: Sequence[Request], b: int) -> dict:

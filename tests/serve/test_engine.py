@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qwenvl_jax.infer.generate import Generator, SamplingConfig
+from qwenvl_jax.infer.generate import Generator, SamplingConfig, prompt_bucket
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import init_cache, per_layer_cache
 from qwenvl_jax.model.masks import attention_mask
@@ -61,6 +61,76 @@ def test_concurrent_greedy_tokens_equal_each_request_alone(model, tok, per_layer
   assert [len(g) for g in got] == max_tokens
   assert stats.max_busy == 2 and stats.admitted == len(prompts)
   assert stats.steps * 3 > 128  # the write index went around the 128-column ring
+
+
+def _burst(engine, prompts, images, max_tokens):
+  """Submits all requests at once (`submit_all`: they join at the same step boundary)."""
+  outs = [[] for _ in prompts]
+  done = [threading.Event() for _ in prompts]
+  reqs = []
+  for k, (ids, imgs) in enumerate(zip(prompts, images)):
+
+    def emit(new, reason, k=k):
+      outs[k].extend(new)
+      if reason:
+        done[k].set()
+
+    reqs.append(Request(ids, imgs, max_tokens, emit))
+  engine.submit_all(reqs)
+  assert all(e.wait(300) for e in done)
+  return outs
+
+
+def _alone(gen, prompts, images, max_tokens):
+  greedy = SamplingConfig(temperature=0, max_new_tokens=max_tokens)
+  return [gen.generate_ids([p], [i], sampling=greedy)[0] for p, i in zip(prompts, images)]
+
+
+@pytest.mark.slow  # ~5 min on the loaded 2-core machine: many pictured/text shapes compile
+def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture_paths):
+  """Requests that join together are prefilled in one call per (prompt bucket, pictures per row):
+  text and pictured prompts of the 64 and the 128 bucket -> 4 prefills for 9 requests, and every answer's greedy tokens equal the request prefilled and decoded alone."""
+  gen = predictor.generator
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(3, 200, n).tolist() for n in (7, 40, 63, 22, 70, 100)]
+  images = [[] for _ in prompts]
+  for k, question in enumerate(["What is it?", "Describe the picture in detail.", "Colors?"]):
+    ids, srcs = predictor.chat_prompt([], [{"image": picture_paths[k]}, {"text": question}])
+    prompts.append(ids)
+    images.append([predictor.image_array(s) for s in srcs])
+  keys = {(prompt_bucket(len(p)), len(i)) for p, i in zip(prompts, images)}
+  assert keys == {(64, 0), (128, 0), (64, 1), (128, 1)}
+  engine = BatchEngine(gen, slots=16, chunk=4)
+  try:
+    got = _burst(engine, prompts, images, 12)
+    assert engine.stats.prefills == 4 and engine.stats.admitted == len(prompts)
+  finally:
+    engine.close()
+  alone = _alone(gen, prompts, images, 12)
+  text = [k for k, i in enumerate(images) if not i]
+  assert [got[k] for k in text] == [alone[k] for k in text]
+  assert all(got[k][:4] == alone[k][:4] for k in range(len(prompts)) if k not in text)
+  assert len({tuple(g) for g in got}) > 3
+
+
+def test_warm_up_compiles_every_shape_traffic_meets(predictor):
+  """After `warm_up` for a prompt bucket and answer length, bursts of every size (prefill batch
+  buckets, decode row counts) compile nothing, and the answers still equal each request alone."""
+  gen = predictor.generator
+  engine = BatchEngine(gen, slots=4, chunk=2)
+  rng = np.random.default_rng(4)
+  try:
+    assert engine.warm_up([30], max_tokens=8) > 0
+    warm = engine.compiled_count()
+    assert engine.stats.admitted == 0  # the warm-up's dummy rows are not traffic
+    for n in (1, 3, 2, 4):
+      prompts = [rng.integers(3, 200, int(rng.integers(5, 60))).tolist() for _ in range(n)]
+      images = [[] for _ in prompts]
+      got = _burst(engine, prompts, images, 8)
+      assert got == _alone(gen, prompts, images, 8)
+    assert engine.compiled_count() == warm
+  finally:
+    engine.close()
 
 
 def _cache_sized_moves(hlo: str, elems: int) -> list[str]:
