@@ -8,10 +8,8 @@ The model is the one in demo/base (made by `python -m experiments.demo_base`: th
 2.6M parameters, its LLM pre-trained on the task texts alone and its ViT + adapter warmed up on the
 training annotations, never on an image-text pair); its vocabulary and image ids are read from the
 base's config.json, so config and checkpoint cannot disagree. Sized for ~2.5 CPU minutes:
-- ChatML, loss on the answers: the scenes' dialogues (caption, questions, boxes) and single turns in
-  exactly the evaluation's wording (`data synth --single-turns`: one fresh chat per object's box and per
-  question), packed: a single turn is ~80-110 tokens, so a 288-token row holds up to 3 of them (hence
-  max_images=3) at the cost of one unpacked row;
+- ChatML conversations as the released stage 3 trains them (unpacked rows, loss on the answers), so
+  the trained model answers in the chat wording the demo then asks in;
 - ViT and adapter frozen, the LLM learns to read their tokens: what the base's vision side knows
   about where things are survives (the reproduction: every stage that trained them lost box precision, experiments/README.md), and
   without the vision backward pass a step costs about half;
@@ -45,7 +43,7 @@ def get_config(variant=None):
            peak_lr=1e-3, min_lr=1e-5, warmup_steps=20, frozen=("visual", "adapter"),
            mesh=dict(data=1, fsdp=-1, tensor=1), checkpoint_every=400, keep_checkpoints=1, log_every=20,
            data=dict(source="jsonl", paths=(), tokenizer=str(BASE / "sp.model"), format="chatml",
-                     layout="packed", max_images=3, num_workers=0, read_prefetch=64))
+                     layout="unpacked", max_images=1, num_workers=0, read_prefetch=64))
   config = build("tiny", {"tiny": v})
   model = _xs_model(96, hf["vocab_size"])
   model.llm.seq_length = v["seq_len"]  # the training length (past it inference switches on NTK / log-n)

@@ -26,17 +26,15 @@ banner "1/7 the pre-trained base (demo/base: LLM + vision encoder, never trained
 python -c "import json; b = json.load(open('demo/base/base.json')); print('made by:', b['made_by'])"
 qwenvl-jax convert --from hf --src demo/base --dst "$OUT/base" --quiet
 
-banner "2/7 data: synthetic scenes (1-2 shapes, 96 px) as ChatML dialogues and single chat turns; a held-out set"
-qwenvl-jax data synth "${SHAPES[@]}" --n 2000 --seed 0 --single-turns --out "$OUT/data/train" | tail -n 4
+banner "2/7 data: synthetic scenes (1-2 shapes, 96 px) with ChatML conversations; a held-out set"
+qwenvl-jax data synth "${SHAPES[@]}" --n 2000 --seed 0 --out "$OUT/data/train" | tail -n 3
 qwenvl-jax data synth "${SHAPES[@]}" --n 60 --seed 1 --out "$OUT/data/heldout" | tail -n 1
-python - "$OUT/data/train/shapes_chat.jsonl" "$OUT/data/train/shapes_single.jsonl" <<'EOF'
+python - "$OUT/data/train/shapes_chat.jsonl" <<'EOF'
 import json, sys
-dialogues, singles = (open(path).readlines() for path in sys.argv[1:])
-for title, convs in (("a training dialogue (its first turns):", dialogues[:1]),
-                     ("single turns, worded as the evaluation asks:", [singles[0], singles[-1]])):
-  print(title)
-  for m in [m for conv in convs for m in json.loads(conv)["conversations"][:6]]:
-    print(f"  {m['from']:>9}: {m['value']}".replace("\n", " | "))
+conv = json.loads(open(sys.argv[1]).readline())["conversations"]
+print("one training conversation:")
+for m in conv[:6]:
+  print(f"  {m['from']:>9}: {m['value']}".replace("\n", " | "))
 EOF
 for task in synth_grounding_chat synth_vqa_chat; do  # `eval --task all` reads ROOT/<task>/
   mkdir -p "$OUT/evaldata" && ln -s "$OUT/data/heldout" "$OUT/evaldata/$task"
@@ -52,7 +50,7 @@ qwenvl-jax eval --task all --data "$OUT/evaldata" --ckpt "$OUT/base" --limit "$E
 
 banner "5/7 train: ChatML fine-tuning, ViT + adapter frozen (demo/config.py)"
 qwenvl-jax train --config demo/config.py --init "$OUT/base" --workdir "$OUT/run" \
-  --set "data.paths=('$OUT/data/train/shapes_chat.jsonl','$OUT/data/train/shapes_single.jsonl')" \
+  --set "data.paths=('$OUT/data/train/shapes_chat.jsonl',)" \
   ${STEPS:+--set steps=$STEPS --set checkpoint_every=$STEPS --set optim.warmup_steps=$(( STEPS < 40 ? STEPS / 2 : 20 ))}
 
 banner "6/7 after training: the same held-out set"
