@@ -74,13 +74,6 @@ def _draw(pool: list, n: int, rng: np.random.Generator) -> list:
   return [pool[int(i)] for i in order]
 
 
-def single_turn(conv_id: str, image: str, request: str, answer: str) -> dict:
-  """A one-turn ChatML record asking about `image` as a fresh chat does."""
-  return {"id": conv_id, "conversations": [
-      {"from": "user", "value": f"Picture 1: <img>{image}</img>\n{request}"},
-      {"from": "assistant", "value": answer}]}
-
-
 def _with_image(text: str, train: pathlib.Path, out: pathlib.Path) -> str:
   """A dialogue's `<img>rel</img>` (relative to train/) rewritten relative to `out`."""
   start, end = text.index("<img>") + 5, text.index("</img>")
@@ -104,11 +97,11 @@ def build(data: pathlib.Path, mix: SftMix = SftMix()) -> tuple[pathlib.Path, pat
     first = dict(conv["conversations"][0], value=_with_image(conv["conversations"][0]["value"], train, out))
     dialogues.append({"id": conv["id"], "conversations": [first, *conv["conversations"][1:]]})
   objects = [(rec, i) for rec in raw for i in range(len(rec.get("objects") or []))]
-  grounding = [single_turn(f"{rec['id']}/ground{i}", image(rec),
+  grounding = [chat_format.single_turn(f"{rec['id']}/ground{i}", image(rec),
                            *chat_format.grounding_turn(rec["objects"][i], rec["width"], rec["height"]))
                for rec, i in _draw(objects, mix.grounding, rng)]
   questions = [(rec, i) for rec in raw if rec.get("objects") for i in range(len(rec.get("qa") or []))]
-  vqa = [single_turn(f"{rec['id']}/qa{i}", image(rec), rec["qa"][i]["question"], rec["qa"][i]["answer"])
+  vqa = [chat_format.single_turn(f"{rec['id']}/qa{i}", image(rec), rec["qa"][i]["question"], rec["qa"][i]["answer"])
          for rec, i in _draw(questions, mix.vqa, rng)]
   chats = dialogues + grounding + vqa
   chats = [chats[int(i)] for i in rng.permutation(len(chats))]

@@ -51,6 +51,37 @@ def test_synth_shape_options_refused_for_other_kinds(tmp_path, capsys):
   assert not (tmp_path / "s").exists()
 
 
+def test_synth_single_turns_are_the_chat_evaluations_items_answered(tmp_path):
+  """`data synth --single-turns` writes one fresh chat per object's box and per question, asked in the
+  synth_grounding_chat / synth_vqa_chat wording for that very item and answered so they score 100%."""
+  from qwenvl_jax.cli import main
+  from qwenvl_jax.evals.tasks import get_task
+  from qwenvl_jax.evals.tasks.scoring import score_items
+
+  out = tmp_path / "s"
+  assert main(["data", "synth", "--kind", "shapes", "--n", "12", "--size", "96", "--max-objects", "2",
+               "--single-turns", "--out", str(out)]) == 0
+  records = [json.loads(line) for line in (out / "shapes.jsonl").read_text().splitlines()]
+  convs = {c["id"]: c["conversations"] for c in map(json.loads, (out / "shapes_single.jsonl").read_text().splitlines())}
+  assert len(convs) == sum(len(r["objects"]) + len(r["qa"]) for r in records)
+  for task_name, item_kind, turn_kind in (("synth_grounding_chat", "obj", "ground"), ("synth_vqa_chat", "qa", "qa")):
+    task = get_task(task_name)
+    items = task.read(out / "shapes.jsonl", "test")
+    outputs = {}
+    for item in items:
+      record_id, index = item["id"].rsplit(f"/{item_kind}", 1)
+      user, answer = convs[f"{record_id}/{turn_kind}{index}"]
+      asked = next(seg["text"] for seg in task.prompt(item) if "text" in seg)
+      assert user["value"] == f"Picture 1: <img>images/{record_id}.png</img>\n{asked}"
+      assert (out / "images" / f"{record_id}.png").is_file() and answer["from"] == "assistant"
+      outputs[item["id"]] = answer["value"]
+    assert len(outputs) == len(items) > 0
+    assert score_items(task, items, outputs).score == pytest.approx(100.0)
+  assert not (tmp_path / "plain").exists()
+  assert main(["data", "synth", "--kind", "shapes", "--n", "2", "--out", str(tmp_path / "plain")]) == 0
+  assert not (tmp_path / "plain" / "shapes_single.jsonl").exists()  # only on request
+
+
 def test_demo_config_is_the_shipped_base():
   """demo/config.py builds the architecture of demo/base/config.json (else `train --init` fails), and
   the shipped base is the small bf16 checkpoint the docs describe, with its vocabulary and recipe."""

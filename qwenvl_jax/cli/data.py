@@ -16,6 +16,9 @@ def register(subparsers):
   s.add_argument("--max-objects", type=int, default=None, help="shapes: at most this many shapes per image (default 5)")
   s.add_argument("--radius", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                  help="shapes: range of shape radii as fractions of the side (default 0.06 0.15)")
+  s.add_argument("--single-turns", action="store_true",
+                 help="also write {kind}_single.jsonl: a one-turn chat per object's box and per question, "
+                      "worded as the chat evaluations ask")
   s.set_defaults(handler=run_synth)
 
   k = sub.add_parser("pack", help="JSONL (raw or conversations) -> ArrayRecord with the images embedded")
@@ -46,7 +49,7 @@ def run_synth(args):
         raise UserError("--radius wants 0 < MIN <= MAX < 0.5 (fractions of the image side)")
       options["radius"] = (lo, hi)
   res = export_synth(args.kind, args.n, args.out, seed=args.seed, size=args.size, workers=args.workers,
-                     progress=True, **options)
+                     progress=True, single_turns=args.single_turns, **options)
   print(f"wrote {res.n} {args.kind} samples in {res.seconds:.1f}s ({res.images_per_s:.0f} images/s)")
   for name, path in res.paths.items():
     print(f"  {name:<13} {path}")

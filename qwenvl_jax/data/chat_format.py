@@ -6,6 +6,9 @@ grounding and reading requests is ours (the paper does not publish its instructi
 same markup as pre-training (`<ref>..</ref><box>..</box>`). The turn order is rotated by a hash of the
 record id, so every kind of request also opens a conversation (a one-shot grounding question is then
 something the model has seen).
+
+`single_turns` writes the same record as one-turn chats instead, each worded exactly as a user (and the
+synth_*_chat evaluations) asks a fresh chat: the picture introduced in the same turn as the request.
 """
 
 from __future__ import annotations
@@ -51,3 +54,23 @@ def to_conversation(record: dict, image_path: str | None = None, max_words: int 
     conv.append({"from": "user", "value": f"Picture 1: <img>{path}</img>\n{q}" if i == 0 else q})
     conv.append({"from": "assistant", "value": a})
   return {"id": record["id"], "conversations": conv}
+
+
+def single_turn(conv_id: str, image: str, request: str, answer: str) -> dict:
+  """A one-turn ChatML record asking about `image` as a fresh chat does."""
+  return {"id": conv_id, "conversations": [
+      {"from": "user", "value": f"Picture 1: <img>{image}</img>\n{request}"},
+      {"from": "assistant", "value": answer}]}
+
+
+def single_turns(record: dict, image_path: str | None = None) -> list[dict]:
+  """One one-turn chat per object's grounding request ("{id}/ground{i}") and per question
+  ("{id}/qa{i}"): the items the synth_grounding_chat / synth_vqa_chat evaluations ask, in their
+  wording. Captions and text reading stay in `to_conversation`'s dialogues."""
+  path = image_path if image_path is not None else tasks.image_ref(record)
+  w, h = record["width"], record["height"]
+  turns = [single_turn(f"{record['id']}/ground{i}", path, *grounding_turn(obj, w, h))
+           for i, obj in enumerate(record.get("objects") or [])]
+  turns += [single_turn(f"{record['id']}/qa{i}", path, qa["question"], qa["answer"])
+            for i, qa in enumerate(record.get("qa") or [])]
+  return turns

@@ -4,12 +4,15 @@ Layout under `out/`:
   {kind}.jsonl           raw records, image paths relative to out/
   images/{id}.png        the images
   {kind}_chat.jsonl      the same samples as Qwen-VL fine-tuning conversations
+  {kind}_single.jsonl    with `single_turns`: one-turn chats per grounding object and question
+                         (`chat_format.single_turns`), worded as the chat evaluations ask
   {kind}.array_record    raw records with the PNG bytes inside
   preview.png            the first few samples with their boxes and quads drawn
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -30,7 +33,8 @@ class ExportResult:
 
 
 def export_synth(kind: str, n: int, out, seed: int = 0, size: int | None = None, workers: int = 1,
-                 preview: int = 4, progress: bool = False, **options) -> ExportResult:
+                 preview: int = 4, progress: bool = False, single_turns: bool = False,
+                 **options) -> ExportResult:
   from array_record.python.array_record_module import ArrayRecordWriter
 
   out = pathlib.Path(out)
@@ -43,6 +47,8 @@ def export_synth(kind: str, n: int, out, seed: int = 0, size: int | None = None,
   (out / "images").mkdir(parents=True, exist_ok=True)
   paths = {"jsonl": out / f"{kind}.jsonl", "chat": out / f"{kind}_chat.jsonl",
            "array_record": out / f"{kind}.array_record", "preview": out / "preview.png"}
+  if single_turns:
+    paths["single"] = out / f"{kind}_single.jsonl"
   records = synth.generate(kind, n, seed=seed, size=size, workers=workers, **options)
   if progress:
     from tqdm import tqdm
@@ -50,12 +56,16 @@ def export_synth(kind: str, n: int, out, seed: int = 0, size: int | None = None,
   writer = ArrayRecordWriter(str(paths["array_record"]), "group_size:1")
   shown, count, t0 = [], 0, time.perf_counter()
   try:
-    with paths["jsonl"].open("w", encoding="utf-8") as raw_f, paths["chat"].open("w", encoding="utf-8") as chat_f:
+    with contextlib.ExitStack() as files:
+      raw_f, chat_f = (files.enter_context(paths[k].open("w", encoding="utf-8")) for k in ("jsonl", "chat"))
+      single_f = files.enter_context(paths["single"].open("w", encoding="utf-8")) if single_turns else None
       for rec in records:
         rel = f"images/{rec['id']}.png"
         (out / rel).write_bytes(rec["image"])
         raw_f.write(json.dumps({**rec, "image": rel}, ensure_ascii=False) + "\n")
         chat_f.write(json.dumps(chat_format.to_conversation(rec, rel), ensure_ascii=False) + "\n")
+        if single_f:
+          single_f.writelines(json.dumps(c, ensure_ascii=False) + "\n" for c in chat_format.single_turns(rec, rel))
         writer.write(sources.encode_record(rec))
         if len(shown) < preview:
           shown.append(draw.draw_record(rec))
