@@ -8,7 +8,7 @@ from flax import nnx
 
 import re
 
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from qwenvl_jax.config import MeshConfig, apply_overrides, load_config_dict, model_config_from_dict
 from qwenvl_jax.model import lm_loss
