@@ -150,12 +150,21 @@ def _var_names(v: nnx.Variable):
   return v.get_metadata().get("out_sharding", None)
 
 
+def spec_axes(entry) -> tuple[str, ...]:
+  """One PartitionSpec entry (None, an axis name or a tuple of them) as a tuple of mesh axes."""
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def shard_count(mesh, entry) -> int:
+  """How many shards one PartitionSpec entry splits its dim into on `mesh`."""
+  return int(np.prod([mesh.shape[a] for a in spec_axes(entry)]))
+
+
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh) -> P:
   """Replicates dims the mesh axes do not divide (tiny configs on big meshes)."""
   out = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = int(np.prod([mesh.shape[a] for a in axes_t])) if axes_t else 1
+    size = shard_count(mesh, axes)
     out.append(axes if size > 1 and dim % size == 0 else None)
   return P(*out)
 

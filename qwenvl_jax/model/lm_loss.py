@@ -42,7 +42,7 @@ import numpy as np
 
 from jax.sharding import PartitionSpec as P
 
-from qwenvl_jax.sharding import active_spec, constrain
+from qwenvl_jax.sharding import active_spec, constrain, shard_count, spec_axes
 
 LOGIT_NAMES = ("act_batch", "act_length", "act_vocab")
 
@@ -121,9 +121,7 @@ def _vocab_splits_as_rows(rows: int, kernel_shape) -> bool:
   if mesh is None:
     return False
   _, row_spec = active_spec(("act_batch",), (rows,))
-  size = lambda a: int(np.prod([mesh.shape[x] for x in ((a,) if isinstance(a, str) else a or ())]))
-  vocab_shards = size(spec[1]) if len(spec) > 1 else 1
-  row_shards = size(row_spec[0]) if len(row_spec) else 1
+  vocab_shards, row_shards = shard_count(mesh, spec[1]), shard_count(mesh, row_spec[0])
   return vocab_shards > 1 and vocab_shards >= row_shards
 
 
@@ -140,11 +138,9 @@ def _vocab_parallel_head(kernel: jax.Array) -> jax.Array:
   mesh, spec = active_spec(("embed", "vocab"), kernel.shape)
   if mesh is None:
     return kernel
-  axes = lambda a: (a,) if isinstance(a, str) else tuple(a or ())
-  d_axes, v_axes = axes(spec[0]), axes(spec[1]) if len(spec) > 1 else ()
+  d_axes, v_axes = spec_axes(spec[0]), spec_axes(spec[1])
   d, v = kernel.shape
-  n_v = int(np.prod([mesh.shape[a] for a in v_axes]))
-  n_d = int(np.prod([mesh.shape[a] for a in d_axes]))
+  n_v, n_d = shard_count(mesh, spec[1]), shard_count(mesh, spec[0])
   if d_axes and v % (n_v * n_d) == 0:
     x = kernel.reshape(d, n_v, v // n_v)
     x = jax.lax.with_sharding_constraint(x, P(None, v_axes or None, d_axes))
