@@ -96,13 +96,10 @@ def build(data: pathlib.Path, mix: SftMix = SftMix()) -> tuple[pathlib.Path, pat
   for conv in _draw([c for name in CHAT_DIALOGUES for c in _read(train / name)], mix.dialogues, rng):
     first = dict(conv["conversations"][0], value=_with_image(conv["conversations"][0]["value"], train, out))
     dialogues.append({"id": conv["id"], "conversations": [first, *conv["conversations"][1:]]})
-  objects = [(rec, i) for rec in raw for i in range(len(rec.get("objects") or []))]
-  grounding = [chat_format.single_turn(f"{rec['id']}/ground{i}", image(rec),
-                           *chat_format.grounding_turn(rec["objects"][i], rec["width"], rec["height"]))
-               for rec, i in _draw(objects, mix.grounding, rng)]
-  questions = [(rec, i) for rec in raw if rec.get("objects") for i in range(len(rec.get("qa") or []))]
-  vqa = [chat_format.single_turn(f"{rec['id']}/qa{i}", image(rec), rec["qa"][i]["question"], rec["qa"][i]["answer"])
-         for rec, i in _draw(questions, mix.vqa, rng)]
+  grounding = _draw([t for rec in raw for t in chat_format.grounding_turns(rec, image(rec))],
+                    mix.grounding, rng)
+  questions = [t for rec in raw if rec.get("objects") for t in chat_format.question_turns(rec, image(rec))]
+  vqa = _draw(questions, mix.vqa, rng)
   chats = dialogues + grounding + vqa
   chats = [chats[int(i)] for i in rng.permutation(len(chats))]
   replay = [dict(rec, image=image(rec)) for rec in _draw(raw, mix.replay, rng)]

@@ -63,14 +63,21 @@ def single_turn(conv_id: str, image: str, request: str, answer: str) -> dict:
       {"from": "assistant", "value": answer}]}
 
 
-def single_turns(record: dict, image_path: str | None = None) -> list[dict]:
-  """One one-turn chat per object's grounding request ("{id}/ground{i}") and per question
-  ("{id}/qa{i}"): the items the synth_grounding_chat / synth_vqa_chat evaluations ask, in their
-  wording. Captions and text reading stay in `to_conversation`'s dialogues."""
-  path = image_path if image_path is not None else tasks.image_ref(record)
+def grounding_turns(record: dict, image_path: str) -> list[dict]:
+  """One one-turn chat per object's grounding request ("{id}/ground{i}"), as synth_grounding_chat asks."""
   w, h = record["width"], record["height"]
-  turns = [single_turn(f"{record['id']}/ground{i}", path, *grounding_turn(obj, w, h))
-           for i, obj in enumerate(record.get("objects") or [])]
-  turns += [single_turn(f"{record['id']}/qa{i}", path, qa["question"], qa["answer"])
-            for i, qa in enumerate(record.get("qa") or [])]
-  return turns
+  return [single_turn(f"{record['id']}/ground{i}", image_path, *grounding_turn(obj, w, h))
+          for i, obj in enumerate(record.get("objects") or [])]
+
+
+def question_turns(record: dict, image_path: str) -> list[dict]:
+  """One one-turn chat per question ("{id}/qa{i}"), as synth_vqa_chat asks."""
+  return [single_turn(f"{record['id']}/qa{i}", image_path, qa["question"], qa["answer"])
+          for i, qa in enumerate(record.get("qa") or [])]
+
+
+def single_turns(record: dict, image_path: str | None = None) -> list[dict]:
+  """`grounding_turns` + `question_turns`: the items the synth_grounding_chat / synth_vqa_chat
+  evaluations ask, in their wording. Captions and text reading stay in `to_conversation`'s dialogues."""
+  path = image_path if image_path is not None else tasks.image_ref(record)
+  return grounding_turns(record, path) + question_turns(record, path)
