@@ -34,7 +34,9 @@ def _rows(cfg, kind, rng):
   return [text(100), text(7), text(40)], [[], [], []]
 
 
-@pytest.mark.parametrize("kind", ["text", "images", "long"])
+# images / long take minutes each on 2 cores (CI budget): slow target; text stays in the default run
+@pytest.mark.parametrize("kind", ["text", pytest.param("images", marks=pytest.mark.slow),
+                                  pytest.param("long", marks=pytest.mark.slow)])
 def test_incremental_decoding_matches_full_forward(model, tok, kind):
   cfg = model.cfg
   rng = np.random.default_rng(0)

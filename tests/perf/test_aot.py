@@ -80,6 +80,7 @@ def test_program_flops_count_every_loop_iteration():
 # Compiled reports (CPU devices: memory is real, there is no HBM limit or peak).
 
 
+@pytest.mark.slow  # minutes on 2 cores; test_inference_reports covers the report by default
 def test_train_report_fields_and_memory_over_hbm():
   # One compile; a 1 MiB "HBM" makes the report say it does not fit instead of raising.
   r = aot.compile_train(TINY, "cpu:4", microbatches=1, hbm_bytes=2**20)

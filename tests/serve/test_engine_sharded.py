@@ -3,6 +3,8 @@ same greedy tokens as on one device, for several concurrent requests."""
 
 import threading
 
+import pytest
+
 from qwenvl_jax.config import MeshConfig
 from qwenvl_jax.infer.api import load_predictor
 from qwenvl_jax.serve.engine import BatchEngine, Request
@@ -29,6 +31,7 @@ def _run(pred, prompts, n=8):
   return outs
 
 
+@pytest.mark.slow  # minutes on 2 cores; sharded generation is checked by default in tests/infer
 def test_tensor_parallel_engine_matches_single_device(ckpt_dir):
   prompts = ["one", "two words", "three more words"]
   want = _run(load_predictor(ckpt_dir), prompts)
