@@ -4,15 +4,16 @@
 
 It lives beside the shipped base rather than in qwenvl_jax/configs/: the demo runs from a checkout.
 
-The model is the one in demo/base (made by `python -m experiments.demo_base`: the small-scale reproduction's "xs" model,
-2.6M parameters, its LLM pre-trained on the task texts alone and its ViT + adapter warmed up on the
-training annotations, never on an image-text pair); its vocabulary and image ids are read from the
-base's config.json, so config and checkpoint cannot disagree. Sized for ~2.5 CPU minutes:
+The model is the one in demo/base (made by `python -m experiments.demo_base --from-run`: the small-scale
+reproduction's "xs" model, 2.4M parameters, after its stages 0, V, 1 and 2 on its own data: it reads
+pictures when asked with the pre-training prompts, but has never seen a chat); its vocabulary and
+image ids are read from the base's config.json, so config and checkpoint cannot disagree. This is
+the reproduction's stage 3, shortened to ~3 CPU minutes:
 - ChatML conversations as the released stage 3 trains them (unpacked rows, loss on the answers), so
   the trained model answers in the chat wording the demo then asks in;
-- ViT and adapter frozen, the LLM learns to read their tokens: what the base's vision side knows
-  about where things are survives (the reproduction: every stage that trained them lost box precision, experiments/README.md), and
-  without the vision backward pass a step costs about half;
+- ViT and adapter frozen, as in the reproduction's stages 2 and 3: what the base's vision side knows
+  about where things are survives (every stage that trained them lost box precision,
+  experiments/README.md), and without the vision backward pass a step costs about half;
 - peak lr 1e-3, the reproduction's stage-2 rate (20x the paper's: a small model, few steps).
 """
 

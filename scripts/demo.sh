@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# The first-run demo (docs/demo.md), sized for ~4 minutes on a quiet 2-core CPU: a small vision-language model learns
-# to answer questions about pictures and to box the object it is asked about.
-# It starts, as Qwen-VL does, from pre-trained parts that never saw an image-text pair: demo/base
-# (5 MB, made by `python -m experiments.demo_base`), scores it on a held-out set, fine-tunes it on
-# ChatML conversations about synthetic scenes, scores it again, and asks it for a box on a held-out
-# picture. Only `qwenvl-jax` subcommands do the work; demo/report.py prints the table at the end.
+# The first-run demo (docs/demo.md), sized for ~5 minutes on a quiet 2-core CPU: Qwen-VL's stage 3 in
+# miniature. A small vision-language model pre-trained on image-text pairs (demo/base, 5 MB, made by
+# `python -m experiments.demo_base`: it reads pictures but has never seen a chat) is scored on a
+# held-out set asked in the chat wording, fine-tuned on ChatML conversations about synthetic scenes,
+# scored again, and asked for a box on a held-out picture. Only `qwenvl-jax` subcommands do the work; demo/report.py prints the table at the end.
 # Everything lands in $DEMO_OUT (default demo_out). DEMO_STEPS overrides the training steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +21,7 @@ start=$SECONDS
 banner() { printf '\n== [%3ds] %s\n' "$((SECONDS - start))" "$*"; }
 SHAPES=(--kind shapes --size 96 --max-objects 2 --radius 0.12 0.2)
 
-banner "1/7 the pre-trained base (demo/base: LLM + vision encoder, never trained together): HF -> Orbax"
+banner "1/7 the pre-trained base (demo/base: reads pictures, never saw a chat): HF -> Orbax"
 python -c "import json; b = json.load(open('demo/base/base.json')); print('made by:', b['made_by'])"
 qwenvl-jax convert --from hf --src demo/base --dst "$OUT/base" --quiet
 

@@ -144,3 +144,80 @@ def test_demo_reaches_its_goal(tmp_path):
   assert chat["well_formed"] and chat["named"] and chat["hit"], chat
   for path in summary["pictures"].values():
     assert path and pathlib.Path(path).is_file()
+
+
+@pytest.mark.slow  # ~15-55 s: two checkpoints written and read, the vision tower compiled twice
+def test_match_text_scale_brings_image_tokens_to_the_text_norm(tmp_path):
+  """`experiments.demo_base --text-scale`: only the adapter's output projection changes, by one scalar,
+  and afterwards the image tokens' mean L2 norm on the same pictures equals the text embeddings'."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from experiments.configs import xs_model
+  from experiments.demo_base import match_text_scale
+  from qwenvl_jax.ckpt.orbax_io import load_checkpoint, save_checkpoint
+  from qwenvl_jax.config import model_config_from_dict
+  from qwenvl_jax.data.preprocess import load_and_preprocess
+  from qwenvl_jax.data.synth import shapes
+  from qwenvl_jax.model.qwenvl import QwenVL
+
+  cfg = model_config_from_dict(xs_model(96, vocab_size=896).to_dict())
+  save_checkpoint(tmp_path / "src", QwenVL(cfg, rngs=nnx.Rngs(0)), cfg)
+  settings = {"size": 96, "max_objects": 3, "shape_radius": [0.12, 0.2]}
+  res = match_text_scale(tmp_path / "src", tmp_path / "dst", seed=11, settings=settings, n_images=4)
+  src, dst = load_checkpoint(tmp_path / "src")[0], load_checkpoint(tmp_path / "dst")[0]
+  images = jnp.asarray(np.stack([load_and_preprocess(
+      shapes.generate(i, seed=11, size=96, max_objects=3, radius=(0.12, 0.2))["image"], 96)
+      for i in range(4)]))[:, None]
+  norm = lambda m: float(np.linalg.norm(np.asarray(m.encode_images(images), np.float32), axis=-1).mean())
+  text = float(np.linalg.norm(np.asarray(src.llm.embed[...], np.float32), axis=-1).mean())
+  assert norm(src) == pytest.approx(res["image_token_norm"], rel=1e-3) and norm(src) > 2 * text
+  assert norm(dst) == pytest.approx(text, rel=1e-3)
+  np.testing.assert_allclose(np.asarray(dst.adapter.proj[...]),
+                             np.asarray(src.adapter.proj[...]) * res["proj_scale"], rtol=1e-3, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(dst.llm.embed[...]), np.asarray(src.llm.embed[...]))
+
+
+@pytest.mark.slow  # ~20-60 s: a checkpoint written, then converted by the CLI in a subprocess
+def test_demo_base_from_run_ships_the_runs_stage2(tmp_path):
+  """`experiments.demo_base --from-run WORK`: WORK/stage2's tensors in bf16 HF layout with the run's
+  tokenizer, and base.json naming the run's steps and stage-2 scores; nothing left half-written."""
+  import dataclasses
+
+  from flax import nnx
+  from safetensors.numpy import load_file
+
+  from experiments import demo_base
+  from experiments.configs import xs_model
+  from qwenvl_jax.ckpt.orbax_io import save_checkpoint
+  from qwenvl_jax.config import model_config_from_dict
+  from qwenvl_jax.model.qwenvl import QwenVL
+
+  hf = json.loads((BASE / "config.json").read_text())
+  cfg = model_config_from_dict(xs_model(96, vocab_size=hf["vocab_size"]).to_dict())
+  start = hf["visual"]["image_start_id"]
+  cfg = dataclasses.replace(cfg, image_start_id=start, image_end_id=start + 1, image_pad_id=start + 2)
+  run = tmp_path / "run"
+  model = QwenVL(cfg, rngs=nnx.Rngs(3))
+  save_checkpoint(run / "stage2", model, cfg, tokenizer_file=BASE / "sp.model")
+  (run / "data").mkdir()
+  (run / "data" / "manifest.json").write_text(json.dumps({"tokenizer": str(BASE / "sp.model"),
+                                                          "settings": {"size": 96}}))
+  scores = {"synth_vqa": {"metric": "exact_match", "score": 84.7, "n": 150}}
+  (run / "three_stage.json").write_text(json.dumps({
+      "steps": {"0": 3, "1": 2, "2": 5, "3": 1}, "vision_steps": 4, "stages": {"2": {"metrics": scores}},
+      "commands": [{"name": "train_stage2", "cmd": "qwenvl-jax train ..."},
+                   {"name": "train_stage3", "cmd": "qwenvl-jax train ..."}]}))
+  out = tmp_path / "base"
+  assert demo_base.main(["--from-run", str(run), "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+  made = json.loads((out / "base.json").read_text())
+  assert made["made_by"].startswith("python -m experiments.demo_base --from-run")
+  assert made["stage2_heldout"] == scores and made["vision_steps"] == 4
+  assert [c["name"] for c in made["reproduction_commands"]] == ["train_stage2"]
+  assert (out / "sp.model").read_bytes() == (BASE / "sp.model").read_bytes()
+  assert not (tmp_path / "base.tmp").exists()
+  tensors = load_file(str(next(out.glob("*.safetensors"))))
+  wte = tensors["transformer.wte.weight"]
+  assert wte.dtype.itemsize == 2
+  np.testing.assert_allclose(wte.astype(np.float32), np.asarray(model.llm.embed[...], np.float32),
+                             rtol=1e-2, atol=1e-6)  # bf16 rounding
