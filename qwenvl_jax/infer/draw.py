@@ -12,9 +12,13 @@ import os
 import pathlib
 from typing import Sequence
 
+from PIL import Image
+
 from qwenvl_jax.data.draw import draw_boxes
 from qwenvl_jax.data.preprocess import load_image
 from qwenvl_jax.text.boxes import parse_boxes_per_image
+
+MIN_SIDE = 384  # smaller pictures are enlarged before drawing, so box and phrase stay readable
 
 __all__ = ["draw_answer", "draw_boxes"]  # draw_boxes lives in data/draw.py, shared with data previews
 
@@ -28,7 +32,7 @@ def draw_answer(answer: str, images: Sequence[str | os.PathLike], out_dir: str |
   """
   if not images:
     return []
-  pictures = [load_image(p) for p in images]
+  pictures = [_viewable(load_image(p)) for p in images]
   per_image = parse_boxes_per_image(answer, [p.size for p in pictures], divisor=1000)
   out_dir = pathlib.Path(out_dir)
   written = []
@@ -40,3 +44,12 @@ def draw_answer(answer: str, images: Sequence[str | os.PathLike], out_dir: str |
     draw_boxes(pic, boxes).save(path)
     written.append(path)
   return written
+
+
+def _viewable(picture: Image.Image) -> Image.Image:
+  """`picture` enlarged by a whole factor (nearest pixel) until its short side is >= MIN_SIDE: a 96 px
+  training picture is too small to read a drawn phrase on. Boxes parse against the enlarged size."""
+  factor = -(-MIN_SIDE // max(1, min(picture.size)))
+  if factor <= 1:
+    return picture
+  return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)

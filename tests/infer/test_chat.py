@@ -143,10 +143,12 @@ def test_draw_boxes_on_latest_picture(tmp_path, picture_paths):
   paths = draw_answer(answer, picture_paths[:2], tmp_path, stem="t1")
   assert [p.name for p in paths] == ["t1_picture2.png"]
   drawn = np.asarray(Image.open(paths[0]).convert("RGB")).astype(int)
-  orig = np.asarray(Image.open(picture_paths[1]).convert("RGB")).astype(int)
-  w, h = Image.open(picture_paths[1]).size  # 40 x 80: box (4, 16)-(20, 64) by x/1000*w
-  assert (drawn[40, 20] != orig[40, 20]).any() and (drawn[16, 12] != orig[16, 12]).any()
-  assert (drawn[40, 12] == orig[40, 12]).all()  # inside the box, untouched
+  small = Image.open(picture_paths[1]).convert("RGB")  # 40 x 80: drawn enlarged 10x to 400 x 800
+  assert drawn.shape == (800, 400, 3)
+  orig = np.repeat(np.repeat(np.asarray(small).astype(int), 10, axis=0), 10, axis=1)
+  # box (40, 160)-(200, 640) by x/1000*w of the enlarged picture: its edges are drawn
+  assert (drawn[400, 200] != orig[400, 200]).any() and (drawn[160, 120] != orig[160, 120]).any()
+  assert (drawn[400, 120] == orig[400, 120]).all()  # inside the box, untouched
   assert draw_answer("no boxes here", picture_paths[:2], tmp_path) == []
 
 
