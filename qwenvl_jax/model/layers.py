@@ -208,7 +208,7 @@ def scan_layers(body: Callable, carry, stacked: nnx.Module, *xs, remat: str = "n
   if group > 1 and remat != "none" and scan and not has_ys:
     return _scan_groups(body, carry, stacked, xs, remat, n_layers, group)
   if remat != "none":
-    body = nnx.remat(_per_layer_casts(body), policy=REMAT_POLICIES[remat])
+    body = nnx.remat(body, policy=REMAT_POLICIES[remat])
   if scan:
     in_axes = (nnx.Carry, 0) + (0,) * len(xs)
     out_axes = (nnx.Carry, 0) if has_ys else nnx.Carry
@@ -226,20 +226,6 @@ def scan_layers(body: Callable, carry, stacked: nnx.Module, *xs, remat: str = "n
   if has_ys:
     return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
   return carry
-
-
-def _per_layer_casts(body: Callable) -> Callable:
-  """`body` with its layer's parameters passed through an optimisation barrier first. Without it
-  XLA moves the fp32 -> bf16 cast of each weight out of the layer loop, i.e. casts the whole
-  stack of layers at once and keeps those bf16 copies through the forward and backward passes
-  (3.3 GiB per chip of the 7B's LLM weights at fsdp 16, four copies of each); behind the barrier
-  each layer's slice is cast when the layer runs. Same values."""
-
-  def pinned(carry, layer, *xs):
-    graphdef, state = nnx.split(layer)
-    return body(carry, nnx.merge(graphdef, jax.lax.optimization_barrier(state)), *xs)
-
-  return pinned
 
 
 def _scan_groups(body, carry, stacked, xs, remat, n_layers, group):
