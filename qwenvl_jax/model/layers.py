@@ -8,6 +8,8 @@ dtype; matmuls run in the compute dtype with float32 master weights cast on use.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Callable, Sequence
 
@@ -194,12 +196,17 @@ REMAT_POLICIES = {
 
 
 def scan_layers(body: Callable, carry, stacked: nnx.Module, *xs, remat: str = "none",
-                scan: bool = True, n_layers: int, has_ys: bool = False):
+                scan: bool = True, n_layers: int, has_ys: bool = False, group: int = 1):
   """Runs `body(carry, layer, *x_i) -> carry | (carry, y)` over stacked layers.
 
   With `scan=True` the layers run under `nnx.scan`, so compile time does not grow with depth;
   `remat` chooses what the backward pass recomputes. `scan=False` unrolls (debugging, profiles).
+  `group > 1` (with remat and scan, no ys): a scan over groups of `group` layers, each group
+  rematerialised as a whole around the per-layer scan, so the backward keeps n_layers / group +
+  group layer inputs instead of n_layers, for one more forward pass (same values).
   """
+  if group > 1 and remat != "none" and scan and not has_ys:
+    return _scan_groups(body, carry, stacked, xs, remat, n_layers, group)
   if remat != "none":
     body = nnx.remat(body, policy=REMAT_POLICIES[remat])
   if scan:
@@ -218,6 +225,22 @@ def scan_layers(body: Callable, carry, stacked: nnx.Module, *xs, remat: str = "n
       carry = out
   if has_ys:
     return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+  return carry
+
+
+def _scan_groups(body, carry, stacked, xs, remat, n_layers, group):
+  graphdef, state = nnx.split(stacked)
+  regroup = lambda a: a.reshape(n_layers // group, group, *a.shape[1:])
+
+  @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+  def run_group(carry, group_state, group_xs):
+    layers_ = nnx.merge(graphdef, group_state)
+    return scan_layers(body, carry, layers_, *group_xs, remat=remat, n_layers=group)
+
+  def step(carry, inputs):
+    return run_group(carry, *inputs), None
+
+  carry, _ = jax.lax.scan(step, carry, jax.tree.map(regroup, (state, xs)))
   return carry
 
 

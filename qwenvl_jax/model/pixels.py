@@ -51,4 +51,43 @@ def stack_rows(rows, batch: int, size: int, slots: int) -> np.ndarray:
   return out
 
 
+LANES = 128  # a TPU vreg's minor dimension
+
+
+def pack_lanes(images: np.ndarray) -> np.ndarray:
+  """Host side: uint8 [..., S, S, 3] -> the same bytes as little-endian uint32 words, shaped
+  [..., S*S*3 / 512, 128] (or [..., S, S*3 / 4] where 512 does not divide S*S*3); unchanged when S
+  is not a multiple of 4. Why: a [B, M, S, S, 3] uint8 array's minor dimension of 3 makes the TPU
+  lay it out with the row dimension minor-most, and uint8 tiles differently from the 32-bit values
+  the ViT's input is computed in; slicing one microbatch's rows out of either costs a relayout copy
+  of the whole step's pixels (1 GiB per chip at the paper's stage-2 batch). 32-bit words in
+  128-wide rows are tiled alike everywhere. A view on the host; `unpack_lanes` inverts it."""
+  *lead, s, s2, c = images.shape
+  n = s * s2 * c
+  if n % (4 * LANES) and (s2 * c) % 4:
+    return images
+  words = np.ascontiguousarray(images).reshape(*lead, n // 4, 4).view("<u4")[..., 0]
+  return words.reshape(*lead, n // (4 * LANES), LANES) if n % (4 * LANES) == 0 \
+      else words.reshape(*lead, s, s2 * c // 4)
+
+
+def unpack_lanes(words, size: int):
+  """Device side (jnp): `pack_lanes`'s output -> uint8 [..., size, size, 3] (bytes by shifts, so
+  the result does not depend on the device's byte order)."""
+  import jax.numpy as jnp
+
+  if words.dtype == jnp.uint8:
+    return words
+  lead = words.shape[:-2]
+  shifts = jnp.arange(4, dtype=jnp.uint32) * 8
+  pixels_ = ((words[..., None] >> shifts) & 0xFF).astype(jnp.uint8)
+  return pixels_.reshape(*lead, size, size, 3)
+
+
+def abstract_packed(shape: tuple) -> tuple:
+  """(shape, dtype) `pack_lanes` gives for uint8 images of `shape` (AOT batches)."""
+  out = pack_lanes(np.zeros((1, *shape[-3:]), np.uint8))
+  return (*shape[:-3], *out.shape[1:]), out.dtype
+
+
 _TABLE = normalize_host(np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1))  # [256, 3]

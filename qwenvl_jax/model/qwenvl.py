@@ -79,7 +79,7 @@ class QwenVL(nnx.Module):
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.visual = VisionTransformer(cfg.vision, remat=cfg.remat, scan_layers=cfg.scan_layers,
-                                    attention=cfg.attention, **kw)
+                                    attention=cfg.attention, remat_group=cfg.vit_remat_group, **kw)
     self.adapter = Adapter(cfg.adapter, cfg.vision, cfg.llm.hidden, **kw)
     self.llm = QwenLM(cfg.llm, remat=cfg.remat, scan_layers=cfg.scan_layers,
                       attention=cfg.attention, **kw)

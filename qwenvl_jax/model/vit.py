@@ -93,10 +93,11 @@ class VisionTransformer(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
                param_dtype=jnp.float32, remat: str = "none", scan_layers: bool = True,
-               attention: str = "xla"):
+               attention: str = "xla", remat_group: int = 1):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = remat
+    self.remat_group = remat_group
     self.scan = scan_layers
     p = cfg.patch_size
     # conv1 stored as [kh, kw, c_in, width] (HWIO); patches are flattened in the same order.
@@ -138,4 +139,5 @@ class VisionTransformer(nnx.Module):
       return block(x, windowed)
 
     return layers.scan_layers(body, x, self.blocks, jnp.asarray(self.window_flags()),
-                              remat=self.remat, scan=self.scan, n_layers=self.cfg.layers)
+                              remat=self.remat, scan=self.scan, n_layers=self.cfg.layers,
+                              group=self.remat_group)

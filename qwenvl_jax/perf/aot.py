@@ -131,7 +131,10 @@ def _memory(compiled, hbm: float | None) -> dict:
   m = compiled.memory_analysis()
   out = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,
              aliased=m.alias_size_in_bytes, temporaries=m.temp_size_in_bytes,
-             generated_code=m.generated_code_size_in_bytes)
+             generated_code=m.generated_code_size_in_bytes,
+             # Host memory (pinned_host: offloaded optimizer state): not in the HBM total.
+             host_arguments=getattr(m, "host_argument_size_in_bytes", 0),
+             host_temporaries=getattr(m, "host_temp_size_in_bytes", 0))
   out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
                   + out["generated_code"])
   out["hbm"] = hbm
@@ -276,6 +279,9 @@ def abstract_train_batch(rows: int, seq_len: int, images_per_row: int, image_siz
     shapes["images"] = ((rows, images_per_row, image_size, image_size, 3), jnp.uint8)
     shapes["num_images"] = ((rows,), jnp.int32)
   plain = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
+  if images_per_row:  # as the training loop sends it (TrainStep.device_batch: lane-packed pixels)
+    from qwenvl_jax.model.pixels import abstract_packed
+    plain["images"] = jax.ShapeDtypeStruct(*abstract_packed(plain["images"].shape))
   sh = batch_shardings(plain)
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in plain.items()}
 
@@ -505,6 +511,10 @@ def format_report(r: dict) -> str:
     rows += [("memory / chip", f"arguments {_gib(mem['arguments'])}, outputs {_gib(mem['outputs'])} "
                                f"(aliased {_gib(mem['aliased'])}), temporaries "
                                f"{_gib(mem['temporaries'])}, code {_gib(mem['generated_code'])}")]
+    if mem.get("host_arguments") or mem.get("host_temporaries"):
+      rows += [("host memory / chip", f"arguments {_gib(mem['host_arguments'])}, temporaries "
+                                      f"{_gib(mem['host_temporaries'])} (pinned host memory, "
+                                      f"not HBM: offloaded optimizer state)")]
   fit = {True: "fits", False: "DOES NOT FIT", None: "no HBM limit"}[mem["fits"]]
   total = mem.get("total")
   if total is None and "temporaries_at_least" in mem:

@@ -200,7 +200,7 @@ def _start(run: setup_lib.Run, resume: bool, init: str | None, iterator: Iterato
 def train_step(run: setup_lib.Run, state, host_batch: dict, step: int, ctx: dict):
   """One optimizer step on this process's rows: (new state, metrics record, finite)."""
   train_cfg = run.train_cfg
-  batch = to_global(host_batch, run.mesh, train_cfg.batch_size)
+  batch = to_global(run.train_step.device_batch(host_batch), run.mesh, train_cfg.batch_size)
   t0 = time.perf_counter()
   state, m = run.train_step(state, batch)
   m = jax.device_get(m)

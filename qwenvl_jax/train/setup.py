@@ -124,7 +124,8 @@ def setup(config, mesh: Mesh | None = None, workdir: str | pathlib.Path | None =
       train_cfg = dataclasses.replace(
           train_cfg, optim=dataclasses.replace(train_cfg.optim, frozen=frozen))
     tx, label_tree = optim.make_optimizer(train_cfg.optim, model_cfg, abs_params, train_cfg.steps)
-    abstract = state_lib.abstract_state(abs_params, abs_buffers, tx, mesh)
+    abstract = state_lib.abstract_state(abs_params, abs_buffers, tx, mesh,
+                                           train_cfg.optim.offload_moments)
   run = Run(config, train_cfg, model_cfg, lora_cfg, mesh, rules, graphdef, tx, label_tree, abstract,
             make_model, dropout=lora_cfg.enabled and lora_cfg.dropout > 0)
   run.train_step = TrainStep(run)

@@ -61,11 +61,18 @@ def abstract_model(make_model: Callable[[], nnx.Module], mesh: Mesh):
           jax.tree.map(_sharded_struct, buffers.to_pure_dict(), buffer_sh))
 
 
-def abstract_state(abs_params: dict, abs_buffers: dict, tx, mesh: Mesh) -> TrainState:
-  """The abstract train state: the optimizer's state shaped by `tx`, sharded like the parameters."""
+HOST, DEVICE = "pinned_host", "device"
+
+
+def abstract_state(abs_params: dict, abs_buffers: dict, tx, mesh: Mesh,
+                   offload_moments: bool = False) -> TrainState:
+  """The abstract train state: the optimizer's state shaped by `tx`, sharded like the parameters;
+  with `offload_moments` the parameter-shaped leaves (Adam moments) live in pinned host memory."""
   replicated = NamedSharding(mesh, P())
   abs_opt = jax.eval_shape(tx.init, abs_params)
   param_sh = jax.tree.map(lambda x: x.sharding, abs_params)
+  if offload_moments:
+    param_sh = jax.tree.map(lambda s: s.with_memory_kind(HOST), param_sh)
   opt_sh = opt_state_shardings(abs_opt, abs_params, param_sh, replicated)
   return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
                     params=abs_params, buffers=abs_buffers,
@@ -90,6 +97,19 @@ def opt_state_shardings(abs_opt, params: dict, param_sh: dict, replicated: Named
     return replicated
 
   return jax.tree_util.tree_map_with_path(pick, abs_opt)
+
+
+def onto_device(tree, shardings):
+  """Inside jit: the leaves whose home (`shardings`) is host memory, copied to the device with the
+  same partitioning; the others as they are."""
+  return jax.tree.map(lambda x, s: jax.device_put(x, s.with_memory_kind(DEVICE))
+                      if s.memory_kind == HOST else x, tree, shardings)
+
+
+def back_home(tree, shardings):
+  """Inside jit: the leaves whose home is host memory, copied back there (`onto_device`'s inverse)."""
+  return jax.tree.map(lambda x, s: jax.device_put(x, s) if s.memory_kind == HOST else x,
+                      tree, shardings)
 
 
 def new_state(abstract: TrainState, tx, params: dict, buffers: dict, step: int = 0) -> TrainState:
