@@ -1,8 +1,8 @@
 """The small-scale reproduction in one command: data + vocabulary, stage 1 -> 2 -> 3, evaluation after each.
 
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
-      [--steps 0:300,1:200,2:7500,3:1500] [--vision-steps 4500] [--eval-limit 150]
-      [--sft-mix dialogues=12000,grounding=20000,vqa=16000,replay=20000] [--reuse OTHER_WORK]
+      [--steps 0:300,1:200,2:7500,3:3000] [--vision-steps 4500] [--eval-limit 150]
+      [--sft-mix dialogues=12000,grounding=20000,vqa=32000,replay=40000] [--reuse OTHER_WORK]
 
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).
@@ -172,7 +172,7 @@ def main(argv=None):
                  help="extra config override for every stage")
   p.add_argument("--no-chat", action="store_true")
   p.add_argument("--sft-mix", default="", help="stage-3 mixture counts (experiments/sft_mixture.py), "
-                 "e.g. dialogues=12000,grounding=20000,vqa=16000,replay=20000,seed=0")
+                 "e.g. dialogues=12000,grounding=20000,vqa=32000,replay=40000,seed=0")
   p.add_argument("--reuse", default="", help="a work dir whose data and stages 0-2 this run links to "
                  "(only stage 3 trains)")
   args = p.parse_args(argv)
