@@ -96,8 +96,11 @@ def main(argv=None):
     made = {"data": manifest["settings"], "steps": reproduction["steps"],
             "vision_steps": reproduction["vision_steps"],
             "stage2_heldout": reproduction["stages"]["2"]["metrics"],
-            "reproduction_commands": [c for c in reproduction["commands"]
-                                      if c.get("name", "").endswith(("stage1", "stage2", "warmup", "data"))]}
+            # the run's own directory written as WORK (made_by's name for it), not this machine's path
+            "reproduction_commands": json.loads(json.dumps(
+                [c for c in reproduction["commands"]
+                 if c.get("name", "").endswith(("stage1", "stage2", "warmup", "data"))]
+            ).replace(str(run.resolve()), "WORK"))}
     made_by = ("python -m experiments.demo_base --from-run WORK "
                f"(WORK: python -m experiments.three_stage, steps {reproduction['steps']})")
   elif args.vision_from:

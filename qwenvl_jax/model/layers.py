@@ -9,7 +9,6 @@ dtype; matmuls run in the compute dtype with float32 master weights cast on use.
 from __future__ import annotations
 
 import functools
-
 import math
 from typing import Callable, Sequence
 
