@@ -175,6 +175,9 @@ def main(argv=None):
                  "e.g. dialogues=12000,grounding=20000,vqa=32000,replay=40000,seed=0")
   p.add_argument("--reuse", default="", help="a work dir whose data and stages 0-2 this run links to "
                  "(only stage 3 trains)")
+  p.add_argument("--stage2-ckpt", default="", help="a stage-2 checkpoint to start stage 3 from (e.g. the "
+                 "shipped demo/base after `qwenvl-jax convert --from hf`): stages 0-1 do not run, and it is "
+                 "evaluated as the stage-2 row; WORK/data must be the data it was trained on")
   args = p.parse_args(argv)
   try:
     sft_mix = sft_mixture.SftMix.parse(args.sft_mix)
@@ -189,6 +192,7 @@ def main(argv=None):
   report = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": steps,
             "vision_steps": args.vision_steps, "sft_mix": dataclasses.asdict(sft_mix),
             "reused_stages_from": args.reuse or None, "reused_commands": reused_commands,
+            "stage2_ckpt": args.stage2_ckpt or None,
             "overrides": args.overrides,
             "cpu_count": __import__("os").cpu_count(), "commands": [], "stages": {}}
   t_start = time.perf_counter()
@@ -205,9 +209,12 @@ def main(argv=None):
   root = eval_root(data, work / "evaldata")
 
   init = None
-  for stage in (0, 1, 2, 3):
-    wd = work / f"stage{stage}"
-    if (wd / "checkpoints" / str(steps[stage])).is_dir():  # finished before: rerunning resumes here
+  given_stage2 = pathlib.Path(args.stage2_ckpt) if args.stage2_ckpt else None
+  for stage in (2, 3) if given_stage2 else (0, 1, 2, 3):
+    wd = given_stage2 if stage == 2 and given_stage2 else work / f"stage{stage}"
+    if wd == given_stage2:
+      print(f"stage 2: using the given checkpoint {wd}")
+    elif (wd / "checkpoints" / str(steps[stage])).is_dir():  # finished before: rerunning resumes here
       print(f"stage {stage}: using the finished {wd}")
     else:
       record(f"train_stage{stage}", common.run(
