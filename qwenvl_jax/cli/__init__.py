@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pathlib
 import pkgutil
 import sys
 
@@ -50,11 +51,33 @@ def quiet_library_logs():
   absl_logging.set_verbosity(absl_logging.ERROR)
 
 
+GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+
+
+def skip_absent_tpu(dev: str = "/dev") -> bool:
+  """On a host without a TPU, the pinned libtpu (installed for `aot`'s TPU topologies) still tries to
+  find one when JAX starts and prints half a dozen lines about hostnames and accelerator types before
+  falling back to the CPU. When the user chose no platform, libtpu is installed, no TPU device node
+  exists (/dev/accel* on v2-v5e, /dev/vfio/N on v5p and later) and no GPU plugin is installed, run on
+  the CPU directly. -> whether JAX_PLATFORMS was set."""
+  import importlib.util
+  if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+    return False
+  root = pathlib.Path(dev)
+  if any(root.glob("accel*")) or any(p.name.isdigit() for p in root.glob("vfio/*")):
+    return False
+  if any(importlib.util.find_spec(name) for name in GPU_PLUGINS):
+    return False
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  return True
+
+
 def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   if not getattr(args, "debug", False) and os.environ.get("QWENVL_JAX_LIBRARY_LOGS") != "1":
     quiet_library_logs()
+  skip_absent_tpu()
   try:
     return int(args.handler(args) or 0)
   except (UserError, OSError, ValueError, KeyError) as e:  # OSError: missing, unwritable, disk full
