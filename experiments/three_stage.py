@@ -3,6 +3,7 @@
   python -m experiments.three_stage [--work runs/exp11/full] [--results experiments/results/three_stage]
       [--steps 0:300,1:200,2:7500,3:3000] [--vision-steps 4500] [--eval-limit 150]
       [--sft-mix dialogues=12000,grounding=20000,vqa=32000,replay=40000] [--reuse OTHER_WORK]
+      [--stage2-ckpt CKPT]   (stage 3 alone from a given stage 2, e.g. demo/base converted to Orbax)
 
 1. `experiments.prepare_data`: synthetic shapes + one-word text images, held-out sets from another
    seed, a SentencePiece vocabulary trained on the training text (skipped if WORK/data exists).

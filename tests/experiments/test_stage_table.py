@@ -62,3 +62,37 @@ def test_reuse_links_the_finished_stages_and_their_recorded_commands(tmp_path):
     three_stage.reuse_stages(work, other)
   with pytest.raises(SystemExit, match="does not exist"):
     three_stage.reuse_stages(tmp_path / "w2", tmp_path / "missing")
+
+
+def test_stage2_ckpt_trains_only_stage3_from_the_given_checkpoint(tmp_path, monkeypatch):
+  """`--stage2-ckpt`: stages 0-1 never run, the given checkpoint is evaluated as the stage-2 row and
+  stage 3 starts from it (commands captured, nothing trained)."""
+  work, given = tmp_path / "work", tmp_path / "base"
+  data = work / "data"
+  (data / "heldout").mkdir(parents=True)
+  for name in ("shapes.jsonl", "words.jsonl"):
+    (data / "heldout" / name).write_text(json.dumps({"image": "a.png"}) + "\n")
+  (data / "manifest.json").write_text(json.dumps(
+      {"padded_vocab_size": 896, "image_start_id": 1, "image_end_id": 2, "image_pad_id": 3, "tokenizer": "t"}))
+  ran = []
+
+  def fake_run(cmd, log):
+    ran.append(cmd)
+    return {"cmd": " ".join(map(str, cmd)), "seconds": 1, "last_line": "[]"}
+
+  monkeypatch.setattr(three_stage.common, "run", fake_run)
+  monkeypatch.setattr(three_stage, "scores", lambda line: {})
+  monkeypatch.setattr(three_stage, "grounding_breakdown", lambda *a: {})
+  monkeypatch.setattr(three_stage.sft_mixture, "paths", lambda data, mix: ("chat.jsonl",))
+  monkeypatch.setattr(three_stage.stage_table, "markdown", lambda report: "")
+  import experiments.plots
+  monkeypatch.setattr(experiments.plots, "three_stage_plots", lambda *a: None)
+  assert three_stage.main(["--work", str(work), "--results", str(tmp_path / "results"),
+                           "--stage2-ckpt", str(given), "--no-chat"]) == 0
+  trains = [c for c in ran if c[:2] == ["qwenvl-jax", "train"]]
+  evals = [c for c in ran if c[:2] == ["qwenvl-jax", "eval"]]
+  assert len(trains) == 1 and "experiments/configs.py:stage3" in trains[0]
+  assert trains[0][trains[0].index("--init") + 1] == str(given)
+  assert [c[c.index("--ckpt") + 1] for c in evals] == [str(given), str(work / "stage3")]
+  report = json.loads((work / "three_stage.json").read_text())
+  assert report["stage2_ckpt"] == str(given) and sorted(report["stages"]) == ["2", "3"]
