@@ -17,7 +17,9 @@ transpose of at least one layer's keys for all rows, or a dynamic-update-slice /
 that much): the signature of a cache copied per step instead of written one column in place.
 `--threads 1` pins the process to one core with single-threaded XLA (0: XLA's default pool).
 `--profile` adds, per ring and row count, a jax.profiler breakdown of one chunk's XLA ops
-(categories and top ops as in profile_step.py).
+(categories and top ops as in profile_step.py). `--xla-default` also times the same chunk (and the
+weight products) compiled without the engine's XLA options (`decode_compiler_options`), alternating
+with the engine's: the A/B of those options under the same load.
 """
 
 from __future__ import annotations
@@ -67,10 +69,11 @@ def op_sources(hlo: str) -> dict[str, str]:
   return out
 
 
-def matmul_floor(state, rows, rounds: int) -> list[dict]:
+def matmul_floor(state, rows, rounds: int, variants: dict[str, dict]) -> list[dict]:
   """The LLM's weight products alone, x [B, K] @ W for every matrix of a decode step (no attention,
-  norms or sampling), in one jit: the floor of a step's cost with XLA on this CPU, and so about the
-  best batch ratio a decode step can reach here."""
+  norms or sampling), in one jit per set of XLA options in `variants` (timed alternately): the floor
+  of a step's cost with XLA on this CPU, and so about the best batch ratio a decode step can reach
+  here. Also the same products in numpy (its BLAS, one call per matrix) for reference."""
   import jax
   import numpy as np
 
@@ -81,27 +84,34 @@ def matmul_floor(state, rows, rounds: int) -> list[dict]:
       x = np.asarray(x)
       mats.append(x.reshape(-1, x.shape[-1]) if "'out'" in key else x.reshape(x.shape[0], -1))
   ws = [jax.numpy.asarray(m) for m in mats]
-  f = jax.jit(lambda xs, ws: sum((x @ w).sum() for x, w in zip(xs, ws)))
   flops = sum(2 * m.size for m in mats)
-  out, base = [], None
-  print(f"weight products alone ({len(mats)} matrices, {flops / 2e6:.0f}M parameters): rows | "
-        f"ms cpu | tok/s | x of 1 row | GFLOP/s", flush=True)
-  xs_of = {b: [jax.numpy.ones((b, m.shape[0]), np.float32) for m in mats] for b in rows}
-  best = {b: float("inf") for b in rows}
-  for b in rows:
-    jax.block_until_ready(f(xs_of[b], ws))
-  for _ in range(rounds):
+  products = lambda xs, ws: sum((x @ w).sum() for x, w in zip(xs, ws))
+  fns = {name: (lambda xs, f=jax.jit(products, compiler_options=opts): f(xs, ws))
+         for name, opts in variants.items()}
+  fns["numpy"] = lambda xs: sum((x @ w).sum() for x, w in zip(xs, mats))
+  xs_of = {b: [np.ones((b, m.shape[0]), np.float32) for m in mats] for b in rows}
+  jxs_of = {b: [jax.numpy.asarray(x) for x in xs] for b, xs in xs_of.items()}
+  best = {(n, b): float("inf") for n in fns for b in rows}
+  for rnd in range(rounds + 1):  # round 0 compiles and warms
+    for name, f in fns.items():
+      for b in rows:
+        xs = xs_of[b] if name == "numpy" else jxs_of[b]
+        t = time.process_time()
+        jax.block_until_ready(f(xs))
+        if rnd:
+          best[name, b] = min(best[name, b], time.process_time() - t)
+  out = []
+  for name in fns:
+    print(f"weight products alone, {name} ({len(mats)} matrices, {flops / 2e6:.0f}M parameters): "
+          f"rows | ms cpu | tok/s | x of 1 row | GFLOP/s", flush=True)
+    base = None
     for b in rows:
-      t = time.process_time()
-      jax.block_until_ready(f(xs_of[b], ws))
-      best[b] = min(best[b], time.process_time() - t)
-  for b in rows:
-    xla = best[b]
-    base = base or 1 / xla
-    out.append({"rows": b, "ms_cpu": round(xla * 1e3, 2), "x_of_1_row": round(b / xla / base, 2),
-                "gflops": round(b * flops / xla / 1e9, 1)})
-    print(f"  {b:>3} | {xla * 1e3:6.2f} | {b / xla:7.0f} | {b / xla / base:5.2f} | "
-          f"{b * flops / xla / 1e9:5.1f}", flush=True)
+      t = best[name, b]
+      base = base or 1 / t
+      out.append({"variant": name, "rows": b, "ms_cpu": round(t * 1e3, 2),
+                  "x_of_1_row": round(b / t / base, 2), "gflops": round(b * flops / t / 1e9, 1)})
+      print(f"  {b:>3} | {t * 1e3:6.2f} | {b / t:7.0f} | {b / t / base:5.2f} | "
+            f"{b * flops / t / 1e9:5.1f}", flush=True)
   return out
 
 
@@ -146,10 +156,13 @@ def main():
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--threads", type=int, default=1, help="1: one core, single-threaded XLA")
   p.add_argument("--profile", action="store_true", help="XLA op breakdown of one chunk per shape")
+  p.add_argument("--xla-default", action="store_true",
+                 help="also time the chunk compiled without the engine's XLA options (A/B)")
   p.add_argument("--top", type=int, default=8)
   p.add_argument("--json", default=None)
   args = p.parse_args()
   if args.threads == 1:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's reference products: one core too
     import harness
 
     harness.pin_to_one_core()
@@ -160,7 +173,7 @@ def main():
   from flax import nnx
 
   from qwenvl_jax.config import load_model_config
-  from qwenvl_jax.infer.generate import Generator
+  from qwenvl_jax.infer.generate import Generator, decode_compiler_options
   from qwenvl_jax.model.llm import init_cache, per_layer_cache
   from qwenvl_jax.model.qwenvl import QwenVL
   from qwenvl_jax.serve.engine import decode_chunk_fn
@@ -171,12 +184,16 @@ def main():
                   valid_vocab=llm.vocab_size)
   llm_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(gen.state)
                    if "llm" in jax.tree_util.keystr(path) and x.ndim >= 2)
-  chunk = decode_chunk_fn(gen, args.steps)
+  variants = {"engine": decode_compiler_options()}
+  chunks = {"engine": decode_chunk_fn(gen, args.steps)}
+  if args.xla_default:
+    variants["xla default"] = {}
+    chunks["xla default"] = decode_chunk_fn(gen, args.steps, compiler_options={})
   slots = max(args.rows)
   print(f"# {args.config}: LLM {llm_params / 1e6:.1f}M matrix parameters "
         f"({llm_params * 4 / 2**20:.0f} MiB f32 read per step at any row count; "
         f"{2 * llm_params / 1e6:.0f} MFLOP per row-token); threads {args.threads}; "
-        f"load {os.getloadavg()[0]:.1f}", flush=True)
+        f"engine XLA options {variants['engine']}; load {os.getloadavg()[0]:.1f}", flush=True)
 
   def ring_of(n_cols):
     ring = init_cache(llm, slots, n_cols, jnp.float32)
@@ -195,47 +212,58 @@ def main():
   rows_out = []
   for n_cols in args.rings:
     ring, ctx = ring_of(n_cols)
-    movers, sources = {}, {}
-    for b in args.rows:
-      hlo = chunk.lower(gen.state, ring, *inputs(b, ctx)).compile().as_text()
-      movers[b] = cache_movers(hlo, b * n_cols * llm.heads * llm.head_dim)
-      sources[b] = op_sources(hlo)
-      out, ring = chunk(gen.state, ring, *inputs(b, ctx))  # compile + warm
-      jax.block_until_ready(out)
-    best = {b: (float("inf"), float("inf")) for b in args.rows}
+    movers, sources, tokens = {}, {}, {}
+    for name, chunk in chunks.items():
+      for b in args.rows:
+        hlo = chunk.lower(gen.state, ring, *inputs(b, ctx)).compile().as_text()
+        movers[name, b] = cache_movers(hlo, b * n_cols * llm.heads * llm.head_dim)
+        sources[name, b] = op_sources(hlo)
+        out, ring = chunk(gen.state, ring, *inputs(b, ctx))  # compile + warm
+        jax.block_until_ready(out)
+        ring, _ = ring_of(n_cols)
+        tokens[name, b] = np.asarray(chunk(gen.state, ring, *inputs(b, ctx))[0])
+        ring, _ = ring_of(n_cols)
+    best = {key: (float("inf"), float("inf")) for key in movers}
     for _ in range(args.rounds):
+      for name, chunk in chunks.items():
+        for b in args.rows:
+          ring, _ = ring_of(n_cols)  # same start state each round (the chunk moves the write index)
+          jax.block_until_ready(ring)
+          w0, c0 = time.perf_counter(), time.process_time()
+          out, ring = chunk(gen.state, ring, *inputs(b, ctx))
+          jax.block_until_ready((out, ring))
+          wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+          best[name, b] = (min(best[name, b][0], wall), min(best[name, b][1], cpu))
+    for name in chunks:
+      same = all((tokens[name, b] == tokens["engine", b]).all() for b in args.rows)
+      print(f"ring {n_cols} columns ({ctx} context), {name}{'' if same else ' (TOKENS DIFFER)'}: "
+            f"rows | ms/step wall | ms/step cpu | tok/s (cpu) | x of 1 row | cache-sized "
+            f"copy/transpose/DUS ops in the chunk", flush=True)
+      base = None
       for b in args.rows:
-        ring, _ = ring_of(n_cols)  # same start state each round (the chunk moves the write index)
-        jax.block_until_ready(ring)
-        w0, c0 = time.perf_counter(), time.process_time()
-        out, ring = chunk(gen.state, ring, *inputs(b, ctx))
-        jax.block_until_ready((out, ring))
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        best[b] = (min(best[b][0], wall), min(best[b][1], cpu))
-    print(f"ring {n_cols} columns ({ctx} context): rows | ms/step wall | ms/step cpu | tok/s (cpu) "
-          f"| x of 1 row | cache-sized copy/transpose/DUS ops in the chunk", flush=True)
-    base = None
-    for b in args.rows:
-      wall, cpu = (t / args.steps for t in best[b])
-      tps = b / cpu
-      base = base or tps
-      moved = ", ".join(f"{k} {v}" for k, v in sorted(movers[b].items())) or "none"
-      print(f"  {b:>3} | {wall * 1e3:8.1f} | {cpu * 1e3:8.1f} | {tps:7.1f} | {tps / base:5.2f} | "
-            f"{moved}", flush=True)
-      rows_out.append({"ring": n_cols, "rows": b, "ms_step_wall": round(wall * 1e3, 2),
-                       "ms_step_cpu": round(cpu * 1e3, 2), "tokens_per_s_cpu": round(tps, 1),
-                       "x_of_1_row": round(tps / base, 2), "cache_movers": movers[b]})
+        wall, cpu = (t / args.steps for t in best[name, b])
+        tps = b / cpu
+        base = base or tps
+        moved = ", ".join(f"{k} {v}" for k, v in sorted(movers[name, b].items())) or "none"
+        print(f"  {b:>3} | {wall * 1e3:8.1f} | {cpu * 1e3:8.1f} | {tps:7.1f} | {tps / base:5.2f} | "
+              f"{moved}", flush=True)
+        rows_out.append({"variant": name, "ring": n_cols, "rows": b,
+                         "ms_step_wall": round(wall * 1e3, 2), "ms_step_cpu": round(cpu * 1e3, 2),
+                         "tokens_per_s_cpu": round(tps, 1), "x_of_1_row": round(tps / base, 2),
+                         "cache_movers": movers[name, b], "same_tokens": bool(same)})
     if args.profile:
-      for b in args.rows:
-        def one(b=b):
-          fresh, _ = ring_of(n_cols)
-          jax.block_until_ready(chunk(gen.state, fresh, *inputs(b, ctx)))
-        wall, ops = profile_ops(one)
-        ops = collections.Counter({f"{k} ({sources[b].get(k, '?')})": v for k, v in ops.items()})
-        profile_step.summarize(f"ring {n_cols}, {b} rows, one {args.steps}-step chunk", wall, ops,
-                               profile_step.xla_category, args.top)
+      for name, chunk in chunks.items():
+        for b in args.rows:
+          def one(b=b, chunk=chunk):
+            fresh, _ = ring_of(n_cols)
+            jax.block_until_ready(chunk(gen.state, fresh, *inputs(b, ctx)))
+          wall, ops = profile_ops(one)
+          ops = collections.Counter({f"{k} ({sources[name, b].get(k, '?')})": v
+                                     for k, v in ops.items()})
+          profile_step.summarize(f"ring {n_cols}, {b} rows, {name}, one {args.steps}-step chunk",
+                                 wall, ops, profile_step.xla_category, args.top)
   print(f"# load {os.getloadavg()[0]:.1f}", flush=True)
-  matmuls = matmul_floor(gen.state, args.rows, args.rounds)
+  matmuls = matmul_floor(gen.state, args.rows, args.rounds, variants)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps({"config": args.config, "threads": args.threads,
                                                    "rows": rows_out, "matmuls": matmuls}, indent=2))

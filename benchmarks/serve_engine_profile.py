@@ -2,6 +2,7 @@
 
   python benchmarks/serve_engine_profile.py [--ckpt DIR] [--clients 1 16] [--rounds 3]
                                             [--max-tokens 64] [--max-batch 16] [--chunk 8]
+                                            [--xla-default]
 
 In-process, no HTTP: the same `BatchEngine` `serve` runs, fed the load benchmark's text-only
 requests (prompts built by the server's own request parser), `clients` requests submitted at once
@@ -11,6 +12,9 @@ host read of their tokens, so the times are complete); "other" is the round's wa
 both (thread hand-offs, Python bookkeeping). The levels are run alternately after one untimed
 round each (compiles), each keeping its best round. Also times detokenising: the server's
 `TextStream` over one answer, fed chunk by chunk as the engine hands tokens out.
+`--xla-default` adds a second engine whose decode chunk is compiled with XLA's default options
+instead of the engine's (`decode_compiler_options`); the two engines run their rounds alternately
+(one at a time), the A/B of those options under the same load.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ def main(argv=None):
   ap.add_argument("--max-tokens", type=int, default=64)
   ap.add_argument("--max-batch", type=int, default=16)
   ap.add_argument("--chunk", type=int, default=8)
+  ap.add_argument("--xla-default", action="store_true",
+                  help="also run an engine with XLA's default decode options, alternately")
   args = ap.parse_args(argv)
 
   from qwenvl_jax.infer.api import load_predictor
@@ -105,40 +111,48 @@ def main(argv=None):
   ckpt = pathlib.Path(args.ckpt) if args.ckpt else serve_load.small_checkpoint(
       pathlib.Path(args.workdir))
   pred = load_predictor(ckpt, batch_size=1)
-  engine = BatchEngine(pred.generator, slots=args.max_batch, chunk=args.chunk)
-  timed = Timed(engine)
+  variants = {"engine": None, **({"xla default": {}} if args.xla_default else {})}
+  engines = {name: BatchEngine(pred.generator, slots=args.max_batch, chunk=args.chunk,
+                               compiler_options=opts) for name, opts in variants.items()}
+  timers = {name: Timed(e) for name, e in engines.items()}
   best = {}
   try:
     offset = 0
-    for c in args.clients:  # untimed: compiles
-      run_round(engine, requests_for(pred, c, offset), args.max_tokens)
-      offset += c
+    for engine in engines.values():
+      for c in args.clients:  # untimed: compiles
+        run_round(engine, requests_for(pred, c, offset), args.max_tokens)
+        offset += c
     for _ in range(args.rounds):
       for c in args.clients:
-        chats = requests_for(pred, c, offset)
-        offset += c
-        timed.reset()
-        t0 = time.perf_counter()
-        tokens = run_round(engine, chats, args.max_tokens)
-        wall = time.perf_counter() - t0
-        while timed.inside.is_set():  # the last chunk hands out its tokens before it returns
-          time.sleep(0.001)
-        row = dict(clients=c, wall=wall, tok_s=tokens / wall, admit=timed.admit_s,
-                   admits=timed.admits, step=timed.step_s, steps=timed.steps,
-                   other=wall - timed.admit_s - timed.step_s, load=os.getloadavg()[0])
-        if c not in best or wall < best[c]["wall"]:
-          best[c] = row
+        for name, engine in engines.items():
+          timed = timers[name]
+          chats = requests_for(pred, c, offset)
+          offset += c
+          timed.reset()
+          t0 = time.perf_counter()
+          tokens = run_round(engine, chats, args.max_tokens)
+          wall = time.perf_counter() - t0
+          while timed.inside.is_set():  # the last chunk hands out its tokens before it returns
+            time.sleep(0.001)
+          row = dict(clients=c, wall=wall, tok_s=tokens / wall, admit=timed.admit_s,
+                     admits=timed.admits, step=timed.step_s, steps=timed.steps,
+                     other=wall - timed.admit_s - timed.step_s, load=os.getloadavg()[0])
+          if (name, c) not in best or wall < best[name, c]["wall"]:
+            best[name, c] = row
   finally:
-    engine.close()
-  print(f"{'clients':>7} {'wall s':>7} {'tok/s':>7} {'admit s':>8} {'(calls)':>7} {'decode s':>8} "
-        f"{'(chunks)':>8} {'other s':>7} {'load':>5}")
-  for c in args.clients:
-    r = best[c]
-    print(f"{c:>7} {r['wall']:>7.3f} {r['tok_s']:>7.1f} {r['admit']:>8.3f} {r['admits']:>7} "
-          f"{r['step']:>8.3f} {r['steps']:>8} {r['other']:>7.3f} {r['load']:>5.2f}")
-  if len(best) > 1:
-    lo, hi = best[args.clients[0]], best[args.clients[-1]]
-    print(f"{hi['clients']} vs {lo['clients']}: {hi['tok_s'] / lo['tok_s']:.2f}x tokens/s")
+    for engine in engines.values():
+      engine.close()
+  for name in engines:
+    print(f"{name}:")
+    print(f"{'clients':>7} {'wall s':>7} {'tok/s':>7} {'admit s':>8} {'(calls)':>7} "
+          f"{'decode s':>8} {'(chunks)':>8} {'other s':>7} {'load':>5}")
+    for c in args.clients:
+      r = best[name, c]
+      print(f"{c:>7} {r['wall']:>7.3f} {r['tok_s']:>7.1f} {r['admit']:>8.3f} {r['admits']:>7} "
+            f"{r['step']:>8.3f} {r['steps']:>8} {r['other']:>7.3f} {r['load']:>5.2f}")
+    if len(args.clients) > 1:
+      lo, hi = best[name, args.clients[0]], best[name, args.clients[-1]]
+      print(f"{hi['clients']} vs {lo['clients']}: {hi['tok_s'] / lo['tok_s']:.2f}x tokens/s")
 
   # Detokenising one answer the way the server does (TextStream.add per engine hand-out).
   ids = list(range(10, 10 + args.max_tokens))

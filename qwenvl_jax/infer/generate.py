@@ -43,6 +43,17 @@ from qwenvl_jax.sharding import batch_sharding, constrain
 MAX_STOP_IDS = 4  # stop ids travel as a fixed-size array (padded with -1) so they never recompile
 
 
+def decode_compiler_options() -> dict[str, str]:
+  """XLA options for the jitted decode loops (`Generator`'s step/decode, the serving engine's chunk).
+
+  On CPU, XLA routes a dot with more than one row (and the elementwise ops around it) to YNNPACK
+  fusions by default; at decode's 2..16 rows x 384..4096 those ran at half the FLOP/s of XLA's own
+  Eigen matmul on this AVX2 EPYC (16 rows: 20-23 GFLOP/s vs 38-41, every LLM weight product of
+  configs/small.py; docs/serving.md). Empty = no YNNPACK fusions. Set per compiled function, so
+  nothing else the process compiles changes; other backends get no options."""
+  return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
+
+
 class ContextLengthError(ValueError):
   """A prompt does not fit the model's context window."""
 
@@ -212,11 +223,12 @@ class Generator:
     self._prefill = jax.jit(
         functools.partial(_prefill, self.graphdef, self.logn, per_layer=self.per_layer),
         static_argnames=("cache_len",))
+    options = decode_compiler_options()
     self._step = jax.jit(functools.partial(_step_fn, self.graphdef, self.logn),
-                         donate_argnums=(1,))  # the cache: written in place
+                         donate_argnums=(1,), compiler_options=options)  # cache written in place
     self._decode = jax.jit(
         functools.partial(_decode, self.graphdef, self.logn, self.pad_id, self.valid_vocab),
-        static_argnames=("gen_len",))
+        static_argnames=("gen_len",), compiler_options=options)
 
   # ---- bookkeeping -----------------------------------------------------------------------
 

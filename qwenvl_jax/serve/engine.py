@@ -35,9 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import SingleDeviceSharding
 
 from qwenvl_jax.infer.generate import (ContextLengthError, _constrain_cache, _forward_one, _prefill,
-                                       next_pow2, prompt_bucket, sample_logits)
+                                       decode_compiler_options, next_pow2, prompt_bucket,
+                                       sample_logits)
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import KVCache, init_cache, is_per_layer, per_layer_cache
 
@@ -118,10 +120,8 @@ def _insert(ring: KVCache, small: KVCache, rows):
 
 
 def _new_ring(llm_cfg, dtype, per_layer: bool, slots: int, n_cols: int) -> KVCache:
-  """An empty ring, made by one jitted call (eager per-layer ops cost ~0.1 s here). The engine
-  commits it to the default device like every later ring (outputs of the decode chunk are), so
-  `_insert` compiles one variant per shape, not two (committed and uncommitted arguments are
-  different variants)."""
+  """An empty ring, made by one jitted call (eager per-layer ops cost ~0.1 s here). Its jit commits
+  it to a device like every later ring (outputs of the decode chunk are): see `BatchEngine`."""
   ring = init_cache(llm_cfg, slots, n_cols, dtype)
   # per-layer heads-first: the layout the decode loop carries (see llm.per_layer_cache)
   return _constrain_cache(per_layer_cache(ring) if per_layer else ring)
@@ -165,12 +165,16 @@ def _decode_chunk(graphdef, logn, valid_vocab, n_steps, state, ring, tokens, pos
   return out, ring
 
 
-def decode_chunk_fn(generator, n_steps: int):
+def decode_chunk_fn(generator, n_steps: int, compiler_options: dict | None = None):
   """The engine's jitted chunk for `generator`'s model: (state, ring, tokens, positions, alpha,
   seeds, counters, temps, top_k, top_p) -> (tokens [B, n_steps], ring). The ring is donated: every
-  step writes one column per row in place (without donation each call copied the whole ring)."""
+  step writes one column per row in place (without donation each call copied the whole ring).
+  `compiler_options`: XLA's, default `decode_compiler_options()` ({} = XLA's defaults)."""
   g, logn, vv = generator.graphdef, generator.logn, generator.valid_vocab
-  return jax.jit(functools.partial(_decode_chunk, g, logn, vv, n_steps), donate_argnums=(1,))
+  if compiler_options is None:
+    compiler_options = decode_compiler_options()
+  return jax.jit(functools.partial(_decode_chunk, g, logn, vv, n_steps), donate_argnums=(1,),
+                 compiler_options=compiler_options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,10 +205,12 @@ class BatchEngine:
 
   `generator` is a `qwenvl_jax.infer.generate.Generator` (its parameters, pad/stop ids and context
   window are reused); `slots` bounds the requests decoded together; `chunk` is the decode steps per
-  dispatch (new requests join between chunks).
+  dispatch (new requests join between chunks); `compiler_options`: XLA's for the decode chunk
+  (default `decode_compiler_options()`; {} = XLA's defaults, for A/B benchmarks).
   """
 
-  def __init__(self, generator, *, slots: int = 16, chunk: int = 8, max_queue: int = 1024):
+  def __init__(self, generator, *, slots: int = 16, chunk: int = 8, max_queue: int = 1024,
+               compiler_options: dict | None = None):
     self.gen = generator
     self.cfg = generator.cfg
     self.slots_n = int(slots)
@@ -225,10 +231,15 @@ class BatchEngine:
     self._insert = jax.jit(_insert, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
     dtype = layers.dtype_of(self.cfg.dtype)
+    # An inputs-free jit's output is uncommitted unless its shardings are given, and `_insert` would
+    # compile a second variant of every shape for it (committed and uncommitted arguments differ).
+    # Under a mesh the cache's sharding constraints place (and commit) it; without one, this does.
+    placed = SingleDeviceSharding(jax.devices()[0]) if generator.mesh is None else None
     self._new_ring = jax.jit(functools.partial(_new_ring, self.cfg.llm, dtype, generator.per_layer),
-                             static_argnums=(0, 1))
+                             static_argnums=(0, 1), out_shardings=placed)
     self._chunks = {}  # n_steps -> jitted chunk (shapes add variants under each)
-    self._decode = lambda n: self._chunks.setdefault(n, decode_chunk_fn(generator, n))
+    self._decode = lambda n: self._chunks.setdefault(
+        n, decode_chunk_fn(generator, n, compiler_options))
     self._thread = threading.Thread(target=self._run, name="qwenvl-serve-engine", daemon=True)
     self._thread.start()
 
@@ -390,8 +401,6 @@ class BatchEngine:
     n_cols = max(MIN_RING, next_pow2(need))
     if self._ring is None:
       self._ring = self._new_ring(self.slots_n, n_cols)
-      if self.gen.mesh is None:  # an output of inputs-free jit is uncommitted: commit it
-        self._ring = jax.device_put(self._ring, jax.devices()[0])
     else:
       self._ring = self._grow(self._ring, n_cols)
 

@@ -1,8 +1,9 @@
 """The batching engine's decode: greedy tokens of concurrent requests equal each request decoded
 alone (`Generator`, no engine), over ring wrap-around and slot reuse, for the per-layer and the
 stacked KV layout; the decode step writes the cache in place (no cache-sized copy or transpose per
-step: the cause of batched steps costing as much per row as single ones); the single-query
-attention equals the general one."""
+step: the cause of batched steps costing as much per row as single ones) and its weight products
+are XLA's dots, not YNNPACK fusions; a new ring is committed; the single-query attention equals the
+general one."""
 
 import re
 import threading
@@ -12,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qwenvl_jax.infer.generate import Generator, SamplingConfig, prompt_bucket
+from qwenvl_jax.infer.generate import (Generator, SamplingConfig, decode_compiler_options,
+                                       prompt_bucket)
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import init_cache, per_layer_cache
 from qwenvl_jax.model.masks import attention_mask
@@ -161,6 +163,36 @@ def test_decode_step_writes_the_cache_in_place(model, tok):
   stacked = init_cache(cfg, rows, cols, jnp.float32)
   hlo = decode_chunk_fn(gen, 4).lower(gen.state, stacked, *args).compile().as_text()
   assert _cache_sized_moves(hlo, one_layer)
+
+
+def test_decode_weight_products_are_not_ynnpack_fusions(model, tok):
+  """On CPU the engine's chunk (and `Generator`'s decode) compile with `decode_compiler_options`:
+  the weight products of a 4-row step are XLA's own dots, not the YNNPACK fusions XLA makes by
+  default, which ran them at half the FLOP/s on this CPU (docs/serving.md). The default does make
+  them, so the check can fail."""
+  gen = _gen(model, tok)
+  rows = 4
+  ring = per_layer_cache(init_cache(model.cfg.llm, rows, 128, jnp.float32))
+  b = np.ones(rows, np.int32)
+  args = (b, b, np.ones(rows, np.float32), np.zeros(rows, np.uint32), b * 0,
+          np.zeros(rows, np.float32), b * 0, np.ones(rows, np.float32))
+  hlo = lambda **kw: decode_chunk_fn(gen, 2, **kw).lower(gen.state, ring, *args).compile().as_text()
+  assert decode_compiler_options() and "ynn_fusion" not in hlo()
+  assert "ynn_fusion" in hlo(compiler_options={})
+  cache = per_layer_cache(init_cache(model.cfg.llm, rows, 128, jnp.float32))
+  step = gen._step.lower(gen.state, cache, jnp.ones(rows, jnp.int32), jnp.ones(rows, jnp.int32),
+                         jnp.float32(1))
+  assert "ynn_fusion" not in step.compile().as_text()
+
+
+def test_new_ring_is_committed(model, tok):
+  """The ring's jit places it on the device (an inputs-free jit's output is otherwise uncommitted,
+  and `_insert` compiled a second variant of every shape for such a ring)."""
+  engine = BatchEngine(_gen(model, tok), slots=2, chunk=2)
+  try:
+    assert all(x.committed for x in jax.tree.leaves(engine._new_ring(2, 128)))
+  finally:
+    engine.close()
 
 
 def test_single_query_attention_equals_dot_product_attention():
