@@ -24,9 +24,9 @@ def full():
   # (22.9 of 30.75 GiB, `--set mesh.tensor=1 --set grad_accum=256`); see docs/tpu.md for v5e
   # (the vocabulary-parallel loss head, `model.loss_shard_vocab`, and bf16 Adam moments,
   # `--set optim.moment_dtype=bfloat16`, with what they measured). For v5e also
-  # `--set optim.offload_moments=True --set model.vit_remat_group=8` (Adam moments in host memory,
-  # ViT remat in groups): 12.70 GiB per chip at fsdp 16 with --set mesh.tensor=1 --set
-  # grad_accum=256: fits (docs/tpu.md).
+  # `--set optim.offload_moments=True` (Adam moments in host memory): 14.05 GiB per chip at fsdp 16
+  # with --set mesh.tensor=1 --set grad_accum=256: fits (12.70 adding `--set
+  # model.vit_remat_group=8`, ViT remat in groups, 13% more FLOPs; docs/tpu.md).
   return run_config(
       stage=2, model=model("qwen_vl_7b", 448, remat="full", scan_layers=True),
       seq_len=2048, batch_size=4096, grad_accum=8, steps=19_000,
