@@ -99,6 +99,11 @@ def opt_state_shardings(abs_opt, params: dict, param_sh: dict, replicated: Named
   return jax.tree_util.tree_map_with_path(pick, abs_opt)
 
 
+def offloaded(shardings) -> bool:
+  """Whether any leaf's home (a tree of shardings) is host memory."""
+  return any(s.memory_kind == HOST for s in jax.tree.leaves(shardings))
+
+
 def onto_device(tree, shardings):
   """Inside jit: the leaves whose home (`shardings`) is host memory, copied to the device with the
   same partitioning; the others as they are."""
