@@ -18,10 +18,11 @@ def full():
   # grad_accum = 4096 / (data x fsdp x rows per shard); a 4-chip v5p fits with `--set mesh.tensor=1
   # --set grad_accum=1024` (1 row per chip, 89.5 of 95 GiB: `qwenvl-jax aot`, docs/tpu.md). Full
   # remat, scanned layers.
-  # 16 v5e chips do NOT hold this stage with float32 moments on the device (fp32 weights, Adam moments and the gradient accumulator of
-  # the 9.6B model are 9 GiB of a chip's 15.75 at fsdp=16, before one microbatch's gradient, the row's
-  # activations and its 7 images): fsdp=16 needs > 16.9 GiB, tensor=2 or 4 more. 16 v4 chips do
-  # (22.9 of 30.75 GiB, `--set mesh.tensor=1 --set grad_accum=256`); see docs/tpu.md for v5e
+  # 16 v5e chips do NOT hold this stage with float32 moments on the device (fp32 weights, Adam
+  # moments and the gradient accumulator of the 9.6B model are 9 GiB of a chip's 15.75 at fsdp=16,
+  # before one microbatch's gradient, the row's activations and its 7 images): fsdp=16 needs
+  # > 16.9 GiB, tensor=2 or 4 more. 16 v4 chips do (22.9 of 30.75 GiB, `--set mesh.tensor=1
+  # --set grad_accum=256`); see docs/tpu.md for v5e
   # (the vocabulary-parallel loss head, `model.loss_shard_vocab`, and bf16 Adam moments,
   # `--set optim.moment_dtype=bfloat16`, with what they measured). For v5e also
   # `--set optim.offload_moments=True` (Adam moments in host memory): 14.05 GiB per chip at fsdp 16

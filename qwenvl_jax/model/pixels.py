@@ -64,11 +64,12 @@ def is_packed(images) -> bool:
 def pack_lanes(images: np.ndarray) -> np.ndarray:
   """Host side: uint8 [..., S, S, 3] -> the same bytes as little-endian uint32 words, shaped
   [..., S*S*3 / 512, 128] (or [..., S, S*3 / 4] where 512 does not divide S*S*3); unchanged when S
-  is not a multiple of 4, or the images are not uint8 (float32 pixels, already packed). Why: a [B, M, S, S, 3] uint8 array's minor dimension of 3 makes the TPU
-  lay it out with the row dimension minor-most, and uint8 tiles differently from the 32-bit values
-  the ViT's input is computed in; slicing one microbatch's rows out of either costs a relayout copy
-  of the whole step's pixels (1 GiB per chip at the paper's stage-2 batch). 32-bit words in
-  128-wide rows are tiled alike everywhere. A view on the host; `unpack_lanes` inverts it."""
+  is not a multiple of 4, or the images are not uint8 (float32 pixels, already packed). Why: a
+  [B, M, S, S, 3] uint8 array's minor dimension of 3 makes the TPU lay it out with the row dimension
+  minor-most, and uint8 tiles differently from the 32-bit values the ViT's input is computed in;
+  slicing one microbatch's rows out of either costs a relayout copy of the whole step's pixels
+  (1 GiB per chip at the paper's stage-2 batch). 32-bit words in 128-wide rows are tiled alike
+  everywhere. A view on the host; `unpack_lanes` inverts it."""
   if images.dtype != np.uint8:
     return images
   *lead, s, s2, c = images.shape
