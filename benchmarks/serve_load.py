@@ -10,8 +10,9 @@ alone with --no-picture; greedy, max_tokens fixed) back to back. The server comp
 shapes for 64- and 128-token prompt buckets before it listens (`serve --warmup-prompt-tokens`;
 `--no-warmup` to skip), and each level first runs one untimed round, then max(`--requests`, 2 x
 clients) timed requests or until `--max-seconds`, whichever comes first. Tokens are the
-`usage.completion_tokens` the server reports; `compiles` is how many shapes the server compiled
-during the timed round (from /health: each stalls every request for seconds). The 1-minute load
+`usage.completion_tokens` the server reports; from /health's engine counters over the timed round:
+`compiles` (shapes compiled: each stalls every request for seconds), `rows/step` (busy rows a
+decode step computed on average) and `reqs/prefill` (requests sharing one prefill call). The 1-minute load
 average is printed with each row: the machine is shared, so read the numbers with it.
 """
 
@@ -92,9 +93,19 @@ def post(url: str, body: dict, timeout: float) -> dict:
     return json.load(r)
 
 
-def compiled(base: str) -> int:
+def health(base: str) -> dict:
   with urllib.request.urlopen(base + "/health", timeout=30) as r:
-    return json.load(r)["compiled"]
+    return json.load(r)
+
+
+def engine_mix(before: dict, after: dict, chunk: int) -> dict:
+  """What the engine did during a level, from /health's counters: `rows_per_step` = busy rows per
+  decode step on average (16 = every slot busy), `reqs_per_prefill` = requests that shared one
+  prefill call, and `compiles` = shapes compiled mid-level (each stalls every slot for seconds)."""
+  d = {k: after["engine"][k] - before["engine"][k] for k in after["engine"]}
+  return {"compiles": after["compiled"] - before["compiled"],
+          "rows_per_step": round(d["busy_row_steps"] / (d["steps"] * chunk), 2) if d["steps"] else 0,
+          "reqs_per_prefill": round(d["admitted"] / d["prefills"], 2) if d["prefills"] else 0}
 
 
 def run_level(base: str, model: str, clients: int, n_requests: int, max_tokens: int,
@@ -134,6 +145,25 @@ def run_level(base: str, model: str, clients: int, n_requests: int, max_tokens: 
           "p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
           "p95_s": round(float(np.percentile(lat, 95)), 3) if len(lat) else None,
           "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def scaling(rows: list[dict]) -> str:
+  """Aggregate tokens/s of the most clients vs the fewest: the ratio of their mean tokens/s over the
+  rounds, and each round's ratio to the round of the fewest clients just before it (levels are
+  run in repeated sequences like 1 4 16 1 4 16, so a pair saw the same machine load)."""
+  lo, hi = min(r["clients"] for r in rows), max(r["clients"] for r in rows)
+  mean = lambda c: float(np.mean([r["tokens_per_s"] for r in rows if r["clients"] == c]))
+  if lo == hi or not mean(lo):
+    return ""
+  pairs, last_lo = [], None
+  for r in rows:
+    if r["clients"] == lo:
+      last_lo = r["tokens_per_s"]
+    elif r["clients"] == hi and last_lo:
+      pairs.append(r["tokens_per_s"] / last_lo)
+  each = " ".join(f"{x:.2f}x" for x in pairs)
+  return (f"aggregate tokens/s at {hi} clients = {mean(hi) / mean(lo):.2f}x that of {lo} client(s) "
+          f"(means over rounds; per round: {each})")
 
 
 def main(argv=None):
@@ -179,21 +209,22 @@ def main(argv=None):
         time.sleep(1)
     pictures = [] if args.no_picture else [picture_url(s) for s in range(8)]
     print(f"{'clients':>7} {'reqs':>5} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
-          f"{'tok/req':>7} {'compiles':>8} {'load':>5}", flush=True)
+          f"{'tok/req':>7} {'compiles':>8} {'rows/step':>9} {'reqs/prefill':>12} {'load':>5}",
+          flush=True)
     for c in args.clients:
       run_level(base, "bench", c, 2 * c, args.max_tokens, args.max_seconds, pictures)  # compile
-      before = compiled(base)
+      before = health(base)
       row = run_level(base, "bench", c, max(args.requests, 2 * c), args.max_tokens, args.max_seconds,
                       pictures)
-      row["compiles"] = compiled(base) - before
+      row.update(engine_mix(before, health(base), args.chunk))
       rows.append(row)
       print(f"{row['clients']:>7} {row['requests']:>5} {row['requests_per_s']:>7} "
             f"{row['tokens_per_s']:>7} {row['p50_s']:>7} {row['p95_s']:>7} "
-            f"{row['mean_tokens']:>7} {row['compiles']:>8} {row['load_avg_1m']:>5}", flush=True)
-    if len(rows) > 1 and rows[0]["tokens_per_s"]:
-      print(f"aggregate tokens/s at {rows[-1]['clients']} clients = "
-            f"{rows[-1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x that of "
-            f"{rows[0]['clients']} client(s)")
+            f"{row['mean_tokens']:>7} {row['compiles']:>8} {row['rows_per_step']:>9} "
+            f"{row['reqs_per_prefill']:>12} {row['load_avg_1m']:>5}", flush=True)
+    summary = scaling(rows)
+    if summary:
+      print(summary)
   finally:
     proc.send_signal(signal.SIGTERM)
     try:

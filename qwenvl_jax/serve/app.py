@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import html
 import importlib.resources
 import json
@@ -80,15 +81,16 @@ class Server:
   """Holds the predictor, engine and limits; `app` is the Starlette application."""
 
   def __init__(self, predictor, *, model_name: str, limits: ServeLimits | None = None,
-               max_batch: int = 16, chunk: int = 8, engine: BatchEngine | None = None,
-               warmup: tuple[list[int], int] | None = None):
+               max_batch: int = 16, chunk: int = 8, gather_s: float = 0.05,
+               engine: BatchEngine | None = None, warmup: tuple[list[int], int] | None = None):
     """`warmup`: (prompt token counts, max new tokens) to compile for before the server listens
     (`BatchEngine.warm_up`)."""
     self.pred = predictor
     self.warmup = warmup
     self.model_name = model_name
     self.limits = limits or ServeLimits()
-    self.engine = engine or BatchEngine(predictor.generator, slots=max_batch, chunk=chunk)
+    self.engine = engine or BatchEngine(predictor.generator, slots=max_batch, chunk=chunk,
+                                        gather_s=gather_s)
     self.created = int(time.time())
     self.app = Starlette(routes=[
         Route("/", self.index, methods=["GET"]),
@@ -106,9 +108,11 @@ class Server:
     return HTMLResponse(page.read_text(encoding="utf-8").replace("{{MODEL}}", name))
 
   async def health(self, request):
-    # `compiled`: the engine's compiled shapes so far (a load test can see compiles mid-run)
+    # `compiled`: the engine's compiled shapes so far (a load test can see compiles mid-run);
+    # `engine`: its counters (decode chunks, rows computed, prefill calls, ...) for load tests
     return JSONResponse({"status": "ok", "model": self.model_name, "busy": self.engine.busy(),
-                         "compiled": self.engine.compiled_count()})
+                         "compiled": self.engine.compiled_count(),
+                         "engine": dataclasses.asdict(self.engine.stats)})
 
   async def models(self, request):
     return JSONResponse({"object": "list", "data": [

@@ -19,6 +19,12 @@ Why this shape:
   A row's t-th token uses key fold_in(key(seed), t), so its tokens do not depend on batch mates.
 * Tokens are handed out on the host after each chunk; stop ids and max_tokens end a row there
   (a row may compute a few steps past its end inside a chunk; they are dropped).
+* Clients that were served together tend to come back together (a batch job with N workers, an
+  eval harness): when the engine goes idle after requests ended, and a new request arrives, it waits
+  up to `gather_s` (from going idle) for as many as ended, so they share one prefill and finish
+  together. Admitting the first one alone cost a 1-row prefill and chunk before the others joined,
+  and one more chunk at the end of every wave (HTTP, 16 closed-loop clients: 9 chunks per wave
+  instead of 8). One client never waits: one ended, one is back.
 """
 
 from __future__ import annotations
@@ -198,6 +204,7 @@ class EngineStats:
   admitted: int = 0
   prefills: int = 0  # prefill calls (requests that join together share one)
   max_busy: int = 0  # most slots busy at once
+  busy_row_steps: int = 0  # rows x steps that belonged to a request (row_steps minus padding rows)
 
 
 class BatchEngine:
@@ -206,11 +213,12 @@ class BatchEngine:
   `generator` is a `qwenvl_jax.infer.generate.Generator` (its parameters, pad/stop ids and context
   window are reused); `slots` bounds the requests decoded together; `chunk` is the decode steps per
   dispatch (new requests join between chunks); `compiler_options`: XLA's for the decode chunk
-  (default `decode_compiler_options()`; {} = XLA's defaults, for A/B benchmarks).
+  (default `decode_compiler_options()`; {} = XLA's defaults, for A/B benchmarks); `gather_s`: how
+  long after going idle the engine waits for the clients it just served to come back (module doc).
   """
 
   def __init__(self, generator, *, slots: int = 16, chunk: int = 8, max_queue: int = 1024,
-               compiler_options: dict | None = None):
+               compiler_options: dict | None = None, gather_s: float = 0.05):
     self.gen = generator
     self.cfg = generator.cfg
     self.slots_n = int(slots)
@@ -218,6 +226,9 @@ class BatchEngine:
     self.max_queue = max_queue
     self.stop_ids = frozenset(generator.stop_ids)
     self.stats = EngineStats()
+    self.gather_s = float(gather_s)
+    self._returning = 0  # requests that ended when the engine last went idle
+    self._idle_since = 0.0
     self._slots: list[_Slot | None] = [None] * self.slots_n
     self._queue: list[Request] = []
     self._jobs: list[Callable[[], None]] = []  # run on the engine thread when no slot is busy
@@ -329,6 +340,8 @@ class BatchEngine:
         job = self._jobs.pop(0) if self._jobs and not self._busy_slots() else None
         if job is None and self._closing and not self._queue and not self._busy_slots():
           return
+        if job is None:
+          self._gather()
       if job is not None:  # runs alone: it uses the slots and the ring
         with self._ctx():
           job()
@@ -353,6 +366,20 @@ class BatchEngine:
             self._finish(s.req, f"error: {type(e).__name__}: {e}")
             self._slots[i] = None
         self._ring = None
+
+  def _gather(self):
+    """With no slot busy, waits (holding `_cv`) until the requests that ended as the engine went
+    idle are queued again, at most until `gather_s` after it went idle (module doc)."""
+    want = min(self._returning, self.slots_n)
+    self._returning = 0
+    if self._busy_slots():
+      return
+    deadline = self._idle_since + self.gather_s
+    while len(self._queue) < want and not self._closing:
+      left = deadline - time.perf_counter()
+      if left <= 0:
+        return
+      self._cv.wait(left)
 
   def _warm_up(self, prompt_tokens: Sequence[int], max_tokens: int) -> int:
     before = self.compiled_count()
@@ -385,6 +412,7 @@ class BatchEngine:
       self.stop_ids, self.stats = saved
       self._slots = [None] * self.slots_n
       self._ring = None
+      self._returning = 0  # the dummies do not come back
     return self.compiled_count() - before
 
   def _busy_slots(self) -> list[int]:
@@ -479,11 +507,15 @@ class BatchEngine:
     out = np.asarray(out)
     self.stats.steps += 1
     self.stats.row_steps += b * steps
+    self.stats.busy_row_steps += len(busy) * steps
     for i, s in enumerate(slots):
       if s is None:
         continue
       s.next_token, s.position, s.counter = int(out[i, -1]), s.position + steps, s.counter + steps
       self._hand_out(i, out[i].tolist())
+    if not self._busy_slots():  # idle: expect the clients of the requests that just ended back
+      self._returning = sum(s is not None and not s.req.cancelled for s in slots)
+      self._idle_since = time.perf_counter()
 
   def _hand_out(self, slot: int, tokens: list[int]):
     """Gives a row's new tokens to its request, ending it at a stop id / max_tokens / cancel."""

@@ -146,6 +146,37 @@ def _cache_sized_moves(hlo: str, elems: int) -> list[str]:
   return out
 
 
+def test_clients_served_together_are_admitted_together(model, tok):
+  """When requests end together and the engine goes idle, their clients' next requests, arriving
+  one after another within `gather_s`, share one prefill (admitting the first alone costs a 1-row
+  prefill and chunk before the others join); a lone client's next request does not wait."""
+  gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size)
+  engine = BatchEngine(gen, slots=4, chunk=2, gather_s=30.0)
+  rng = np.random.default_rng(5)
+  prompts = [rng.integers(3, 200, 9).tolist() for _ in range(4)]
+
+  def submit(ids):
+    done = threading.Event()
+    engine.submit(Request(ids, (), 2, lambda new, reason: reason and done.set()))
+    return done
+
+  try:
+    assert submit(prompts[0]).wait(300)  # one request ended: the same client comes back
+    assert submit(prompts[1]).wait(20.0)  # admitted at once, not after gather_s (30 s)
+    burst = [threading.Event() for _ in prompts]
+    engine.submit_all([Request(p, (), 2, lambda new, reason, e=e: reason and e.set())
+                       for p, e in zip(prompts, burst)])
+    assert all(e.wait(300) for e in burst)  # four ended in the same chunk
+    before = engine.stats.prefills
+    first = submit(prompts[0])
+    assert not first.wait(1.0)  # waits for the other three
+    rest = [submit(p) for p in prompts[1:]]
+    assert all(e.wait(300) for e in [first, *rest])
+    assert engine.stats.prefills == before + 1 and engine.stats.admitted == 10
+  finally:
+    engine.close()
+
+
 def test_decode_step_writes_the_cache_in_place(model, tok):
   """The compiled engine chunk over a full batch moves no cache-sized array: before per-layer
   heads-first caches, each layer and step copied the whole cache (and transposed k and v)."""
