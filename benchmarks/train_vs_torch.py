@@ -57,6 +57,10 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--threads", type=int, default=0, help="0: library defaults; 1: one pinned core")
   p.add_argument("--jax-variant", action="append", default=[], metavar="NAME:FIELD=V,...")
+  p.add_argument("--one-at-a-time", action="store_true",
+                 help="run one side's process at a time (all its steps, then the next side's) when "
+                      "both sides' train states do not fit in memory together (configs/bench_1b.py "
+                      "on a 24 GiB host); wall ratios then see load swings between the sides")
   p.add_argument("--json", default=None, help="also write the results here")
   args = p.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -75,20 +79,33 @@ def main(argv=None):
     for v in args.jax_variant:
       name, _, fields = v.partition(":")
       variants.append((f"jax {name}", tuple(x for f in fields.split(",") if f for x in ("--set", f))))
-    workers = []
-    try:
-      for name, extra in variants:
-        workers.append(Worker("jax", "train", args.config, ck, s, args.threads, d, extra, name))
-        _progress(f"{name}: compiled in {workers[-1].info['compile_s']:.1f} s")
-      workers.append(Worker("torch", "train", args.config, ck, s, args.threads, d))
-      runs = [[] for _ in workers]
-      for i in range(args.warmup + args.steps):
-        _progress(f"step {i + 1}/{args.warmup + args.steps}")
-        for r, w in zip(runs, workers):
-          r.append(w.run())
-    finally:
-      for w in workers:
-        w.close()
+    sides = [("jax", name, extra) for name, extra in variants] + [("torch", "torch", ())]
+    start = lambda lib, name, extra: Worker(lib, "train", args.config, ck, s, args.threads, d, extra,
+                                            name)
+    n = args.warmup + args.steps
+    if args.one_at_a_time:
+      runs = []
+      for side in sides:
+        w = start(*side)
+        try:
+          _progress(f"{side[1]}: ready in {w.info.get('compile_s') or 0:.1f} s; {n} steps")
+          runs.append([w.run() for _ in range(n)])
+        finally:
+          w.close()
+    else:
+      workers = []
+      try:
+        for side in sides:
+          workers.append(start(*side))
+          _progress(f"{side[1]}: ready in {workers[-1].info.get('compile_s') or 0:.1f} s")
+        runs = [[] for _ in workers]
+        for i in range(n):
+          _progress(f"step {i + 1}/{n}")
+          for r, w in zip(runs, workers):
+            r.append(w.run())
+      finally:
+        for w in workers:
+          w.close()
   load_after = os.getloadavg()
   h, v = cfg.llm.hidden, cfg.llm.vocab_size
   head_flops = 6 * args.rows * args.seq_len * h * v
@@ -96,7 +113,7 @@ def main(argv=None):
   torch_runs = runs[-1][args.warmup:]
   t_med = statistics.median(r["wall_s"] for r in torch_runs)
   out = dict(config=args.config, rows=args.rows, seq_len=args.seq_len, steps=args.steps,
-             threads=args.threads, peak_gflops=peak, head_gflop=head_flops / 1e9, floor_s=floor_s,
+             threads=args.threads, one_at_a_time=args.one_at_a_time, peak_gflops=peak, head_gflop=head_flops / 1e9, floor_s=floor_s,
              load_before=load_before, load_after=load_after, cpus=os.cpu_count(),
              torch=dict(step_s=t_med, cpu_s=statistics.median(r["cpu_s"] for r in torch_runs),
                         losses=[r["loss"] for r in runs[-1]]))

@@ -20,11 +20,12 @@ Why this shape:
 * Tokens are handed out on the host after each chunk; stop ids and max_tokens end a row there
   (a row may compute a few steps past its end inside a chunk; they are dropped).
 * Clients that were served together tend to come back together (a batch job with N workers, an
-  eval harness): when the engine goes idle after requests ended, and a new request arrives, it waits
-  up to `gather_s` (from going idle) for as many as ended, so they share one prefill and finish
-  together. Admitting the first one alone cost a 1-row prefill and chunk before the others joined,
-  and one more chunk at the end of every wave (HTTP, 16 closed-loop clients: 9 chunks per wave
-  instead of 8). One client never waits: one ended, one is back.
+  eval harness): when the engine goes idle after requests ended, it waits up to `gather_s` (from
+  going idle) until as many new requests as ended are queued, besides those queued already, so
+  they share one prefill and finish together. Admitting the first one alone cost a 1-row prefill
+  and chunk before the others joined, and one more chunk at the end of every wave (HTTP, 16
+  closed-loop clients: 9 chunks per wave instead of 8); counting the early returners of a
+  staggered wave merges it back. One client never waits: one ended, one is back.
 """
 
 from __future__ import annotations
@@ -369,7 +370,8 @@ class BatchEngine:
 
   def _gather(self):
     """With no slot busy, waits (holding `_cv`) until the requests that ended as the engine went
-    idle are queued again, at most until `gather_s` after it went idle (module doc)."""
+    idle are queued again, besides those queued then, at most until `gather_s` after it went idle
+    (module doc)."""
     want = min(self._returning, self.slots_n)
     self._returning = 0
     if self._busy_slots():
@@ -514,7 +516,9 @@ class BatchEngine:
       s.next_token, s.position, s.counter = int(out[i, -1]), s.position + steps, s.counter + steps
       self._hand_out(i, out[i].tolist())
     if not self._busy_slots():  # idle: expect the clients of the requests that just ended back
-      self._returning = sum(s is not None and not s.req.cancelled for s in slots)
+      with self._cv:  # (and keep those already queued: early returners of a staggered wave)
+        self._returning = len(self._queue) + sum(s is not None and not s.req.cancelled
+                                                 for s in slots)
       self._idle_since = time.perf_counter()
 
   def _hand_out(self, slot: int, tokens: list[int]):

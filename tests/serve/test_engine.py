@@ -149,7 +149,8 @@ def _cache_sized_moves(hlo: str, elems: int) -> list[str]:
 def test_clients_served_together_are_admitted_together(model, tok):
   """When requests end together and the engine goes idle, their clients' next requests, arriving
   one after another within `gather_s`, share one prefill (admitting the first alone costs a 1-row
-  prefill and chunk before the others join); a lone client's next request does not wait."""
+  prefill and chunk before the others join), also when some were queued already (the early
+  returners of a staggered wave); a lone client's next request does not wait."""
   gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size)
   engine = BatchEngine(gen, slots=4, chunk=2, gather_s=30.0)
   rng = np.random.default_rng(5)
@@ -163,16 +164,24 @@ def test_clients_served_together_are_admitted_together(model, tok):
   try:
     assert submit(prompts[0]).wait(300)  # one request ended: the same client comes back
     assert submit(prompts[1]).wait(20.0)  # admitted at once, not after gather_s (30 s)
-    burst = [threading.Event() for _ in prompts]
-    engine.submit_all([Request(p, (), 2, lambda new, reason, e=e: reason and e.set())
-                       for p, e in zip(prompts, burst)])
-    assert all(e.wait(300) for e in burst)  # four ended in the same chunk
+    # two requests end; two others are queued as they end (from their last token's callback)
+    early = []
+    engine.submit_all([Request(p, (), 2, lambda new, reason, p=p: reason and early.append(
+        submit(p))) for p in prompts[:2]])
+    while len(early) < 2:
+      threading.Event().wait(0.01)
+    before = engine.stats.prefills
+    assert not early[0].wait(1.0)  # the queued two wait for the two that ended to come back
+    late = [submit(p) for p in prompts[2:]]
+    assert all(e.wait(300) for e in early + late)
+    assert engine.stats.prefills == before + 1
+    # four ended together; their next requests arrive one after another
     before = engine.stats.prefills
     first = submit(prompts[0])
     assert not first.wait(1.0)  # waits for the other three
     rest = [submit(p) for p in prompts[1:]]
     assert all(e.wait(300) for e in [first, *rest])
-    assert engine.stats.prefills == before + 1 and engine.stats.admitted == 10
+    assert engine.stats.prefills == before + 1 and engine.stats.admitted == 12
   finally:
     engine.close()
 
