@@ -107,15 +107,19 @@ class Worker:
   """A worker.py process; `run()` -> its JSON result for one timed run."""
 
   def __init__(self, side: str, task: str, spec: str, ck, s: dict, threads: int, log_dir: pathlib.Path,
-               extra: tuple[str, ...] = (), name: str | None = None):
+               extra: tuple[str, ...] = (), name: str | None = None, xla_flags: str = ""):
+    """`xla_flags`: appended to the process's XLA_FLAGS (process-wide XLA options, for A/Bs)."""
     self.what = name or f"{side} {task}"
     cmd = [sys.executable, str(HERE / "worker.py"), "--side", side, "--task", task, "--config", spec,
            "--hf", str(ck.hf_dir), "--orbax", str(ck.orbax_dir), "--rows", str(s["rows"]),
            "--seq-len", str(s["seq_len"]), "--prompt-len", str(s["prompt_len"]),
            "--new-tokens", str(s["new_tokens"]), "--threads", str(threads), *extra]
     self.log = log_dir / f"{(name or side).replace(' ', '_')}_{task}.log"
+    env = dict(os.environ)
+    if xla_flags:
+      env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=self.log.open("w"), text=True, cwd=ROOT)
+                                 stderr=self.log.open("w"), text=True, cwd=ROOT, env=env)
     self.info = self._read()
 
   def _read(self) -> dict:

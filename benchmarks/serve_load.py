@@ -2,6 +2,7 @@
 
   python benchmarks/serve_load.py [--ckpt DIR] [--clients 1 4 16] [--requests 16] [--max-tokens 64]
                                   [--max-seconds 300] [--max-batch 16] [--json out.json]
+                                  [--compare '--gather-ms 0']
 
 Starts the server as its own process on a free 127.0.0.1 port (the default model: random weights of
 configs/small.py with a SentencePiece vocabulary trained here, cached under --workdir) and drives it
@@ -14,6 +15,8 @@ clients) timed requests or until `--max-seconds`, whichever comes first. Tokens 
 `compiles` (shapes compiled: each stalls every request for seconds), `rows/step` (busy rows a
 decode step computed on average) and `reqs/prefill` (requests sharing one prefill call). The 1-minute load
 average is printed with each row: the machine is shared, so read the numbers with it.
+`--compare FLAGS` is an A/B: a second server with those extra flags runs every level right after
+the first one, and the B / A tokens/s per level are printed.
 """
 
 from __future__ import annotations
@@ -166,6 +169,37 @@ def scaling(rows: list[dict]) -> str:
           f"(means over rounds; per round: {each})")
 
 
+def start_server(ckpt: pathlib.Path, args, flags: list[str]) -> tuple[subprocess.Popen, str]:
+  """A `qwenvl-jax serve` process on a free port, once it answers /health -> (process, base URL)."""
+  port = free_port()
+  base = f"http://127.0.0.1:{port}"
+  proc = subprocess.Popen(
+      [*CLI, "serve", "--ckpt", str(ckpt), "--port", str(port),
+       "--host", "127.0.0.1", "--model-name", "bench", "--max-batch", str(args.max_batch),
+       "--chunk", str(args.chunk), "--log-level", "warning",
+       *([] if args.no_warmup else ["--warmup-prompt-tokens", "64", "128",
+                                    "--warmup-max-tokens", str(args.max_tokens)]),
+       *flags], env=_env())
+  end = time.time() + 1200  # the warm-up compiles a few dozen shapes on a loaded CPU
+  while True:
+    try:
+      urllib.request.urlopen(base + "/health", timeout=5).close()
+      return proc, base
+    except OSError:
+      if proc.poll() is not None or time.time() > end:
+        proc.kill()
+        raise SystemExit("server did not start")
+      time.sleep(1)
+
+
+def stop_server(proc: subprocess.Popen):
+  proc.send_signal(signal.SIGTERM)
+  try:
+    proc.wait(120)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--ckpt", default=None, help="checkpoint to serve (default: random small)")
@@ -181,58 +215,56 @@ def main(argv=None):
   ap.add_argument("--chunk", type=int, default=8)
   ap.add_argument("--no-warmup", action="store_true",
                   help="do not have the server compile its shapes before listening")
+  ap.add_argument("--compare", default=None, metavar="'FLAGS'",
+                  help="A/B: also start a server with these extra flags (e.g. '--gather-ms 0'); "
+                       "each level runs on both, one after the other (the idle one waits)")
   ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                  help="more `qwenvl-jax serve` flags (e.g. --quantize int8)")
+                  help="more `qwenvl-jax serve` flags for every server (e.g. --quantize int8)")
   ap.add_argument("--json", default=None)
   args = ap.parse_args(argv)
 
   ckpt = pathlib.Path(args.ckpt) if args.ckpt else small_checkpoint(pathlib.Path(args.workdir))
-  port = free_port()
-  base = f"http://127.0.0.1:{port}"
-  proc = subprocess.Popen(
-      [*CLI, "serve", "--ckpt", str(ckpt), "--port", str(port),
-       "--host", "127.0.0.1", "--model-name", "bench", "--max-batch", str(args.max_batch),
-       "--chunk", str(args.chunk), "--log-level", "warning",
-       *([] if args.no_warmup else ["--warmup-prompt-tokens", "64", "128",
-                                    "--warmup-max-tokens", str(args.max_tokens)]),
-       *args.extra], env=_env())
-  rows = []
+  configs = {"": list(args.extra)}
+  if args.compare is not None:
+    configs = {"A": list(args.extra), "B": list(args.extra) + args.compare.split()}
+  servers, rows = {}, []
   try:
-    end = time.time() + 1200  # the warm-up compiles a few dozen shapes on a loaded CPU
-    while True:
-      try:
-        urllib.request.urlopen(base + "/health", timeout=5).close()
-        break
-      except OSError:
-        if proc.poll() is not None or time.time() > end:
-          raise SystemExit("server did not start")
-        time.sleep(1)
+    for name, flags in configs.items():
+      servers[name] = start_server(ckpt, args, flags)
     pictures = [] if args.no_picture else [picture_url(s) for s in range(8)]
-    print(f"{'clients':>7} {'reqs':>5} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
+    label = f"{'server':>6} " if args.compare is not None else ""
+    print(f"{label}{'clients':>7} {'reqs':>5} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
           f"{'tok/req':>7} {'compiles':>8} {'rows/step':>9} {'reqs/prefill':>12} {'load':>5}",
           flush=True)
     for c in args.clients:
-      run_level(base, "bench", c, 2 * c, args.max_tokens, args.max_seconds, pictures)  # compile
-      before = health(base)
-      row = run_level(base, "bench", c, max(args.requests, 2 * c), args.max_tokens, args.max_seconds,
-                      pictures)
-      row.update(engine_mix(before, health(base), args.chunk))
-      rows.append(row)
-      print(f"{row['clients']:>7} {row['requests']:>5} {row['requests_per_s']:>7} "
-            f"{row['tokens_per_s']:>7} {row['p50_s']:>7} {row['p95_s']:>7} "
-            f"{row['mean_tokens']:>7} {row['compiles']:>8} {row['rows_per_step']:>9} "
-            f"{row['reqs_per_prefill']:>12} {row['load_avg_1m']:>5}", flush=True)
-    summary = scaling(rows)
-    if summary:
-      print(summary)
+      for name, (_, base) in servers.items():
+        run_level(base, "bench", c, 2 * c, args.max_tokens, args.max_seconds, pictures)  # compile
+        before = health(base)
+        row = run_level(base, "bench", c, max(args.requests, 2 * c), args.max_tokens,
+                        args.max_seconds, pictures)
+        row.update(engine_mix(before, health(base), args.chunk), server=name)
+        rows.append(row)
+        label = f"{name:>6} " if args.compare is not None else ""
+        print(f"{label}{row['clients']:>7} {row['requests']:>5} {row['requests_per_s']:>7} "
+              f"{row['tokens_per_s']:>7} {row['p50_s']:>7} {row['p95_s']:>7} "
+              f"{row['mean_tokens']:>7} {row['compiles']:>8} {row['rows_per_step']:>9} "
+              f"{row['reqs_per_prefill']:>12} {row['load_avg_1m']:>5}", flush=True)
+    if args.compare is not None:  # B vs A at each level (each B round ran right after its A)
+      for c in dict.fromkeys(args.clients):
+        tok = {n: [r["tokens_per_s"] for r in rows if r["server"] == n and r["clients"] == c]
+               for n in servers}
+        print(f"{c:>3} clients: B / A tokens/s = {np.mean(tok['B']) / np.mean(tok['A']):.3f} "
+              f"(rounds: {' '.join(f'{b / a:.3f}' for a, b in zip(tok['A'], tok['B']))})")
+    for name in servers:
+      summary = scaling([r for r in rows if r["server"] == name])
+      if summary:
+        print(f"{'server ' + name + ' (' + ' '.join(configs[name]) + '): ' if name else ''}{summary}")
   finally:
-    proc.send_signal(signal.SIGTERM)
-    try:
-      proc.wait(120)
-    except subprocess.TimeoutExpired:
-      proc.kill()
+    for proc, _ in servers.values():
+      stop_server(proc)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps({"ckpt": str(ckpt), "rows": rows}, indent=2))
+    pathlib.Path(args.json).write_text(json.dumps(
+        {"ckpt": str(ckpt), "servers": configs, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

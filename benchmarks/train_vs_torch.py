@@ -12,7 +12,9 @@ ratios (robust to load swings), the CPU-time ratio, the load average, and the fr
 LM-head floor each side reaches: floor = 6 x rows x T x hidden x vocab FLOPs (forward + both backward
 matmuls of the head on every position, what PyTorch computes) / one core's fp32 matmul peak (measured
 here first, FLOPs per CPU-second), compared with the step's CPU seconds (all its threads). Extra `--jax-variant NAME:FIELD=V[,FIELD=V]` workers (ModelConfig fields that
-change no tensor) join the alternation, e.g. the full-logits path `plain:loss_chunk=0`.
+change no tensor) join the alternation, e.g. the full-logits path `plain:loss_chunk=0`; `--jax-xla
+NAME:FLAG=V` workers run the default step with `--FLAG=V` added to their XLA_FLAGS (process-wide XLA
+options), e.g. without YNNPACK fusions: `noynn:xla_cpu_experimental_ynn_fusion_type=`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--threads", type=int, default=0, help="0: library defaults; 1: one pinned core")
   p.add_argument("--jax-variant", action="append", default=[], metavar="NAME:FIELD=V,...")
+  p.add_argument("--jax-xla", action="append", default=[], metavar="NAME:FLAG=V")
   p.add_argument("--one-at-a-time", action="store_true",
                  help="run one side's process at a time (all its steps, then the next side's) when "
                       "both sides' train states do not fit in memory together (configs/bench_1b.py "
@@ -75,13 +78,17 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as d:
     d = pathlib.Path(d)
     ck = harness.write_checkpoints(cfg, d, "bench")
-    variants = [("jax", ())]
+    variants = [("jax", (), "")]
     for v in args.jax_variant:
       name, _, fields = v.partition(":")
-      variants.append((f"jax {name}", tuple(x for f in fields.split(",") if f for x in ("--set", f))))
-    sides = [("jax", name, extra) for name, extra in variants] + [("torch", "torch", ())]
-    start = lambda lib, name, extra: Worker(lib, "train", args.config, ck, s, args.threads, d, extra,
-                                            name)
+      variants.append((f"jax {name}", tuple(x for f in fields.split(",") if f for x in ("--set", f)),
+                       ""))
+    for v in args.jax_xla:
+      name, _, flag = v.partition(":")
+      variants.append((f"jax {name}", (), f"--{flag}"))
+    sides = [("jax", *v) for v in variants] + [("torch", "torch", (), "")]
+    start = lambda lib, name, extra, flags: Worker(lib, "train", args.config, ck, s, args.threads, d,
+                                                   extra, name, flags)
     n = args.warmup + args.steps
     if args.one_at_a_time:
       runs = []
@@ -127,7 +134,7 @@ def main(argv=None):
         f"{'floor %':>9}  loss")
   print(f"{'torch':<22}{t_med:>9.3f}{t_cpu:>9.3f}{'':>8}{'':>12}{'':>11}"
         f"{100 * floor_s / t_cpu:>8.0f}%  {runs[-1][-1]['loss']:.6f}")
-  for (name, _), r in zip(variants, runs[:-1]):
+  for (name, _, _), r in zip(variants, runs[:-1]):
     timed = r[args.warmup:]
     med = statistics.median(x["wall_s"] for x in timed)
     pair = statistics.median(t["wall_s"] / j["wall_s"] for j, t in zip(timed, torch_runs))

@@ -14,6 +14,7 @@ other side's timed run, and memory is returned to the OS when a side is done.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -32,11 +33,15 @@ def build(args):
   if args.task == "train":
     batch = harness.train_batch(cfg, args.rows, args.seq_len)
     if args.side == "jax":
-      overrides = {}
-      for item in args.set:  # model fields that change no tensor, e.g. loss_chunk=0
+      overrides, optim = {}, {}
+      for item in args.set:  # fields that change no tensor, e.g. loss_chunk=0, optim.update_passes=2
         key, _, raw = item.partition("=")
-        overrides[key] = raw if key == "attention" else int(raw)
-      trainer = harness.JaxTrainer(harness.load_jax(ck), **overrides)
+        if key.startswith("optim."):
+          optim[key.removeprefix("optim.")] = int(raw)
+        else:
+          overrides[key] = raw if key == "attention" else int(raw)
+      optim_cfg = dataclasses.replace(harness.BENCH_OPTIM, **optim)
+      trainer = harness.JaxTrainer(harness.load_jax(ck), optim_cfg, **overrides)
       trainer.compile(batch)
     else:
       trainer = harness.TorchTrainer(harness.load_torch(ck))

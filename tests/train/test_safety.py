@@ -143,15 +143,19 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
   ckpt.close()
 
 
-@pytest.mark.slow  # compiles a train step (about a minute of CPU)
-def test_a_step_with_a_non_finite_update_keeps_the_old_state():
+# one pass: the CPU default (~10 s); two passes, the accelerator default, in the slow target
+@pytest.mark.parametrize("passes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_step_with_a_non_finite_update_keeps_the_old_state(passes):
   """Loss and gradient norm finite, the update NaN (Adam's second moment poisoned negative): the step
-  must return the parameters and optimizer state it was given, and say it was not finite."""
+  must return the parameters and optimizer state it was given, and say it was not finite, with the
+  update applied in one pass or two (`optim.update_passes`)."""
   from qwenvl_jax.train.batch import SyntheticIterator
   from tests.train.helpers import initial_train_state, tiny_run
 
   # Stage 1: the LLM is frozen.
-  run = tiny_run(stage_config(1, "batch_size=2", "grad_accum=1", "seq_len=16"), (1, 1, 1))
+  run = tiny_run(stage_config(1, "batch_size=2", "grad_accum=1", "seq_len=16",
+                              f"optim.update_passes={passes}"), (1, 1, 1))
+  assert run.train_step.update_passes == passes
   state = initial_train_state(run)
   poisoned = []
 
