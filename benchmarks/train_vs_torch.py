@@ -120,7 +120,8 @@ def main(argv=None):
   torch_runs = runs[-1][args.warmup:]
   t_med = statistics.median(r["wall_s"] for r in torch_runs)
   out = dict(config=args.config, rows=args.rows, seq_len=args.seq_len, steps=args.steps,
-             threads=args.threads, one_at_a_time=args.one_at_a_time, peak_gflops=peak, head_gflop=head_flops / 1e9, floor_s=floor_s,
+             threads=args.threads, one_at_a_time=args.one_at_a_time, peak_gflops=peak,
+             head_gflop=head_flops / 1e9, floor_s=floor_s,
              load_before=load_before, load_after=load_after, cpus=os.cpu_count(),
              torch=dict(step_s=t_med, cpu_s=statistics.median(r["cpu_s"] for r in torch_runs),
                         losses=[r["loss"] for r in runs[-1]]))

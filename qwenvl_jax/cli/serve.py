@@ -76,7 +76,8 @@ def run(args):
       raise UserError("--warmup-prompt-tokens and --warmup-max-tokens must be >= 1")
     warmup = (args.warmup_prompt_tokens, args.warmup_max_tokens)
   server = Server(predictor, model_name=name, max_batch=args.max_batch, chunk=args.chunk,
-                  gather_s=args.gather_ms / 1000, warmup=warmup, limits=ServeLimits(image_root=root, max_image_bytes=args.max_image_bytes))
+                  gather_s=args.gather_ms / 1000, warmup=warmup,
+                  limits=ServeLimits(image_root=root, max_image_bytes=args.max_image_bytes))
   config = uvicorn.Config(server.app, host=args.host, port=args.port, log_level=args.log_level,
                           timeout_graceful_shutdown=None, lifespan="on")
   print(f"serving {name} on http://{args.host}:{args.port} (web chat at /, API at /v1)", flush=True)

@@ -107,8 +107,9 @@ class TrainStep:
   def device_batch(batch: dict) -> dict:
     """A host batch of the contract (`train/batch.py`) in the form the step is fastest with: images
     lane-packed (`model/pixels.pack_lanes`, a free reshape), so slicing each microbatch out of the
-    step's pixels needs no relayout copy of all of them. The step takes either form."""
-    if "images" not in batch or pixels.is_packed(batch["images"]):
+    step's pixels needs no relayout copy of all of them. The step takes either form; `pack_lanes`
+    leaves packed or float pixels as they are."""
+    if "images" not in batch:
       return batch
     return {**batch, "images": pixels.pack_lanes(batch["images"])}
 
