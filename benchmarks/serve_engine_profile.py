@@ -2,7 +2,7 @@
 
   python benchmarks/serve_engine_profile.py [--ckpt DIR] [--clients 1 16] [--rounds 3]
                                             [--max-tokens 64] [--max-batch 16] [--chunk 8]
-                                            [--xla-default]
+                                            [--xla-default] [--no-prefix-cache]
 
 In-process, no HTTP: the same `BatchEngine` `serve` runs, fed the load benchmark's text-only
 requests (prompts built by the server's own request parser), `clients` requests submitted at once
@@ -14,7 +14,8 @@ round each (compiles), each keeping its best round. Also times detokenising: the
 `TextStream` over one answer, fed chunk by chunk as the engine hands tokens out.
 `--xla-default` adds a second engine whose decode chunk is compiled with XLA's default options
 instead of the engine's (`decode_compiler_options`); the two engines run their rounds alternately
-(one at a time), the A/B of those options under the same load.
+(one at a time), the A/B of those options under the same load; `--no-prefix-cache` likewise adds
+an engine without the prefix cache. Every request asks its own question (nothing repeats to cache).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def main(argv=None):
   ap.add_argument("--chunk", type=int, default=8)
   ap.add_argument("--xla-default", action="store_true",
                   help="also run an engine with XLA's default decode options, alternately")
+  ap.add_argument("--no-prefix-cache", action="store_true",
+                  help="also run an engine without the prefix cache, alternately")
   args = ap.parse_args(argv)
 
   from qwenvl_jax.infer.api import load_predictor
@@ -111,9 +114,11 @@ def main(argv=None):
   ckpt = pathlib.Path(args.ckpt) if args.ckpt else serve_load.small_checkpoint(
       pathlib.Path(args.workdir))
   pred = load_predictor(ckpt, batch_size=1)
-  variants = {"engine": None, **({"xla default": {}} if args.xla_default else {})}
-  engines = {name: BatchEngine(pred.generator, slots=args.max_batch, chunk=args.chunk,
-                               compiler_options=opts) for name, opts in variants.items()}
+  variants = {"engine": {}, **({"xla default": dict(compiler_options={})} if args.xla_default
+                               else {}),
+              **({"no prefix cache": dict(prefix_cache_tokens=0)} if args.no_prefix_cache else {})}
+  engines = {name: BatchEngine(pred.generator, slots=args.max_batch, chunk=args.chunk, **kw)
+             for name, kw in variants.items()}
   timers = {name: Timed(e) for name, e in engines.items()}
   best = {}
   try:

@@ -13,8 +13,10 @@ shapes for 64- and 128-token prompt buckets before it listens (`serve --warmup-p
 clients) timed requests or until `--max-seconds`, whichever comes first. Tokens are the
 `usage.completion_tokens` the server reports; from /health's engine counters over the timed round:
 `compiles` (shapes compiled: each stalls every request for seconds), `rows/step` (busy rows a
-decode step computed on average) and `reqs/prefill` (requests sharing one prefill call). The 1-minute load
-average is printed with each row: the machine is shared, so read the numbers with it.
+decode step computed on average), `reqs/prefill` (requests sharing one prefill call) and
+`cached/req` (prompt tokens a request reused from the prefix cache instead of prefilling them).
+The 1-minute load average is printed with each row: the machine is shared, so read the numbers
+with it.
 `--compare FLAGS` is an A/B: a second server with those extra flags runs every level right after
 the first one, and the B / A tokens/s per level are printed.
 """
@@ -25,6 +27,7 @@ import argparse
 import base64
 import concurrent.futures
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -104,11 +107,16 @@ def health(base: str) -> dict:
 def engine_mix(before: dict, after: dict, chunk: int) -> dict:
   """What the engine did during a level, from /health's counters: `rows_per_step` = busy rows per
   decode step on average (16 = every slot busy), `reqs_per_prefill` = requests that shared one
-  prefill call, and `compiles` = shapes compiled mid-level (each stalls every slot for seconds)."""
+  prefill call, `cached_per_req` = prompt tokens a request took from the prefix cache, and
+  `compiles` = shapes compiled mid-level (each stalls every slot for seconds)."""
   d = {k: after["engine"][k] - before["engine"][k] for k in after["engine"]}
   return {"compiles": after["compiled"] - before["compiled"],
           "rows_per_step": round(d["busy_row_steps"] / (d["steps"] * chunk), 2) if d["steps"] else 0,
-          "reqs_per_prefill": round(d["admitted"] / d["prefills"], 2) if d["prefills"] else 0}
+          "reqs_per_prefill": round(d["admitted"] / d["prefills"], 2) if d["prefills"] else 0,
+          "cached_per_req": round(d["prefix_tokens"] / d["admitted"], 1) if d["admitted"] else 0}
+
+
+QUESTIONS = itertools.count()  # every request of a run asks its own question (no repeats to cache)
 
 
 def run_level(base: str, model: str, clients: int, n_requests: int, max_tokens: int,
@@ -122,9 +130,9 @@ def run_level(base: str, model: str, clients: int, n_requests: int, max_tokens: 
   def client(k: int):
     while time.perf_counter() < t_end:
       with lock:
-        i = next(counter, None)
-      if i is None:
-        return
+        if next(counter, None) is None:
+          return
+        i = next(QUESTIONS)
       rng = random.Random(i)
       question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "?"
       parts = [{"type": "image_url", "image_url": {"url": pictures[i % len(pictures)]}}
@@ -234,7 +242,8 @@ def main(argv=None):
     pictures = [] if args.no_picture else [picture_url(s) for s in range(8)]
     label = f"{'server':>6} " if args.compare is not None else ""
     print(f"{label}{'clients':>7} {'reqs':>5} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7} "
-          f"{'tok/req':>7} {'compiles':>8} {'rows/step':>9} {'reqs/prefill':>12} {'load':>5}",
+          f"{'tok/req':>7} {'compiles':>8} {'rows/step':>9} {'reqs/prefill':>12} {'cached/req':>10} "
+          f"{'load':>5}",
           flush=True)
     for c in args.clients:
       for name, (_, base) in servers.items():
@@ -248,7 +257,8 @@ def main(argv=None):
         print(f"{label}{row['clients']:>7} {row['requests']:>5} {row['requests_per_s']:>7} "
               f"{row['tokens_per_s']:>7} {row['p50_s']:>7} {row['p95_s']:>7} "
               f"{row['mean_tokens']:>7} {row['compiles']:>8} {row['rows_per_step']:>9} "
-              f"{row['reqs_per_prefill']:>12} {row['load_avg_1m']:>5}", flush=True)
+              f"{row['reqs_per_prefill']:>12} {row['cached_per_req']:>10} {row['load_avg_1m']:>5}",
+              flush=True)
     if args.compare is not None:  # B vs A at each level (each B round ran right after its A)
       for c in dict.fromkeys(args.clients):
         tok = {n: [r["tokens_per_s"] for r in rows if r["server"] == n and r["clients"] == c]

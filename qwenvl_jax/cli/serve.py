@@ -24,6 +24,10 @@ def register(subparsers):
   p.add_argument("--gather-ms", type=float, default=50.0, metavar="MS",
                  help="when requests end together and the engine goes idle, wait up to MS for "
                       "their clients' next requests so they prefill and decode together")
+  p.add_argument("--prefix-cache-tokens", type=int, default=2048, metavar="N",
+                 help="keep the keys/values of up to N prompt tokens (16-token blocks) for later "
+                      "prompts that begin the same way: a shared system prompt, a chat's earlier "
+                      "turns (0 = off)")
   p.add_argument("--warmup-prompt-tokens", type=int, nargs="+", default=None, metavar="N",
                  help="before listening, compile every shape for prompts of these lengths' buckets "
                       "(and --warmup-max-tokens new tokens), so no request waits for a compile")
@@ -51,8 +55,8 @@ def run(args):
 
   if args.max_batch < 1 or args.chunk < 1:
     raise UserError("--max-batch and --chunk must be >= 1")
-  if args.gather_ms < 0:
-    raise UserError("--gather-ms must be >= 0")
+  if args.gather_ms < 0 or args.prefix_cache_tokens < 0:
+    raise UserError("--gather-ms and --prefix-cache-tokens must be >= 0")
   root = None
   if args.image_root is not None:
     root = pathlib.Path(args.image_root)
@@ -76,7 +80,8 @@ def run(args):
       raise UserError("--warmup-prompt-tokens and --warmup-max-tokens must be >= 1")
     warmup = (args.warmup_prompt_tokens, args.warmup_max_tokens)
   server = Server(predictor, model_name=name, max_batch=args.max_batch, chunk=args.chunk,
-                  gather_s=args.gather_ms / 1000, warmup=warmup,
+                  gather_s=args.gather_ms / 1000, prefix_cache_tokens=args.prefix_cache_tokens,
+                  warmup=warmup,
                   limits=ServeLimits(image_root=root, max_image_bytes=args.max_image_bytes))
   config = uvicorn.Config(server.app, host=args.host, port=args.port, log_level=args.log_level,
                           timeout_graceful_shutdown=None, lifespan="on")

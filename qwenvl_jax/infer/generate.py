@@ -379,11 +379,23 @@ def _constrain_cache(cache: KVCache) -> KVCache:
 
 
 def _prefill(graphdef, logn, state, ids, segment_ids, positions, images, num_images, alpha, *,
-             cache_len, per_layer=False):
+             cache_len, per_layer=False, prefix=None):
+  """-> (last-position logits [B, V], cache of `cache_len` columns). `prefix` (k, v [L, B, K, H, D],
+  segment ids, positions [B, K]): keys/values computed earlier for the first K columns (the serving
+  engine's prefix cache; segment 0 = padding); `ids` then holds the rest of each prompt, in the
+  last columns, its positions following those of its prefix."""
   model = nnx.merge(graphdef, state)
   cfg = model.cfg
   b = ids.shape[0]
-  cache = _constrain_cache(init_cache(cfg.llm, b, cache_len, layers.dtype_of(cfg.dtype)))
+  cache = init_cache(cfg.llm, b, cache_len, layers.dtype_of(cfg.dtype))
+  if prefix is not None:
+    k, v, seg, pos = prefix
+    n = seg.shape[1]
+    cache = KVCache(cache.k.at[:, :, :n].set(k.astype(cache.k.dtype)),
+                    cache.v.at[:, :, :n].set(v.astype(cache.v.dtype)),
+                    cache.segment_ids.at[:, :n].set(seg), cache.positions.at[:, :n].set(pos),
+                    jnp.int32(n))
+  cache = _constrain_cache(cache)
   x = model.embed(ids, images, num_images if images is not None else None)
   hidden, cache = model.llm(x, positions, segment_ids, cache=cache, rope_alpha=alpha, logn=logn)
   logits = model.llm.logits(hidden[:, -1:])[:, 0].astype(jnp.float32)

@@ -82,7 +82,7 @@ class Server:
 
   def __init__(self, predictor, *, model_name: str, limits: ServeLimits | None = None,
                max_batch: int = 16, chunk: int = 8, gather_s: float = 0.05,
-               engine: BatchEngine | None = None, warmup: tuple[list[int], int] | None = None):
+               prefix_cache_tokens: int = 2048, engine: BatchEngine | None = None, warmup: tuple[list[int], int] | None = None):
     """`warmup`: (prompt token counts, max new tokens) to compile for before the server listens
     (`BatchEngine.warm_up`)."""
     self.pred = predictor
@@ -90,7 +90,7 @@ class Server:
     self.model_name = model_name
     self.limits = limits or ServeLimits()
     self.engine = engine or BatchEngine(predictor.generator, slots=max_batch, chunk=chunk,
-                                        gather_s=gather_s)
+                                        gather_s=gather_s, prefix_cache_tokens=prefix_cache_tokens)
     self.created = int(time.time())
     self.app = Starlette(routes=[
         Route("/", self.index, methods=["GET"]),

@@ -13,6 +13,8 @@ Why this shape:
   row then sees exactly its own prompt and tokens. A request fits while P + max_tokens <= L; the
   ring grows (rolled so the write column restarts at 0) when one needs more, and is dropped when
   the engine goes idle.
+* Prompts that begin like an earlier one (a shared system prompt, a chat's earlier turns) reuse
+  its keys/values from a pool of cached blocks and prefill only the rest (`serve/prefix.py`).
 * Busy slots are kept at the low indices and each chunk runs only the first `next_pow2(highest busy
   slot + 1)` rows, so one client does not pay for sixteen.
 * Sampling knobs are per row (temperature, top-k, top-p, seed): traced arrays, never recompiles.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -49,6 +52,8 @@ from qwenvl_jax.infer.generate import (ContextLengthError, _constrain_cache, _fo
                                        sample_logits)
 from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import KVCache, init_cache, is_per_layer, per_layer_cache
+from qwenvl_jax.serve import prefix
+from qwenvl_jax.serve.prefix import BLOCK, PrefixIndex
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,35 @@ def _sample_rows(logits, valid_vocab, seeds, counters, temps, top_k, top_p):
 
   greedy = lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return jax.lax.cond((temps <= 0).all(), greedy, mixed, None)
+
+
+def _prefill_rows(graphdef, logn, per_layer, state, pool, table, reused, src_rows, src_cols, dst,
+                  ids, segment_ids, positions, images, num_images, alpha, *, cache_len):
+  """A group's prefill with the prefix cache -> (logits [B, V], cache of `cache_len` columns, pool).
+
+  `pool` (k, v [L, N, BLOCK, H, D]) or None; `table` [B, K]: each row's cached prefix blocks
+  (its last `reused` // BLOCK entries; the others are padding), filling the K * BLOCK columns
+  before `ids`, the rest of each prompt. Then the blocks (`src_rows`, `src_cols`: first column) of
+  the new cache are written to pool slots `dst` (slots >= N are dropped)."""
+  cached = None
+  if table.shape[1]:
+    take = lambda p: p[:, table].reshape(p.shape[0], table.shape[0], -1, *p.shape[3:])
+    col = jnp.arange(table.shape[1] * BLOCK)[None, :]
+    first = table.shape[1] * BLOCK - reused[:, None]  # the prefix is right-aligned
+    cached = (take(pool[0]), take(pool[1]), (col >= first).astype(jnp.int32),
+              jnp.maximum(col - first, 0))
+  logits, small = _prefill(graphdef, logn, state, ids, segment_ids, positions, images, num_images,
+                           alpha, cache_len=cache_len, prefix=cached)
+  if pool is not None:
+    cols = src_cols[:, None] + jnp.arange(BLOCK)
+    put = lambda p, c: p.at[:, dst].set(c[:, src_rows[:, None], cols], mode="drop")
+    pool = (put(pool[0], small.k), put(pool[1], small.v))
+  return logits, _constrain_cache(per_layer_cache(small) if per_layer else small), pool
+
+
+def _new_pool(llm_cfg, dtype, n_blocks: int):
+  blocks = _constrain_cache(init_cache(llm_cfg, n_blocks, BLOCK, dtype))
+  return blocks.k, blocks.v
 
 
 def _batch_axis(cache: KVCache) -> int:
@@ -198,6 +232,27 @@ class _Slot:
 
 
 @dataclasses.dataclass
+class _Plan:
+  """How a joining request is prefilled: its bucket, the cached prefix it reuses (`reused` tokens
+  from pool slots `table`) and the columns the rest takes (`suffix`), its block keys (to store the
+  blocks it computes) and its NTK alpha."""
+  req: Request
+  width: int
+  alpha: float
+  reused: int = 0
+  suffix: int = 0  # = width without a reused prefix
+  table: tuple = ()
+  keys: tuple = ()
+  prefix_images: int = 0  # pictures inside the reused prefix
+
+  def group(self) -> tuple:
+    """Requests with equal groups prefill together (one call, so one shape): bucket, suffix
+    columns, pictures-per-row bucket of what is prefilled, NTK alpha (as for the request alone)."""
+    n_images = len(self.req.images) - self.prefix_images
+    return self.width, self.suffix, next_pow2(n_images) if n_images else 0, self.alpha
+
+
+@dataclasses.dataclass
 class EngineStats:
   steps: int = 0  # decode chunks run
   row_steps: int = 0  # rows x steps computed (incl. padding rows)
@@ -206,6 +261,8 @@ class EngineStats:
   prefills: int = 0  # prefill calls (requests that join together share one)
   max_busy: int = 0  # most slots busy at once
   busy_row_steps: int = 0  # rows x steps that belonged to a request (row_steps minus padding rows)
+  prefix_hits: int = 0  # requests that reused cached prefix blocks
+  prefix_tokens: int = 0  # prompt tokens taken from the prefix cache instead of prefilled
 
 
 class BatchEngine:
@@ -215,11 +272,13 @@ class BatchEngine:
   window are reused); `slots` bounds the requests decoded together; `chunk` is the decode steps per
   dispatch (new requests join between chunks); `compiler_options`: XLA's for the decode chunk
   (default `decode_compiler_options()`; {} = XLA's defaults, for A/B benchmarks); `gather_s`: how
-  long after going idle the engine waits for the clients it just served to come back (module doc).
+  long after going idle the engine waits for the clients it just served to come back (module doc);
+  `prefix_cache_tokens`: the prefix cache's size in prompt tokens (`serve/prefix.py`; 0 = none).
   """
 
   def __init__(self, generator, *, slots: int = 16, chunk: int = 8, max_queue: int = 1024,
-               compiler_options: dict | None = None, gather_s: float = 0.05):
+               compiler_options: dict | None = None, gather_s: float = 0.05,
+               prefix_cache_tokens: int = 2048):
     self.gen = generator
     self.cfg = generator.cfg
     self.slots_n = int(slots)
@@ -236,9 +295,12 @@ class BatchEngine:
     self._cv = threading.Condition()
     self._closing = False
     self._ring: KVCache | None = None
+    n_blocks = int(prefix_cache_tokens) // BLOCK
+    self._index = PrefixIndex(n_blocks) if n_blocks > 0 else None
+    self._pool = None  # the prefix cache's blocks on the device, made at the first prefill
     g, logn = generator.graphdef, generator.logn
-    self._prefill = jax.jit(functools.partial(_prefill, g, logn, per_layer=generator.per_layer),
-                            static_argnames=("cache_len",))
+    self._prefill = jax.jit(functools.partial(_prefill_rows, g, logn, generator.per_layer),
+                            static_argnames=("cache_len",), donate_argnames=("pool",))
     self._sample = jax.jit(_sample_rows, static_argnums=(1,))
     self._insert = jax.jit(_insert, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
@@ -249,6 +311,8 @@ class BatchEngine:
     placed = SingleDeviceSharding(jax.devices()[0]) if generator.mesh is None else None
     self._new_ring = jax.jit(functools.partial(_new_ring, self.cfg.llm, dtype, generator.per_layer),
                              static_argnums=(0, 1), out_shardings=placed)
+    self._new_pool = jax.jit(functools.partial(_new_pool, self.cfg.llm, dtype), static_argnums=(0,),
+                             out_shardings=placed and (placed, placed))
     self._chunks = {}  # n_steps -> jitted chunk (shapes add variants under each)
     self._decode = lambda n: self._chunks.setdefault(
         n, decode_chunk_fn(generator, n, compiler_options))
@@ -291,7 +355,8 @@ class BatchEngine:
     ring, ring creation and growth. Without it, each new shape stalls every slot for a compile
     (seconds) the first time traffic meets it. Runs on the engine thread while no request is
     decoding; -> the number of compiled variants added. Text-only prompts: shapes with pictures
-    (another images-per-row bucket) still compile on first use."""
+    (another images-per-row bucket) still compile on first use. With the prefix cache, also the
+    prefills that reuse a cached prefix (`prefix.suffix_widths`: log2(bucket / 16) per bucket)."""
     done, out = threading.Event(), {}
 
     def job():
@@ -321,7 +386,7 @@ class BatchEngine:
     self._thread.join(timeout)
 
   def compiled_count(self) -> int:
-    fns = [self._prefill, self._sample, self._insert, self._grow, self._new_ring,
+    fns = [self._prefill, self._sample, self._insert, self._grow, self._new_ring, self._new_pool,
            *self._chunks.values()]
     return sum(f._cache_size() for f in fns)
 
@@ -367,6 +432,9 @@ class BatchEngine:
             self._finish(s.req, f"error: {type(e).__name__}: {e}")
             self._slots[i] = None
         self._ring = None
+        self._pool = None  # donated to the failed call; its claimed blocks may be unwritten
+        if self._index is not None:
+          self._index.clear()
 
   def _gather(self):
     """With no slot busy, waits (holding `_cv`) until the requests that ended as the engine went
@@ -391,18 +459,21 @@ class BatchEngine:
     rings = sorted({ring_of(w) for w in widths})
     # every request count a prefill group can have (-> its batch bucket) and decode row count
     counts = sorted({min(self.slots_n, next_pow2(n)) for n in range(1, self.slots_n + 1)})
+    suffixes = prefix.suffix_widths if self._index is not None else lambda w: []
     saved = self.stop_ids, self.stats
     self.stop_ids = frozenset()  # dummy rows must stay busy through their chunk
     self.stats = EngineStats()  # the dummies are not traffic
     try:
       for n_cols in rings:
         for w in (w for w in widths if ring_of(w) <= n_cols):
-          for n in counts:
+          for n, suffix in itertools.product(counts, [w, *suffixes(w)]):
             self._ring = None
             self._ring_for(n_cols)
-            dummy = [Request([self.gen.pad_id] * w, (), n_cols - w, lambda *a: None)
-                     for _ in range(n)]
-            self._admit(dummy, list(range(n)))
+            # dummies that reuse a cached prefix (pool slot 0, whatever it holds); no keys: no stores
+            dummy = [_Plan(Request([self.gen.pad_id] * w, (), n_cols - w, lambda *a: None), w,
+                           self.gen.alpha_for([w]), w - suffix, suffix,
+                           (0,) * ((w - suffix) // BLOCK)) for _ in range(n)]
+            self._admit_plans(dummy, list(range(n)))
             self._step()
             self._slots = [None] * self.slots_n
       for small, large in zip(rings, rings[1:]):  # a ring that grows while requests run
@@ -436,40 +507,89 @@ class BatchEngine:
 
   def _admit(self, joining: list[Request], free: list[int]):
     """Prefills the joining requests into free slots, one prefill call per group of requests that
-    share a prompt bucket, an images-per-row bucket and an NTK alpha (what a batch-1 prefill of
-    each would use), so each row's logits are those it would get alone. A group's rows are padded
-    to a power of two: prefill compiles once per (prompt bucket, batch bucket <= slots)."""
+    share a prompt bucket, the columns their uncached tokens take, an images-per-row bucket and an
+    NTK alpha (what a batch-1 prefill of each would use), so each row's logits are those it would
+    get alone. A group's rows are padded to a power of two: prefill compiles once per (prompt
+    bucket, uncached columns, batch bucket <= slots)."""
     live = []
     for req in joining:
       if req.cancelled:
         self._finish(req, "cancelled")
       else:
         live.append(req)
-    groups: dict[tuple, list[Request]] = {}
-    for req in live:
-      groups.setdefault(self._prefill_key(req), []).append(req)
+    self._admit_plans([self._plan(req) for req in live], free)
+
+  def _admit_plans(self, plans: list[_Plan], free: list[int]):
+    groups: dict[tuple, list[_Plan]] = {}
+    for plan in plans:
+      groups.setdefault(plan.group(), []).append(plan)
+    pinned = {slot for plan in plans for slot in plan.table}  # read by this admission
     free = iter(free)
-    for key, reqs in groups.items():
-      self._prefill_group(reqs, [next(free) for _ in reqs], alpha=key[-1])
+    for group in groups.values():
+      self._prefill_group(group, [next(free) for _ in group], pinned)
     self.stats.max_busy = max(self.stats.max_busy, len(self._busy_slots()))
 
-  def _prefill_key(self, req: Request) -> tuple:
-    """Requests with equal keys prefill together: same prompt bucket, images-per-row bucket and
-    NTK alpha (from the request's own length, as when it is prefilled alone)."""
-    n_images = len(req.images)
-    return (prompt_bucket(len(req.ids), self.gen.min_prompt_bucket),
-            next_pow2(n_images) if n_images else 0, self.gen.alpha_for([len(req.ids)]))
+  def _plan(self, req: Request) -> _Plan:
+    n = len(req.ids)
+    width = prompt_bucket(n, self.gen.min_prompt_bucket)
+    plan = _Plan(req, width, self.gen.alpha_for([n]), suffix=width)
+    if self._index is None:
+      return plan
+    plan.keys = tuple(prefix.block_keys(req.ids, req.images, self.cfg.image_start_id,
+                                        salt=np.float32(plan.alpha).tobytes()))
+    spans = prefix.image_spans(req.ids, self.cfg.image_start_id, self.cfg.image_end_id)
+    cached = self._index.cached_blocks(plan.keys[:(n - 1) // BLOCK]) * BLOCK
+    plan.reused = prefix.reuse_length(n, width, cached, spans)
+    if plan.reused:
+      plan.suffix = prefix.suffix_width(n - plan.reused)
+    plan.table = tuple(self._index.lookup(plan.keys[:plan.reused // BLOCK]))
+    plan.prefix_images = sum(s < plan.reused for s, _ in spans)
+    return plan
 
-  def _prefill_group(self, reqs: list[Request], slots: list[int], alpha: float):
-    images = [[np.asarray(a, np.float32) for a in r.images] for r in reqs]
-    batch = self.gen.prepare([list(r.ids) for r in reqs], images)
-    width = batch.ids.shape[1]
+  def _stores(self, plans: list[_Plan], b: int, pinned: set[int]):
+    """(rows, first columns, pool slots) of the new blocks a group's prefill computes, padded to
+    one entry per block of its cache (padding entries write to slot N: dropped)."""
+    width = plans[0].width
+    n_entries = b * (width // BLOCK)
+    rows, cols = np.zeros(n_entries, np.int32), np.zeros(n_entries, np.int32)
+    dst = np.full(n_entries, self._index.n_blocks if self._index is not None else 0, np.int32)
+    k = 0
+    for j, plan in enumerate(plans):
+      n = len(plan.req.ids)
+      for m in range(plan.reused // BLOCK, len(plan.keys)):
+        if plan.keys[m] in self._index:
+          continue
+        slot = self._index.claim(plan.keys[m], pinned)
+        if slot is None:
+          break
+        pinned.add(slot)  # one write per slot per call
+        rows[k], cols[k], dst[k] = j, width - n + m * BLOCK, slot
+        k += 1
+    return rows, cols, dst
+
+  def _prefill_group(self, plans: list[_Plan], slots: list[int], pinned: set[int]):
+    reqs = [p.req for p in plans]
+    width, suffix, alpha = plans[0].width, plans[0].suffix, plans[0].alpha
+    images = [[np.asarray(a, np.float32) for a in p.req.images[p.prefix_images:]] for p in plans]
+    batch = self.gen.prepare([list(p.req.ids[p.reused:]) for p in plans], images,
+                             prompt_len=suffix)
+    b = batch.ids.shape[0]
+    reused = np.zeros(b, np.int32)
+    reused[:len(plans)] = [p.reused for p in plans]
+    positions = batch.positions + reused[:, None] * (batch.segment_ids > 0)
+    n_blocks = (width - suffix) // BLOCK  # prefix columns, right-aligned blocks
+    table = np.zeros((b, n_blocks), np.int32)
+    for j, p in enumerate(plans):
+      table[j, n_blocks - len(p.table):] = p.table
+    if self._index is not None and self._pool is None:
+      self._pool = self._new_pool(self._index.n_blocks)
+    stores = self._stores(plans, b, pinned)
     self._ring_for(width + max(r.max_tokens for r in reqs))
     put = self.gen._put
-    logits, small = self._prefill(
-        self.gen.state, put(batch.ids), put(batch.segment_ids), put(batch.positions),
-        put(batch.images), put(batch.num_images), jnp.float32(alpha), cache_len=width)
-    b = batch.ids.shape[0]
+    logits, small, self._pool = self._prefill(
+        self.gen.state, self._pool, table, reused, *stores, put(batch.ids), put(batch.segment_ids),
+        put(positions), put(batch.images), put(batch.num_images), jnp.float32(alpha),
+        cache_len=width)
     rows = np.full(b, self.slots_n, np.int32)  # padding rows land outside the ring: dropped
     rows[:len(reqs)] = slots
     self._ring = self._insert(self._ring, small, jnp.asarray(rows))
@@ -481,6 +601,8 @@ class BatchEngine:
     for j, (req, slot) in enumerate(zip(reqs, slots)):
       self._slots[slot] = _Slot(req, int(first[j]), len(req.ids), alpha, 1)
       self.stats.admitted += 1
+      self.stats.prefix_hits += int(reused[j] > 0)
+      self.stats.prefix_tokens += int(reused[j])
       self._hand_out(slot, [int(first[j])])
 
   @staticmethod

@@ -19,6 +19,7 @@ from qwenvl_jax.model import layers
 from qwenvl_jax.model.llm import init_cache, per_layer_cache
 from qwenvl_jax.model.masks import attention_mask
 from qwenvl_jax.serve.engine import BatchEngine, Request, decode_chunk_fn
+from tests.serve.helpers import alone, burst
 
 
 def _gen(model, tok, **kw):
@@ -47,7 +48,7 @@ def _engine_tokens(gen, prompts, max_tokens, slots=4, chunk=3):
 
 
 @pytest.mark.parametrize("per_layer", [True, False])
-def test_concurrent_greedy_tokens_equal_each_request_alone(model, tok, per_layer):
+def test_concurrent_greedy_tokens_equal_each_requestalone(model, tok, per_layer):
   # No stop ids: every row runs to its max_tokens, so the ring surely wraps.
   gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size,
                   unstack_layers=per_layer)
@@ -65,31 +66,8 @@ def test_concurrent_greedy_tokens_equal_each_request_alone(model, tok, per_layer
   assert stats.steps * 3 > 128  # the write index went around the 128-column ring
 
 
-def _burst(engine, prompts, images, max_tokens):
-  """Submits all requests at once (`submit_all`: they join at the same step boundary)."""
-  outs = [[] for _ in prompts]
-  done = [threading.Event() for _ in prompts]
-  reqs = []
-  for k, (ids, imgs) in enumerate(zip(prompts, images)):
-
-    def emit(new, reason, k=k):
-      outs[k].extend(new)
-      if reason:
-        done[k].set()
-
-    reqs.append(Request(ids, imgs, max_tokens, emit))
-  engine.submit_all(reqs)
-  assert all(e.wait(300) for e in done)
-  return outs
-
-
-def _alone(gen, prompts, images, max_tokens):
-  greedy = SamplingConfig(temperature=0, max_new_tokens=max_tokens)
-  return [gen.generate_ids([p], [i], sampling=greedy)[0] for p, i in zip(prompts, images)]
-
-
 @pytest.mark.slow  # ~5 min on the loaded 2-core machine: many pictured/text shapes compile
-def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture_paths):
+def test_joining_requests_share_prefills_and_equal_eachalone(predictor, picture_paths):
   """Requests that join together are prefilled in one call per (prompt bucket, pictures per row):
   text and pictured prompts of the 64 and the 128 bucket -> 4 prefills for 9 requests, and every answer's greedy tokens equal the request prefilled and decoded alone."""
   gen = predictor.generator
@@ -104,33 +82,39 @@ def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture
   assert keys == {(64, 0), (128, 0), (64, 1), (128, 1)}
   engine = BatchEngine(gen, slots=16, chunk=4)
   try:
-    got = _burst(engine, prompts, images, 12)
+    got = burst(engine, prompts, images, 12)
     assert engine.stats.prefills == 4 and engine.stats.admitted == len(prompts)
   finally:
     engine.close()
-  alone = _alone(gen, prompts, images, 12)
+  each = alone(gen, prompts, images, 12)
   text = [k for k, i in enumerate(images) if not i]
-  assert [got[k] for k in text] == [alone[k] for k in text]
-  assert all(got[k][:4] == alone[k][:4] for k in range(len(prompts)) if k not in text)
+  assert [got[k] for k in text] == [each[k] for k in text]
+  assert all(got[k][:4] == each[k][:4] for k in range(len(prompts)) if k not in text)
   assert len({tuple(g) for g in got}) > 3
 
 
 def test_warm_up_compiles_every_shape_traffic_meets(predictor):
   """After `warm_up` for a prompt bucket and answer length, bursts of every size (prefill batch
-  buckets, decode row counts) compile nothing, and the answers still equal each request alone."""
+  buckets, decode row counts, both lengths of a reused cached prefix) compile nothing, and the
+  answers still equal each request alone."""
   gen = predictor.generator
   engine = BatchEngine(gen, slots=4, chunk=2)
   rng = np.random.default_rng(4)
+  system = rng.integers(3, 200, 40).tolist()
+  again = system + rng.integers(3, 200, 15).tolist()  # 48 tokens cached once seen
   try:
     assert engine.warm_up([30], max_tokens=8) > 0
     warm = engine.compiled_count()
     assert engine.stats.admitted == 0  # the warm-up's dummy rows are not traffic
-    for n in (1, 3, 2, 4):
+    for n in (1, 3, 2, 4, 1, 4):
       prompts = [rng.integers(3, 200, int(rng.integers(5, 60))).tolist() for _ in range(n)]
+      prompts[1::2] = [system + p[:20] for p in prompts[1::2]]
+      prompts[2::4] = [again for _ in prompts[2::4]]
       images = [[] for _ in prompts]
-      got = _burst(engine, prompts, images, 8)
-      assert got == _alone(gen, prompts, images, 8)
+      got = burst(engine, prompts, images, 8)
+      assert got == alone(gen, prompts, images, 8)
     assert engine.compiled_count() == warm
+    assert engine.stats.prefix_hits >= 4
   finally:
     engine.close()
 

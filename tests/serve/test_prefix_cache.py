@@ -1,0 +1,119 @@
+"""The serving engine's prefix cache: prompts that begin like earlier ones reuse their cached blocks
+and prefill only the rest, and every answer's greedy tokens still equal the request prefilled in
+full and decoded alone (`Generator`, no engine) - in the 64 and 128 buckets with several reused
+lengths in one prefill call, under evictions from a pool too small for the traffic, and with pictures inside the prefix (a
+different picture behind the same tokens is never reused)."""
+
+import numpy as np
+import pytest
+
+from qwenvl_jax.infer.generate import Generator, prompt_bucket
+from qwenvl_jax.serve import prefix
+from qwenvl_jax.serve.engine import BatchEngine
+from tests.serve.helpers import alone, burst
+
+
+@pytest.fixture(scope="module")
+def gen(model, tok):
+  return Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size)
+
+
+def test_prompts_that_share_a_prefix_reuse_it_and_equal_eachalone(gen):
+  rng = np.random.default_rng(0)
+  words = lambda n: rng.integers(3, 200, n).tolist()
+  system, history = words(40), words(80)
+  repeated = system + words(20)
+  first = [system + words(7), history + words(6), repeated]
+  # 64 bucket: 32 cached tokens of `system` -> reuse 32, prefill 13 / 22 / 31 tokens in 16 / 32 /
+  # 32 columns; `repeated` again -> 48 cached -> reuse 48, 12 tokens in 16 columns (one call with
+  # `system` + 5). 128 bucket: 80 cached of `history` -> reuse 80, 25 tokens in 32 columns.
+  then = [system + words(n) for n in (5, 14, 23)] + [repeated, history + words(25)]
+  engine = BatchEngine(gen, slots=8, chunk=3, prefix_cache_tokens=512)
+  try:
+    got_first = burst(engine, first)
+    assert engine.stats.prefix_hits == 0
+    got_then = burst(engine, then)
+    assert engine.stats.prefix_hits == len(then)
+    assert engine.stats.prefix_tokens == 3 * 32 + 48 + 80
+    assert {prompt_bucket(len(p)) for p in then} == {64, 128}
+    assert engine.stats.prefills == 2 + 3  # (64, 16 columns), (64, 32), (128, 32)
+  finally:
+    engine.close()
+  assert got_first + got_then == alone(gen, first + then)
+
+
+def test_answers_stay_right_when_the_pool_evicts(gen):
+  """A 5-block pool for three 32-token (2-block) prefixes, two at a time in turn: blocks are
+  evicted and their slots rewritten between requests that read others; hits still give the full
+  prefill's tokens."""
+  rng = np.random.default_rng(1)
+  systems = [rng.integers(3, 200, 32).tolist() for _ in range(3)]
+  engine = BatchEngine(gen, slots=4, chunk=3, prefix_cache_tokens=5 * prefix.BLOCK)
+  prompts, got = [], []
+  try:
+    for turn in range(6):
+      batch = [systems[(turn + k) % 3] + rng.integers(3, 200, 9 + k).tolist() for k in range(2)]
+      prompts += batch
+      got += burst(engine, batch)
+      assert len(engine._index) <= 5
+    assert 0 < engine.stats.prefix_hits < len(prompts) - 2
+  finally:
+    engine.close()
+  assert got == alone(gen, prompts)
+
+
+def test_a_prefix_with_a_picture_is_reused_only_with_that_picture(predictor, picture_paths):
+  gen = predictor.generator
+  cfg = gen.cfg
+
+  def chat(picture):
+    history = [([{"image": picture}, {"text": "What is in this picture?"}],
+                [{"text": "A square of many colours, small and bright."}])]
+    ids, srcs = predictor.chat_prompt(history, [{"text": "Where is it?"}])
+    return ids, [predictor.image_array(s) for s in srcs]
+
+  (a, img_a), (b, img_b) = chat(picture_paths[0]), chat(picture_paths[1])
+  assert a == b and not np.array_equal(img_a[0], img_b[0])  # same tokens, other pixels
+  start, end = prefix.image_spans(a, cfg.image_start_id, cfg.image_end_id)[0]
+  engine = BatchEngine(gen, slots=4, chunk=3, prefix_cache_tokens=1024)
+  try:
+    got = burst(engine, [a], [img_a])
+    got += burst(engine, [a], [img_a])  # same picture: reuses past the picture
+    reused_same = engine.stats.prefix_tokens
+    got += burst(engine, [b], [img_b])  # other picture: at most what precedes it
+    reused_other = engine.stats.prefix_tokens - reused_same
+  finally:
+    engine.close()
+  assert reused_same == (len(a) - 1) // prefix.BLOCK * prefix.BLOCK > end
+  assert reused_other <= start  # (0 here: a 16-token prefix leaves too much for its bucket)
+  assert got == alone(gen, [a, a, b], [img_a, img_a, img_b])
+
+
+def test_block_keys_name_the_whole_prefix_and_its_pictures():
+  ids = list(range(100, 140))
+  pic, other = np.zeros((4, 4, 3), np.uint8), np.ones((4, 4, 3), np.uint8)
+  keys = prefix.block_keys(ids, [], image_start_id=7)
+  assert len(keys) == 40 // prefix.BLOCK
+  changed = prefix.block_keys(ids[:5] + [0] + ids[6:], [], image_start_id=7)
+  assert changed[0] != keys[0] and changed[1] != keys[1]  # a block's key covers all before it
+  with_pic = ids[:20] + [7] + ids[21:]
+  k_pic = prefix.block_keys(with_pic, [pic], image_start_id=7)
+  k_other = prefix.block_keys(with_pic, [other], image_start_id=7)
+  assert k_pic[0] == k_other[0] and k_pic[1] != k_other[1]  # the picture starts in block 1
+  assert prefix.block_keys(ids, [], 7, salt=b"alpha2")[0] != keys[0]
+
+
+def test_reuse_length_keeps_a_token_to_prefill_and_never_cuts_a_picture():
+  assert prefix.suffix_widths(64) == [16, 32] and prefix.suffix_widths(128) == [16, 32, 64]
+  assert [prefix.suffix_width(n) for n in (1, 16, 17, 33, 100)] == [16, 16, 32, 64, 128]
+  assert prefix.reuse_length(60, 64, cached=48, spans=[]) == 48
+  assert prefix.reuse_length(60, 64, cached=47, spans=[]) == 32
+  assert prefix.reuse_length(49, 64, cached=64, spans=[]) == 48
+  assert prefix.reuse_length(48, 64, cached=48, spans=[]) == 32  # token 47 must be prefilled
+  assert prefix.reuse_length(60, 64, cached=48, spans=[(40, 50)]) == 32
+  assert prefix.reuse_length(60, 64, cached=48, spans=[(20, 40)]) == 48
+  assert prefix.reuse_length(60, 64, cached=47, spans=[(20, 40)]) == 0  # 32 cuts it, 16: see below
+  assert prefix.reuse_length(40, 64, cached=47, spans=[(20, 35)]) == 16
+  # 44 tokens after 16 need 64 columns: 16 + 64 > 64, so no reuse
+  assert prefix.reuse_length(60, 64, cached=16, spans=[]) == 0
+  assert prefix.reuse_length(370, 512, cached=288, spans=[(14, 271)]) == 288
