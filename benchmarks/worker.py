@@ -34,12 +34,13 @@ def build(args):
     batch = harness.train_batch(cfg, args.rows, args.seq_len)
     if args.side == "jax":
       overrides, optim = {}, {}
-      for item in args.set:  # fields that change no tensor, e.g. loss_chunk=0, optim.update_passes=2
+      for item in args.set:  # fields that change no tensor, e.g. loss_chunk=0, optim.update_guard=two_pass
         key, _, raw = item.partition("=")
+        value = int(raw) if raw.lstrip("-").isdigit() else raw
         if key.startswith("optim."):
-          optim[key.removeprefix("optim.")] = int(raw)
+          optim[key.removeprefix("optim.")] = value
         else:
-          overrides[key] = raw if key == "attention" else int(raw)
+          overrides[key] = value
       optim_cfg = dataclasses.replace(harness.BENCH_OPTIM, **optim)
       trainer = harness.JaxTrainer(harness.load_jax(ck), optim_cfg, **overrides)
       trainer.compile(batch)

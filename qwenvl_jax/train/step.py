@@ -100,8 +100,10 @@ class TrainStep:
     self._jitted: dict[tuple, Any] = {}
     labels = traverse_util.flatten_dict(run.label_tree)
     self._trained = frozenset(k for k, v in labels.items() if v == optim.TRAIN)
-    passes = run.train_cfg.optim.update_passes
-    self.update_passes = passes or (1 if self.mesh.devices.flat[0].platform == "cpu" else 2)
+    guard = run.train_cfg.optim.update_guard
+    if guard == "auto":
+      guard = "cond" if self.mesh.devices.flat[0].platform == "cpu" else "two_pass"
+    self.update_guard = guard
 
   @staticmethod
   def device_batch(batch: dict) -> dict:
@@ -171,21 +173,29 @@ class TrainStep:
     loss = ce_sum / denom
     # A step whose loss, gradients or new parameters are not finite is not applied: the old
     # parameters and optimizer state come back, so no NaN ever reaches a saved checkpoint.
-    # With two passes (`optim.update_passes`) old and new parameters and moments are never all in
-    # HBM at once (2 x 4.5 GiB per chip at 7B on 16 v5e chips): the first only decides `finite`
-    # (its new values are reduced, not kept), the second recomputes the same update and writes it
-    # in place, selected by `finite`. The barrier keeps XLA from merging the passes.
+    # `optim.update_guard`: the new parameters decide `finite`; "cond" and "two_pass" only reduce
+    # them and compute the update again, under `lax.cond` in place ("cond": on CPU XLA then keeps
+    # no second copy of the state) or selected elementwise against the old values after a barrier
+    # that keeps XLA from merging the passes ("two_pass": old and new parameters and moments are
+    # never all in HBM, 2 x 4.5 GiB per chip at 7B on 16 v5e chips); "select" keeps and selects
+    # the first values.
     new_flat, new_opt_state = apply(full_grads, opt_state, flat)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     for k in trained:
       finite &= jnp.all(jnp.isfinite(new_flat[k]))
-    if self.update_passes == 2:
-      full_grads, opt_state, flat, finite = jax.lax.optimization_barrier(
-          (full_grads, opt_state, flat, finite))
-      new_flat, new_opt_state = apply(full_grads, opt_state, flat)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_flat = {k: keep(new_flat[k], v) if k in trained else v for k, v in flat.items()}
-    new_opt_state = state_lib.back_home(keep(new_opt_state, opt_state), opt_home)
+    if self.update_guard == "cond":
+      new_flat, new_opt_state = jax.lax.cond(
+          finite, lambda ops: apply(*ops), lambda ops: (ops[2], ops[1]),
+          (full_grads, opt_state, flat))
+    else:
+      if self.update_guard == "two_pass":
+        full_grads, opt_state, flat, finite = jax.lax.optimization_barrier(
+            (full_grads, opt_state, flat, finite))
+        new_flat, new_opt_state = apply(full_grads, opt_state, flat)
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      new_flat = {k: keep(new_flat[k], v) if k in trained else v for k, v in flat.items()}
+      new_opt_state = keep(new_opt_state, opt_state)
+    new_opt_state = state_lib.back_home(new_opt_state, opt_home)
     metrics = dict(loss=loss, grad_norm=grad_norm, target_tokens=n, finite=finite,
                    tokens=jnp.sum(batch["segment_ids"] != 0, dtype=jnp.int32),
                    images=jnp.sum(batch["num_images"]) if "num_images" in batch else jnp.int32(0))

@@ -143,19 +143,20 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
   ckpt.close()
 
 
-# one pass: the CPU default (~10 s); two passes, the accelerator default, in the slow target
-@pytest.mark.parametrize("passes", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_a_step_with_a_non_finite_update_keeps_the_old_state(passes):
+# "cond": the CPU default (~10 s); the others (two passes: the accelerator default) in the slow target
+@pytest.mark.parametrize("guard", ["cond", pytest.param("two_pass", marks=pytest.mark.slow),
+                                   pytest.param("select", marks=pytest.mark.slow)])
+def test_a_step_with_a_non_finite_update_keeps_the_old_state(guard):
   """Loss and gradient norm finite, the update NaN (Adam's second moment poisoned negative): the step
-  must return the parameters and optimizer state it was given, and say it was not finite, with the
-  update applied in one pass or two (`optim.update_passes`)."""
+  must return the parameters and optimizer state it was given, and say it was not finite, with
+  every way of guarding the update (`optim.update_guard`)."""
   from qwenvl_jax.train.batch import SyntheticIterator
   from tests.train.helpers import initial_train_state, tiny_run
 
   # Stage 1: the LLM is frozen.
   run = tiny_run(stage_config(1, "batch_size=2", "grad_accum=1", "seq_len=16",
-                              f"optim.update_passes={passes}"), (1, 1, 1))
-  assert run.train_step.update_passes == passes
+                              f"optim.update_guard={guard}"), (1, 1, 1))
+  assert run.train_step.update_guard == guard
   state = initial_train_state(run)
   poisoned = []
 
@@ -176,6 +177,22 @@ def test_a_step_with_a_non_finite_update_keeps_the_old_state(passes):
   assert int(new.step) == 0  # no update was applied
   for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(before)):
     np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_every_update_guard_applies_the_same_update():
+  """A finite step is the same update however it is guarded: in place under `lax.cond` (the CPU
+  default) and selected against the old values give the same losses, parameters and moments."""
+  from tests.train.helpers import flat, run_steps
+
+  cfg = lambda guard: stage_config(2, "batch_size=2", "grad_accum=1", "seq_len=16",
+                                   f"optim.update_guard={guard}")
+  losses, params, _, state = run_steps(cfg("cond"), (1, 1, 1), 2)
+  ref_losses, ref_params, _, ref_state = run_steps(cfg("select"), (1, 1, 1), 2)
+  np.testing.assert_array_equal(losses, ref_losses)
+  assert int(state.step) == int(ref_state.step) == 2
+  for (k, a), b in zip(flat((params, state.opt_state)).items(),
+                       flat((ref_params, ref_state.opt_state)).values()):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=k)
 
 
 # --------------------------------------------------------------------------------------------
