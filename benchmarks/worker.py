@@ -36,7 +36,8 @@ def build(args):
       overrides, optim = {}, {}
       for item in args.set:  # fields that change no tensor, e.g. loss_chunk=0, optim.update_guard=two_pass
         key, _, raw = item.partition("=")
-        value = int(raw) if raw.lstrip("-").isdigit() else raw
+        value = (int(raw) if raw.lstrip("-").isdigit() else
+                 {"true": True, "false": False}.get(raw.lower(), raw))
         if key.startswith("optim."):
           optim[key.removeprefix("optim.")] = value
         else:
