@@ -48,7 +48,7 @@ def _engine_tokens(gen, prompts, max_tokens, slots=4, chunk=3):
 
 
 @pytest.mark.parametrize("per_layer", [True, False])
-def test_concurrent_greedy_tokens_equal_each_requestalone(model, tok, per_layer):
+def test_concurrent_greedy_tokens_equal_each_request_alone(model, tok, per_layer):
   # No stop ids: every row runs to its max_tokens, so the ring surely wraps.
   gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size,
                   unstack_layers=per_layer)
@@ -67,7 +67,7 @@ def test_concurrent_greedy_tokens_equal_each_requestalone(model, tok, per_layer)
 
 
 @pytest.mark.slow  # ~5 min on the loaded 2-core machine: many pictured/text shapes compile
-def test_joining_requests_share_prefills_and_equal_eachalone(predictor, picture_paths):
+def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture_paths):
   """Requests that join together are prefilled in one call per (prompt bucket, pictures per row):
   text and pictured prompts of the 64 and the 128 bucket -> 4 prefills for 9 requests, and every answer's greedy tokens equal the request prefilled and decoded alone."""
   gen = predictor.generator

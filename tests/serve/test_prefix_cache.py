@@ -1,8 +1,8 @@
 """The serving engine's prefix cache: prompts that begin like earlier ones reuse their cached blocks
 and prefill only the rest, and every answer's greedy tokens still equal the request prefilled in
 full and decoded alone (`Generator`, no engine) - in the 64 and 128 buckets with several reused
-lengths in one prefill call, under evictions from a pool too small for the traffic, and with pictures inside the prefix (a
-different picture behind the same tokens is never reused)."""
+lengths in one prefill call, under evictions from a pool too small for the traffic, and with
+pictures inside the prefix (a different picture behind the same tokens is never reused)."""
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ def gen(model, tok):
   return Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size)
 
 
-def test_prompts_that_share_a_prefix_reuse_it_and_equal_eachalone(gen):
+def test_prompts_that_share_a_prefix_reuse_it_and_equal_each_alone(gen):
   rng = np.random.default_rng(0)
   words = lambda n: rng.integers(3, 200, n).tolist()
   system, history = words(40), words(80)
