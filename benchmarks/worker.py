@@ -25,7 +25,7 @@ import time
 def build(args):
   """-> (info dict, run() -> dict)."""
   import harness
-  from qwenvl_jax.config import load_model_config
+  from qwenvl_jax.config import load_model_config, parse_override_value
 
   cfg = load_model_config(args.config)
   ck = harness.Checkpoints(cfg, pathlib.Path(args.hf), pathlib.Path(args.orbax))
@@ -36,8 +36,7 @@ def build(args):
       overrides, optim = {}, {}
       for item in args.set:  # fields that change no tensor, e.g. loss_chunk=0, optim.update_guard=two_pass
         key, _, raw = item.partition("=")
-        value = (int(raw) if raw.lstrip("-").isdigit() else
-                 {"true": True, "false": False}.get(raw.lower(), raw))
+        value = parse_override_value(raw)  # as `--set` on the CLI: False, 0, two_pass
         if key.startswith("optim."):
           optim[key.removeprefix("optim.")] = value
         else:

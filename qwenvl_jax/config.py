@@ -351,21 +351,27 @@ def load_config_dict(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(variant or None)
 
 
+def parse_override_value(raw: str):
+  """An override's value: a Python literal where it parses as one (0, 1e-4, False, (1, 2)), else
+  the string itself (two_pass, splash)."""
+  import ast
+
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
   """Applies `key.sub=value` strings (values parse as Python literals where they can), then checks the
   result as the typed run config (`run_config_from_dict`): the one validation of every value, so a
   wrong type or value raises ConfigError naming the dotted field. The `lora` and `evals` sections
   are typed where they are read (ckpt/lora_run.py, evals/in_loop.py)."""
-  import ast
-
   for item in overrides or []:
     key, sep, raw = item.partition("=")
     if not sep:
       raise ConfigError(f"override '{item}' is not of the form key=value")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
+    value = parse_override_value(raw)
     node = cfg
     parts = key.split(".")
     for part in parts[:-1]:
