@@ -155,17 +155,25 @@ class TrainStep:
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), train_p)
     carry = (jax.lax.with_sharding_constraint(zeros, train_sh), jnp.zeros((), jnp.float32),
              jnp.zeros((), jnp.int32), parked)
-    (g_sum, ce_sum, n, parked), _ = jax.lax.scan(body, carry, jnp.arange(self.grad_accum))
+    if self.grad_accum == 1:  # no loop: XLA keeps a one-trip loop, whose zeros it writes every step
+      (g_sum, ce_sum, n, parked), _ = body(carry, jnp.int32(0))
+    else:
+      (g_sum, ce_sum, n, parked), _ = jax.lax.scan(body, carry, jnp.arange(self.grad_accum))
     denom = jnp.maximum(n, 1).astype(jnp.float32)
-    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, train_p)
-    grad_norm = optax.global_norm(grads)
-    # Frozen leaves feed `set_to_zero`, which ignores its input: pass the params, not zeros.
-    full_grads = traverse_util.unflatten_dict({**grads, **frozen_p})
+    # The mean gradient is formed inside the update's loops, from the sum and one reciprocal, and
+    # its norm from the sum's: on CPU a divide, a tree passed into `lax.cond` or the input of a norm
+    # is written out in full and read back (`optim.clip_by_global_norm`).
+    inv_denom = 1.0 / denom
+    mean_grads = lambda g_sum: {k: (g * inv_denom).astype(train_p[k].dtype) for k, g in g_sum.items()}
+    grad_norm = optax.global_norm(g_sum) * inv_denom
     if parked is not None:
       opt_state = state_lib.onto_device(parked, opt_home)
 
-    def apply(full_grads, opt_state, flat):
-      updates, new_opt_state = run.tx.update(full_grads, opt_state, traverse_util.unflatten_dict(flat))
+    def apply(g_sum, opt_state, flat):
+      # Frozen leaves feed `set_to_zero`, which ignores its input: pass the params, not zeros.
+      full_grads = traverse_util.unflatten_dict({**mean_grads(g_sum), **frozen_p})
+      updates, new_opt_state = run.tx.update(full_grads, opt_state, traverse_util.unflatten_dict(flat),
+                                             global_norm=grad_norm)
       flat_u = traverse_util.flatten_dict(updates)
       return {k: (v + flat_u[k].astype(v.dtype)) if k in trained else v
               for k, v in flat.items()}, new_opt_state
@@ -179,19 +187,17 @@ class TrainStep:
     # that keeps XLA from merging the passes ("two_pass": old and new parameters and moments are
     # never all in HBM, 2 x 4.5 GiB per chip at 7B on 16 v5e chips); "select" keeps and selects
     # the first values.
-    new_flat, new_opt_state = apply(full_grads, opt_state, flat)
+    new_flat, new_opt_state = apply(g_sum, opt_state, flat)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     for k in trained:
       finite &= jnp.all(jnp.isfinite(new_flat[k]))
     if self.update_guard == "cond":
       new_flat, new_opt_state = jax.lax.cond(
-          finite, lambda ops: apply(*ops), lambda ops: (ops[2], ops[1]),
-          (full_grads, opt_state, flat))
+          finite, lambda ops: apply(*ops), lambda ops: (ops[2], ops[1]), (g_sum, opt_state, flat))
     else:
       if self.update_guard == "two_pass":
-        full_grads, opt_state, flat, finite = jax.lax.optimization_barrier(
-            (full_grads, opt_state, flat, finite))
-        new_flat, new_opt_state = apply(full_grads, opt_state, flat)
+        g_sum, opt_state, flat, finite = jax.lax.optimization_barrier((g_sum, opt_state, flat, finite))
+        new_flat, new_opt_state = apply(g_sum, opt_state, flat)
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
       new_flat = {k: keep(new_flat[k], v) if k in trained else v for k, v in flat.items()}
       new_opt_state = keep(new_opt_state, opt_state)

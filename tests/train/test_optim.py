@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from qwenvl_jax.config import OptimConfig, model_config_from_dict
@@ -143,3 +144,21 @@ def test_bf16_moments_need_b2_at_most_099():
     OptimConfig(b2=0.999, moment_dtype="bfloat16").validate()
   with pytest.raises(ConfigError, match="optim.moment_dtype"):
     OptimConfig(moment_dtype="float16").validate()
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 2.0, 100.0])
+def test_gradient_clip_equals_optax(max_norm):
+  """The step's clip (one scalar multiply) against `optax.clip_by_global_norm`: the same updates up
+  to rounding, whether it clips (norm 5.0 > 0.5, 2.0) or not (100.0, then bit-equal), and the same
+  (empty) state, so checkpoints written with either load into the other."""
+  tree = {"a": jnp.asarray([3.0, 0.0], jnp.float32), "b": {"c": jnp.full((2, 2), 2.0, jnp.float32)}}
+  ours, ref = optim.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+  got, state = ours.update(tree, ours.init(tree))
+  want, _ = ref.update(tree, ref.init(tree))
+  assert jax.tree.structure(state) == jax.tree.structure(ref.init(tree))
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    if max_norm > 5.0:
+      np.testing.assert_array_equal(g, w)
+    np.testing.assert_allclose(g, w, rtol=1e-6)
+  norm = float(jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(got))))
+  assert norm == pytest.approx(min(max_norm, 5.0), rel=1e-6)
