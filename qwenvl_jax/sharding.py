@@ -124,6 +124,17 @@ def _active_mesh():
   return None if mesh is None or mesh.empty else mesh
 
 
+def compile_platform() -> str:
+  """The platform being compiled for: the active mesh's (an AOT compile for a TPU topology runs on a
+  CPU host), else JAX's default backend."""
+  mesh = _active_mesh()
+  # The platform lives on the mesh's abstract device (an AbstractMesh has no `platform` itself).
+  device = getattr(mesh, "abstract_device", None)
+  if getattr(device, "platform", None):
+    return device.platform
+  return jax.default_backend()
+
+
 def active_spec(names: Sequence[str | None], shape: Sequence[int]):
   """(active abstract mesh, the PartitionSpec the rules give `names` for `shape`), or (None, None)
   without a mesh: the placement manual-sharding code (`shard_map` around a kernel) must match."""

@@ -25,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from qwenvl_jax.model import layers
-from qwenvl_jax.sharding import active_spec
+from qwenvl_jax.sharding import active_spec, compile_platform
 
 _BLOCK = 128  # splash tile (q and kv); sequences are padded to a multiple of it
 
@@ -34,7 +34,7 @@ def resolve(impl: str, dtype=jnp.float32, platform: str | None = None) -> str:
   """The implementation "auto" means on `platform` (default: JAX's default backend)."""
   if impl != "auto":
     return impl
-  platform = platform or _platform()
+  platform = platform or compile_platform()
   if platform == "tpu":
     return "splash"
   if platform in ("gpu", "cuda", "rocm") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
@@ -65,7 +65,7 @@ def self_attention(q, k, v, *, impl: str, scale: float, causal: bool, segment_id
 
 
 def _splash_kernel(heads: int, length: int, causal: bool, interpret: bool):
-  if _platform() != jax.default_backend():
+  if compile_platform() != jax.default_backend():
     # AOT compile for a TPU topology that is not here: no device can evaluate the mask tables
     # eagerly, so they become constants of the current trace (built per trace, not cached).
     return _make_splash_kernel(heads, length, causal, interpret)
@@ -91,17 +91,6 @@ def _make_splash_kernel(heads: int, length: int, causal: bool, interpret: bool):
                             q_seq_shards=1, interpret=interpret)
 
 
-def _platform() -> str:
-  """The platform being compiled for: the active mesh's (an AOT compile for a TPU topology runs on a
-  CPU host), else JAX's default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  # The platform lives on the mesh's abstract device (an AbstractMesh has no `platform` itself).
-  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
-  if getattr(device, "platform", None):
-    return device.platform
-  return jax.default_backend()
-
-
 def _splash(q, k, v, *, scale: float, causal: bool, segment_ids):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
@@ -115,7 +104,7 @@ def _splash(q, k, v, *, scale: float, causal: bool, segment_ids):
     seg = jnp.pad(seg, ((0, 0), (0, padded - t)))  # segment 0: no real query attends to it
   # The kernel takes [H, T, D] per example.
   q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-  interpret = _platform() != "tpu"
+  interpret = compile_platform() != "tpu"
 
   def per_shard(q, k, v, seg):
     kernel = _splash_kernel(q.shape[1], padded, causal, interpret)
