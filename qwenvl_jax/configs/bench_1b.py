@@ -4,8 +4,8 @@ Same architecture as the 7B model at reduced size: a ViT-B/14-sized tower (768 w
 224px -> 16x16 patches), 64 adapter queries, and a 16-layer LLM of width 2048 (16 heads of 128,
 SwiGLU 5504) over a 32k vocabulary. Parameters: ViT 86M, adapter 23M, LLM 943M (embed + lm_head
 131M). fp32 training holds 16 bytes per parameter (weights, gradients, two Adam moments) plus
-temporaries: the JAX step peaked at 21.7 GB RSS, which the shared 23.5 GiB machine could not give
-(OOM-killed), so the benchmark trains the 8-layer variant and runs this one for generation only.
+temporaries; on the 23.5 GiB benchmark host it trains one side at a time
+(`benchmarks/train_vs_torch.py --config bench_1b --one-at-a-time`, docs/performance.md).
 The variant sets the LLM depth: `bench_1b:8` is the same model with 8 LLM layers (0.64B).
 """
 
