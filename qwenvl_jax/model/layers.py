@@ -116,7 +116,6 @@ class Linear(nnx.Module):
       y = y + self.bias[...].astype(self.dtype)
     return y
 
-
   def _as_matrix(self, shape: Sequence[int]) -> bool:
     """Whether to multiply by the kernel as a [prod(in), prod(out)] matrix (free reshapes): on CPU,
     where XLA copies a kernel contracted over several dims (the qkv kernel [embed, 3, heads,

@@ -155,7 +155,7 @@ class TrainStep:
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), train_p)
     carry = (jax.lax.with_sharding_constraint(zeros, train_sh), jnp.zeros((), jnp.float32),
              jnp.zeros((), jnp.int32), parked)
-    if self.grad_accum == 1:  # no loop: XLA keeps a one-trip loop, whose zeros it writes every step
+    if self.grad_accum == 1:  # one microbatch: no loop, and the accumulator's zeros fold away
       (g_sum, ce_sum, n, parked), _ = body(carry, jnp.int32(0))
     else:
       (g_sum, ce_sum, n, parked), _ = jax.lax.scan(body, carry, jnp.arange(self.grad_accum))
