@@ -133,6 +133,9 @@ def main(argv=None):
           timed = timers[name]
           chats = requests_for(pred, c, offset)
           offset += c
+          # Past the gather window of the previous round: a 1-request round after a 16-request
+          # one would otherwise wait it out for 15 requests that never come (`engine._gather`).
+          time.sleep(engine.gather_s + 0.01)
           timed.reset()
           t0 = time.perf_counter()
           tokens = run_round(engine, chats, args.max_tokens)
