@@ -31,6 +31,9 @@ def register(subparsers):
   p.add_argument("--warmup-prompt-tokens", type=int, nargs="+", default=None, metavar="N",
                  help="before listening, compile every shape for prompts of these lengths' buckets "
                       "(and --warmup-max-tokens new tokens), so no request waits for a compile")
+  p.add_argument("--warmup-pictures", action="store_true",
+                 help="the warm-up also compiles prompts with one picture per row (a picture chat's "
+                      "first turn), in the buckets that hold one")
   p.add_argument("--warmup-max-tokens", type=int, default=512, metavar="N",
                  help="longest answer the warm-up compiles for (default 512: the request default)")
   p.add_argument("--image-root", default=None, metavar="DIR",
@@ -75,10 +78,12 @@ def run(args):
   AppStatus.disable_automatic_graceful_drain()
   name = args.model_name or pathlib.Path(args.ckpt).resolve().name
   warmup = None
+  if args.warmup_pictures and not args.warmup_prompt_tokens:
+    raise UserError("--warmup-pictures needs --warmup-prompt-tokens (the buckets to compile)")
   if args.warmup_prompt_tokens:
     if min(args.warmup_prompt_tokens) < 1 or args.warmup_max_tokens < 1:
       raise UserError("--warmup-prompt-tokens and --warmup-max-tokens must be >= 1")
-    warmup = (args.warmup_prompt_tokens, args.warmup_max_tokens)
+    warmup = (args.warmup_prompt_tokens, args.warmup_max_tokens, args.warmup_pictures)
   server = Server(predictor, model_name=name, max_batch=args.max_batch, chunk=args.chunk,
                   gather_s=args.gather_ms / 1000, prefix_cache_tokens=args.prefix_cache_tokens,
                   warmup=warmup,

@@ -82,9 +82,9 @@ class Server:
 
   def __init__(self, predictor, *, model_name: str, limits: ServeLimits | None = None,
                max_batch: int = 16, chunk: int = 8, gather_s: float = 0.05,
-               prefix_cache_tokens: int = 2048, engine: BatchEngine | None = None, warmup: tuple[list[int], int] | None = None):
-    """`warmup`: (prompt token counts, max new tokens) to compile for before the server listens
-    (`BatchEngine.warm_up`)."""
+               prefix_cache_tokens: int = 2048, engine: BatchEngine | None = None, warmup: tuple | None = None):
+    """`warmup`: (prompt token counts, max new tokens[, pictures]) to compile for before the
+    server listens (`BatchEngine.warm_up`)."""
     self.pred = predictor
     self.warmup = warmup
     self.model_name = model_name

@@ -348,20 +348,23 @@ class BatchEngine:
       self._queue.extend(reqs)
       self._cv.notify()
 
-  def warm_up(self, prompt_tokens: Sequence[int], max_tokens: int) -> int:
+  def warm_up(self, prompt_tokens: Sequence[int], max_tokens: int, pictures: bool = False) -> int:
     """Compiles, before serving, every shape that requests of up to `max_tokens` new tokens with
     prompts in the buckets of `prompt_tokens` can meet: prefill per (prompt bucket, batch bucket),
     KV insert per (ring, prompt bucket, batch bucket), sampling and decode chunks per row count and
     ring, ring creation and growth. Without it, each new shape stalls every slot for a compile
     (seconds) the first time traffic meets it. Runs on the engine thread while no request is
-    decoding; -> the number of compiled variants added. Text-only prompts: shapes with pictures
-    (another images-per-row bucket) still compile on first use. With the prefix cache, also the
-    prefills that reuse a cached prefix (`prefix.suffix_widths`: log2(bucket / 16) per bucket)."""
+    decoding; -> the number of compiled variants added. With the prefix cache, also the
+    prefills that reuse a cached prefix (`prefix.suffix_widths`: log2(bucket / 16) per bucket).
+    `pictures`: also the prefills of prompts with one picture per row, in every bucket that holds
+    one (a picture chat's first turn; later turns reuse the picture's blocks and prefill text).
+    Other shapes with pictures (several per row, a new picture after a reused prefix) still
+    compile on first use."""
     done, out = threading.Event(), {}
 
     def job():
       try:
-        out["n"] = self._warm_up(prompt_tokens, max_tokens)
+        out["n"] = self._warm_up(prompt_tokens, max_tokens, pictures)
       except BaseException as e:  # handed to the caller's thread
         out["error"] = e
       finally:
@@ -451,7 +454,18 @@ class BatchEngine:
         return
       self._cv.wait(left)
 
-  def _warm_up(self, prompt_tokens: Sequence[int], max_tokens: int) -> int:
+  def _picture_dummy(self, width: int, n_cols: int) -> _Plan | None:
+    """A warm-up request of `width` tokens holding one blank picture in the served form (uint8, as
+    `Predictor.image_array` gives), prefilled in full; None if the bucket cannot hold one."""
+    cfg, size = self.cfg, self.cfg.vision.image_size
+    span = [cfg.image_start_id] + [cfg.image_pad_id] * cfg.tokens_per_image + [cfg.image_end_id]
+    if len(span) > width:
+      return None
+    ids = span + [self.gen.pad_id] * (width - len(span))
+    req = Request(ids, (np.zeros((size, size, 3), np.uint8),), n_cols - width, lambda *a: None)
+    return _Plan(req, width, self.gen.alpha_for([width]), suffix=width)
+
+  def _warm_up(self, prompt_tokens: Sequence[int], max_tokens: int, pictures: bool) -> int:
     before = self.compiled_count()
     widths = sorted({prompt_bucket(max(1, int(n)), self.gen.min_prompt_bucket)
                      for n in prompt_tokens})
@@ -474,6 +488,12 @@ class BatchEngine:
                            self.gen.alpha_for([w]), w - suffix, suffix,
                            (0,) * ((w - suffix) // BLOCK)) for _ in range(n)]
             self._admit_plans(dummy, list(range(n)))
+            self._step()
+            self._slots = [None] * self.slots_n
+          for n in counts if pictures and self._picture_dummy(w, n_cols) else ():
+            self._ring = None
+            self._ring_for(n_cols)
+            self._admit_plans([self._picture_dummy(w, n_cols) for _ in range(n)], list(range(n)))
             self._step()
             self._slots = [None] * self.slots_n
       for small, large in zip(rings, rings[1:]):  # a ring that grows while requests run
@@ -570,7 +590,8 @@ class BatchEngine:
   def _prefill_group(self, plans: list[_Plan], slots: list[int], pinned: set[int]):
     reqs = [p.req for p in plans]
     width, suffix, alpha = plans[0].width, plans[0].suffix, plans[0].alpha
-    images = [[np.asarray(a, np.float32) for a in p.req.images[p.prefix_images:]] for p in plans]
+    # As given: uint8 pictures are normalised on the device (float32 ones are taken as normalised).
+    images = [[np.asarray(a) for a in p.req.images[p.prefix_images:]] for p in plans]
     batch = self.gen.prepare([list(p.req.ids[p.reused:]) for p in plans], images,
                              prompt_len=suffix)
     b = batch.ids.shape[0]

@@ -119,6 +119,55 @@ def test_warm_up_compiles_every_shape_traffic_meets(predictor):
     engine.close()
 
 
+def picture_chats(predictor, picture_paths, n):
+  """n one-turn chats, each about one of the test pictures: (prompt ids, [uint8 picture])."""
+  out = []
+  for k in range(n):
+    ids, srcs = predictor.chat_prompt([], [{"image": picture_paths[k % len(picture_paths)]},
+                                           {"text": f"What is in picture {k}?"}])
+    out.append((ids, [predictor.image_array(s) for s in srcs]))
+  return out
+
+
+def test_the_engine_hands_pictures_to_the_model_as_the_generator_does(predictor, picture_paths):
+  """The engine's prefill batch holds the same pixels, in the same (uint8, normalised on the
+  device) form, as `Generator.prepare` makes for the request alone. A float32 copy of uint8
+  pixels would be taken as already normalised."""
+  gen = predictor.generator
+  (ids, imgs), = picture_chats(predictor, picture_paths, 1)
+  assert imgs[0].dtype == np.uint8
+  seen = []
+  prepare = gen.prepare
+  engine = BatchEngine(gen, slots=2, chunk=2, prefix_cache_tokens=0)
+  try:
+    gen.prepare = lambda *a, **kw: seen.append(prepare(*a, **kw)) or seen[-1]
+    burst(engine, [ids], [imgs], 2)
+  finally:
+    del gen.prepare
+    engine.close()
+  want = gen.prepare([ids], [imgs], prompt_len=seen[0].ids.shape[1])
+  assert seen[0].images.dtype == want.images.dtype == np.uint8
+  np.testing.assert_array_equal(seen[0].images[:1], want.images[:1])
+
+
+def test_warm_up_with_pictures_compiles_a_picture_chats_first_turns(predictor, picture_paths):
+  """`warm_up(..., pictures=True)`: bursts of 1-4 one-picture prompts in the warmed bucket compile
+  nothing, and their answers equal each request alone."""
+  gen = predictor.generator
+  chats = picture_chats(predictor, picture_paths, 4)
+  engine = BatchEngine(gen, slots=4, chunk=2)
+  try:
+    assert engine.warm_up([len(chats[0][0])], max_tokens=6, pictures=True) > 0
+    warm = engine.compiled_count()
+    for n in (1, 3, 2, 4):
+      prompts, images = [c[0] for c in chats[:n]], [c[1] for c in chats[:n]]
+      assert burst(engine, prompts, images, 6) == alone(gen, prompts, images, 6)
+      engine._index.clear()  # the next burst's pictures are prefilled again, not reused
+    assert engine.compiled_count() == warm
+  finally:
+    engine.close()
+
+
 def _cache_sized_moves(hlo: str, elems: int) -> list[str]:
   """copy / transpose instructions (or fusions) whose result holds >= `elems` elements."""
   out = []
