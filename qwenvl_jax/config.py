@@ -175,6 +175,11 @@ class ModelConfig:
   def tokens_per_image(self) -> int:
     return self.adapter.n_queries
 
+  @property
+  def image_span(self) -> list[int]:
+    """The token ids one image takes in a prompt: start, `tokens_per_image` pads, end."""
+    return [self.image_start_id] + [self.image_pad_id] * self.tokens_per_image + [self.image_end_id]
+
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -457,8 +457,7 @@ class BatchEngine:
   def _picture_dummy(self, width: int, n_cols: int) -> _Plan | None:
     """A warm-up request of `width` tokens holding one blank picture in the served form (uint8, as
     `Predictor.image_array` gives), prefilled in full; None if the bucket cannot hold one."""
-    cfg, size = self.cfg, self.cfg.vision.image_size
-    span = [cfg.image_start_id] + [cfg.image_pad_id] * cfg.tokens_per_image + [cfg.image_end_id]
+    span, size = self.cfg.image_span, self.cfg.vision.image_size
     if len(span) > width:
       return None
     ids = span + [self.gen.pad_id] * (width - len(span))

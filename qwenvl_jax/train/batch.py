@@ -113,10 +113,8 @@ def _to_pixels(normalised: np.ndarray) -> np.ndarray:
 
 def _sample(rng, cfg: ModelConfig, length: int, n_img: int, image_size: int, perm, colours):
   """One sample of exactly `length` tokens with `n_img` images: (tokens, mask, images)."""
-  q = cfg.tokens_per_image
   cls = int(rng.integers(N_CLASSES))
-  span = [cfg.image_start_id] + [cfg.image_pad_id] * q + [cfg.image_end_id]
-  tokens = span * n_img
+  tokens = cfg.image_span * n_img
   n_text = length - len(tokens)
   text = [1 + cls] if n_img else [int(rng.integers(_text_vocab(cfg)))]
   while len(text) < n_text:
