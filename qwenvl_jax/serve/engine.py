@@ -454,6 +454,13 @@ class BatchEngine:
         return
       self._cv.wait(left)
 
+  def _text_dummy(self, width: int, n_cols: int, suffix: int) -> _Plan:
+    """A warm-up request of `width` text tokens whose first `width - suffix` reuse a cached prefix
+    (pool slot 0, whatever it holds; no keys, so it stores nothing)."""
+    req = Request([self.gen.pad_id] * width, (), n_cols - width, lambda *a: None)
+    return _Plan(req, width, self.gen.alpha_for([width]), width - suffix, suffix,
+                 (0,) * ((width - suffix) // BLOCK))
+
   def _picture_dummy(self, width: int, n_cols: int) -> _Plan | None:
     """A warm-up request of `width` tokens holding one blank picture in the served form (uint8, as
     `Predictor.image_array` gives), prefilled in full; None if the bucket cannot hold one."""
@@ -479,20 +486,14 @@ class BatchEngine:
     try:
       for n_cols in rings:
         for w in (w for w in widths if ring_of(w) <= n_cols):
-          for n, suffix in itertools.product(counts, [w, *suffixes(w)]):
+          makers = [functools.partial(self._text_dummy, w, n_cols, suffix)
+                    for suffix in [w, *suffixes(w)]]
+          if pictures and self._picture_dummy(w, n_cols) is not None:
+            makers.append(functools.partial(self._picture_dummy, w, n_cols))
+          for n, make in itertools.product(counts, makers):
             self._ring = None
             self._ring_for(n_cols)
-            # dummies that reuse a cached prefix (pool slot 0, whatever it holds); no keys: no stores
-            dummy = [_Plan(Request([self.gen.pad_id] * w, (), n_cols - w, lambda *a: None), w,
-                           self.gen.alpha_for([w]), w - suffix, suffix,
-                           (0,) * ((w - suffix) // BLOCK)) for _ in range(n)]
-            self._admit_plans(dummy, list(range(n)))
-            self._step()
-            self._slots = [None] * self.slots_n
-          for n in counts if pictures and self._picture_dummy(w, n_cols) else ():
-            self._ring = None
-            self._ring_for(n_cols)
-            self._admit_plans([self._picture_dummy(w, n_cols) for _ in range(n)], list(range(n)))
+            self._admit_plans([make() for _ in range(n)], list(range(n)))
             self._step()
             self._slots = [None] * self.slots_n
       for small, large in zip(rings, rings[1:]):  # a ring that grows while requests run
