@@ -2,7 +2,7 @@
 
   python benchmarks/serve_decode_step.py [--config small] [--rows 1 4 16] [--rings 256 16]
                                          [--context 128] [--steps 8] [--rounds 5] [--threads 1]
-                                         [--json out.json]
+                                         [--dtype bfloat16] [--quantize int8] [--json out.json]
 
 Random weights of `--config`; the chunk is `serve.engine.decode_chunk_fn` (what `serve` runs), on a
 ring of R KV columns per row holding a `--context`-token prompt (serve_load.py's requests: a 224 px
@@ -16,6 +16,8 @@ The compiled HLO of each chunk is searched for ops that move a whole layer's KV 
 transpose of at least one layer's keys for all rows, or a dynamic-update-slice / scatter writing
 that much): the signature of a cache copied per step instead of written one column in place.
 `--threads 1` pins the process to one core with single-threaded XLA (0: XLA's default pool).
+`--dtype` / `--quantize` serve the model as `serve --dtype` / `--quantize` do (the ring in that
+dtype; the "weight products alone" section stays float32 matrices).
 `--profile` adds, per ring and row count, a jax.profiler breakdown of one chunk's XLA ops
 (categories and top ops as in profile_step.py). `--xla-default` also times the same chunk (and the
 weight products) compiled without the engine's XLA options (`decode_compiler_options`), alternating
@@ -158,6 +160,9 @@ def main():
   p.add_argument("--profile", action="store_true", help="XLA op breakdown of one chunk per shape")
   p.add_argument("--xla-default", action="store_true",
                  help="also time the chunk compiled without the engine's XLA options (A/B)")
+  p.add_argument("--dtype", default=None, help="compute dtype (as serve --dtype; default float32)")
+  p.add_argument("--quantize", default=None, choices=("int8", "int4", "nf4"),
+                 help="weight-only quantisation (as serve --quantize)")
   p.add_argument("--top", type=int, default=8)
   p.add_argument("--json", default=None)
   args = p.parse_args()
@@ -174,14 +179,22 @@ def main():
 
   from qwenvl_jax.config import load_model_config
   from qwenvl_jax.infer.generate import Generator, decode_compiler_options
+  from qwenvl_jax.infer.api import set_compute_dtype
+  from qwenvl_jax.model.layers import dtype_of
   from qwenvl_jax.model.llm import init_cache, per_layer_cache
+  from qwenvl_jax.model.quant import quantize_model
   from qwenvl_jax.model.qwenvl import QwenVL
   from qwenvl_jax.serve.engine import decode_chunk_fn
 
   cfg = load_model_config(args.config)
   llm = cfg.llm
-  gen = Generator(QwenVL(cfg, rngs=nnx.Rngs(0)), pad_id=0, stop_ids=(),
-                  valid_vocab=llm.vocab_size)
+  model = QwenVL(cfg, rngs=nnx.Rngs(0))
+  if args.dtype:
+    model = set_compute_dtype(model, args.dtype)
+  if args.quantize:
+    quantize_model(model, args.quantize)
+  dtype = dtype_of(model.cfg.dtype)
+  gen = Generator(model, pad_id=0, stop_ids=(), valid_vocab=llm.vocab_size)
   llm_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(gen.state)
                    if "llm" in jax.tree_util.keystr(path) and x.ndim >= 2)
   variants = {"engine": decode_compiler_options()}
@@ -193,10 +206,11 @@ def main():
   print(f"# {args.config}: LLM {llm_params / 1e6:.1f}M matrix parameters "
         f"({llm_params * 4 / 2**20:.0f} MiB f32 read per step at any row count; "
         f"{2 * llm_params / 1e6:.0f} MFLOP per row-token); threads {args.threads}; "
+        f"dtype {np.dtype(dtype).name}, quantize {args.quantize}; "
         f"engine XLA options {variants['engine']}; load {os.getloadavg()[0]:.1f}", flush=True)
 
   def ring_of(n_cols):
-    ring = init_cache(llm, slots, n_cols, jnp.float32)
+    ring = init_cache(llm, slots, n_cols, dtype)
     ring = per_layer_cache(ring) if gen.per_layer else ring  # as the engine keeps it
     ctx = min(args.context, n_cols - args.steps)
     cols = jnp.arange(n_cols, dtype=jnp.int32)

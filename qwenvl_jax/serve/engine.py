@@ -14,7 +14,9 @@ Why this shape:
   ring grows (rolled so the write column restarts at 0) when one needs more, and is dropped when
   the engine goes idle.
 * Prompts that begin like an earlier one (a shared system prompt, a chat's earlier turns) reuse
-  its keys/values from a pool of cached blocks and prefill only the rest (`serve/prefix.py`).
+  its keys/values from a pool of cached blocks and prefill only the rest (`serve/prefix.py`). A
+  finished row's answer blocks are copied from the ring into that pool, so a chat's next turn
+  reuses its previous answer too.
 * Busy slots are kept at the low indices and each chunk runs only the first `next_pow2(highest busy
   slot + 1)` rows, so one client does not pay for sixteen.
 * Sampling knobs are per row (temperature, top-k, top-p, seed): traced arrays, never recompiles.
@@ -132,6 +134,20 @@ def _prefill_rows(graphdef, logn, per_layer, state, pool, table, reused, src_row
   return logits, _constrain_cache(per_layer_cache(small) if per_layer else small), pool
 
 
+def _store_ring_blocks(pool, ring: KVCache, rows, back, dst):
+  """Copies blocks of finished rows from the ring into pool slots `dst` (slots >= N are dropped):
+  entry e is row `rows[e]`'s BLOCK columns starting `back[e]` columns before the write column."""
+  n_cols = ring.segment_ids.shape[1]
+  cols = (ring.index - back[:, None] + jnp.arange(BLOCK)) % n_cols  # [E, BLOCK]
+  r = rows[:, None]
+  if is_per_layer(ring):  # x[r, :, cols] of [B, H, S, D] is [E, BLOCK, H, D]
+    take = lambda xs: jnp.stack([x[r, :, cols] for x in xs])
+  else:
+    take = lambda x: x[:, r, cols]
+  put = lambda p, c: p.at[:, dst].set(c.astype(p.dtype), mode="drop")
+  return put(pool[0], take(ring.k)), put(pool[1], take(ring.v))
+
+
 def _new_pool(llm_cfg, dtype, n_blocks: int):
   blocks = _constrain_cache(init_cache(llm_cfg, n_blocks, BLOCK, dtype))
   return blocks.k, blocks.v
@@ -229,6 +245,8 @@ class _Slot:
   position: int  # position of next_token
   alpha: float
   counter: int  # tokens sampled so far (the sampling key's step)
+  fed: int = 0  # decode steps run (ring columns written since the prompt's)
+  answer: list = dataclasses.field(default_factory=list)  # kept tokens (+ the stop token)
 
 
 @dataclasses.dataclass
@@ -263,6 +281,7 @@ class EngineStats:
   busy_row_steps: int = 0  # rows x steps that belonged to a request (row_steps minus padding rows)
   prefix_hits: int = 0  # requests that reused cached prefix blocks
   prefix_tokens: int = 0  # prompt tokens taken from the prefix cache instead of prefilled
+  answer_blocks: int = 0  # blocks of finished answers stored in the prefix cache
 
 
 class BatchEngine:
@@ -298,11 +317,13 @@ class BatchEngine:
     n_blocks = int(prefix_cache_tokens) // BLOCK
     self._index = PrefixIndex(n_blocks) if n_blocks > 0 else None
     self._pool = None  # the prefix cache's blocks on the device, made at the first prefill
+    self._ended: list[tuple[int, _Slot]] = []  # (ring row, row) ended in this chunk: to the pool
     g, logn = generator.graphdef, generator.logn
     self._prefill = jax.jit(functools.partial(_prefill_rows, g, logn, generator.per_layer),
                             static_argnames=("cache_len",), donate_argnames=("pool",))
     self._sample = jax.jit(_sample_rows, static_argnums=(1,))
     self._insert = jax.jit(_insert, donate_argnums=(0,))
+    self._store = jax.jit(_store_ring_blocks, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
     dtype = layers.dtype_of(self.cfg.dtype)
     # An inputs-free jit's output is uncommitted unless its shardings are given, and `_insert` would
@@ -355,7 +376,8 @@ class BatchEngine:
     ring, ring creation and growth. Without it, each new shape stalls every slot for a compile
     (seconds) the first time traffic meets it. Runs on the engine thread while no request is
     decoding; -> the number of compiled variants added. With the prefix cache, also the
-    prefills that reuse a cached prefix (`prefix.suffix_widths`: log2(bucket / 16) per bucket).
+    prefills that reuse a cached prefix (`prefix.suffix_widths`: log2(bucket / 16) per bucket) and
+    the copies of finished answers' blocks into the cache (log2(slots x ring / 128) + 1 per ring).
     `pictures`: also the prefills of prompts with one picture per row, in every bucket that holds
     one (a picture chat's first turn; later turns reuse the picture's blocks and prefill text).
     Other shapes with pictures (several per row, a new picture after a reused prefix) still
@@ -390,7 +412,7 @@ class BatchEngine:
 
   def compiled_count(self) -> int:
     fns = [self._prefill, self._sample, self._insert, self._grow, self._new_ring, self._new_pool,
-           *self._chunks.values()]
+           self._store, *self._chunks.values()]
     return sum(f._cache_size() for f in fns)
 
   # ---- engine thread ---------------------------------------------------------------------
@@ -435,6 +457,7 @@ class BatchEngine:
             self._finish(s.req, f"error: {type(e).__name__}: {e}")
             self._slots[i] = None
         self._ring = None
+        self._ended = []
         self._pool = None  # donated to the failed call; its claimed blocks may be unwritten
         if self._index is not None:
           self._index.clear()
@@ -496,6 +519,15 @@ class BatchEngine:
             self._admit_plans([make() for _ in range(n)], list(range(n)))
             self._step()
             self._slots = [None] * self.slots_n
+      if self._pool is not None:  # storing finished answers' blocks: every entry count per ring
+        for n_cols in rings:
+          self._ring = None
+          self._ring_for(n_cols)
+          for size in (8 << k for k in range(max(1, self.slots_n * n_cols // BLOCK // 8)
+                                             .bit_length())):
+            entries = self._store_entries([], [], [])
+            self._pool = self._store(self._pool, self._ring,
+                                     *(np.resize(e, size) for e in entries))
       for small, large in zip(rings, rings[1:]):  # a ring that grows while requests run
         self._ring = None
         self._ring_for(small)
@@ -657,7 +689,9 @@ class BatchEngine:
       if s is None:
         continue
       s.next_token, s.position, s.counter = int(out[i, -1]), s.position + steps, s.counter + steps
+      s.fed += steps
       self._hand_out(i, out[i].tolist())
+    self._store_answers()
     if not self._busy_slots():  # idle: expect the clients of the requests that just ended back
       with self._cv:  # (and keep those already queued: early returners of a staggered wave)
         self._returning = len(self._queue) + sum(s is not None and not s.req.cancelled
@@ -666,7 +700,8 @@ class BatchEngine:
 
   def _hand_out(self, slot: int, tokens: list[int]):
     """Gives a row's new tokens to its request, ending it at a stop id / max_tokens / cancel."""
-    req = self._slots[slot].req
+    row = self._slots[slot]
+    req = row.req
     if req.cancelled:
       self._slots[slot] = None
       self._finish(req, "cancelled")
@@ -682,8 +717,49 @@ class BatchEngine:
         break
     req.generated += len(keep)
     self.stats.tokens += len(keep)
+    row.answer += keep
+    if reason == "stop":
+      row.answer.append(t)  # a chat's next turn repeats it (ChatML's <|im_end|>)
     if reason is None:
       req.emit(keep, None)
     else:
       self._slots[slot] = None
+      if row.fed:
+        self._ended.append((slot, row))
       self._finish(req, reason, keep)
+
+  def _store_answers(self):
+    """Stores the blocks of the rows that ended in the last chunk (prompt, then answer) that the
+    prefix cache lacks, read from the ring before anything overwrites them (`prefix.ring_blocks`)."""
+    ended, self._ended = self._ended, []
+    if self._index is None or self._pool is None or not ended:
+      return
+    n_cols = self._ring.segment_ids.shape[1]
+    rows, back, dst, pinned = [], [], [], set()
+    for ring_row, row in ended:
+      req, n = row.req, len(row.req.ids)
+      keep = prefix.ring_blocks(n, row.fed, len(row.answer), n_cols)
+      seq = list(req.ids) + row.answer[:max(0, keep.stop * BLOCK - n)]
+      keys = prefix.block_keys(seq, req.images, self.cfg.image_start_id,
+                               salt=np.float32(row.alpha).tobytes())
+      for m in keep:
+        if keys[m] in self._index:
+          continue
+        slot = self._index.claim(keys[m], pinned)
+        if slot is None:
+          break
+        pinned.add(slot)
+        rows.append(ring_row)
+        back.append(n + row.fed - m * BLOCK)
+        dst.append(slot)
+    if not dst:
+      return
+    self._pool = self._store(self._pool, self._ring, *self._store_entries(rows, back, dst))
+    self.stats.answer_blocks += len(dst)
+
+  def _store_entries(self, rows, back, dst) -> tuple[np.ndarray, ...]:
+    """`_store_ring_blocks`' entries padded to a power of two (>= 8: few compiled shapes), the
+    padding entries writing to slot N (dropped)."""
+    size = max(8, next_pow2(len(dst)))
+    pad = lambda xs, fill: np.asarray(list(xs) + [fill] * (size - len(xs)), np.int32)
+    return pad(rows, 0), pad(back, 0), pad(dst, self._index.n_blocks)

@@ -15,6 +15,10 @@ Why this shape:
   columns before them, right-aligned. A prefill's shape is then (P, T) whatever Q is: log2(P / 16)
   more compiled shapes per bucket, not one per prefix length, and requests with different cached
   prefixes prefill together.
+* A finished answer's blocks are stored too (from the decode ring, once its row ends), so a chat's
+  next turn - the same prompt, the answer, then the new question - reuses the answer instead of
+  prefilling it again. Its keys come from the generated ids; where the client's resent answer
+  tokenises differently, the chain stops matching there and the rest is prefilled.
 """
 
 from __future__ import annotations
@@ -70,6 +74,18 @@ def reuse_length(n: int, width: int, cached: int, spans: Sequence[tuple[int, int
       return q
     q -= BLOCK
   return 0
+
+
+def ring_blocks(prompt_len: int, fed: int, sampled: int, n_cols: int) -> range:
+  """The blocks of a finished row whose keys/values its ring still holds: the row's prompt (n
+  tokens) then its answer; `fed` = decode steps the row ran (each wrote one column: the tokens
+  sampled before it, then past the row's end), `sampled` = answer tokens that belong to the
+  sequence (kept tokens + the stop token). Valid columns hold the first n + min(fed, sampled)
+  tokens; the last `fed` columns were written since the prompt, so in a ring of `n_cols` the
+  first n + fed - n_cols tokens were overwritten by the row's own steps past its end."""
+  valid = prompt_len + min(fed, sampled)
+  first = -(-max(0, prompt_len + fed - n_cols) // BLOCK)
+  return range(first, valid // BLOCK)
 
 
 def image_spans(ids: Sequence[int], start_id: int, end_id: int) -> list[tuple[int, int]]:

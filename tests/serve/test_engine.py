@@ -95,8 +95,8 @@ def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture
 
 def test_warm_up_compiles_every_shape_traffic_meets(predictor):
   """After `warm_up` for a prompt bucket and answer length, bursts of every size (prefill batch
-  buckets, decode row counts, both lengths of a reused cached prefix) compile nothing, and the
-  answers still equal each request alone."""
+  buckets, decode row counts, both lengths of a reused cached prefix, finished answers stored in
+  the prefix cache) compile nothing, and the answers still equal each request alone."""
   gen = predictor.generator
   engine = BatchEngine(gen, slots=4, chunk=2)
   rng = np.random.default_rng(4)
@@ -115,6 +115,7 @@ def test_warm_up_compiles_every_shape_traffic_meets(predictor):
       assert got == alone(gen, prompts, images, 8)
     assert engine.compiled_count() == warm
     assert engine.stats.prefix_hits >= 4
+    assert engine.stats.answer_blocks > 0  # their copies into the prefix cache were warmed too
   finally:
     engine.close()
 

@@ -2,7 +2,8 @@
 and prefill only the rest, and every answer's greedy tokens still equal the request prefilled in
 full and decoded alone (`Generator`, no engine) - in the 64 and 128 buckets with several reused
 lengths in one prefill call, under evictions from a pool too small for the traffic, and with
-pictures inside the prefix (a different picture behind the same tokens is never reused)."""
+pictures inside the prefix (a different picture behind the same tokens is never reused); and a
+chat's next turn reuses the previous answer, stored from the decode ring when its row ended."""
 
 import numpy as np
 import pytest
@@ -62,6 +63,50 @@ def test_answers_stay_right_when_the_pool_evicts(gen):
   assert got == alone(gen, prompts)
 
 
+def test_a_chats_next_turn_reuses_the_previous_answer(gen):
+  """(Turns stay within the tiny model's 64-token seq_length: a longer prompt gets another
+  dynamic-NTK alpha, whose keys/values differ, so nothing before it is reused.)"""
+  rng = np.random.default_rng(2)
+  first, question = rng.integers(3, 200, 20).tolist(), rng.integers(3, 200, 10).tolist()
+  engine = BatchEngine(gen, slots=4, chunk=3, prefix_cache_tokens=512)
+  try:
+    answer = burst(engine, [first], max_tokens=24)[0]
+    second = first + answer + question
+    got = burst(engine, [second])  # (admitted after the chunk that ended `first` stored it)
+    # 20 prompt + 24 answer tokens; the row ran 8 chunks of 3 steps, so the ring held all 44:
+    # blocks 0 (the prefill stored it) and 1 (prompt and answer)
+    assert engine.stats.answer_blocks == 1
+    assert engine.stats.prefix_tokens == 32  # the prompt's block alone: 16, too few to reuse here
+  finally:
+    engine.close()
+  assert got == alone(gen, [second])
+
+
+def test_an_answer_that_ends_with_a_stop_token_is_stored_with_it(model, tok):
+  """The next turn resends the stop token (ChatML's <|im_end|>): a 12-token prompt whose answer
+  stops at its 20th token fills 2 blocks only with the stop token in them."""
+  plain = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size)
+  for seed in range(20):
+    first = np.random.default_rng(seed).integers(3, 200, 12).tolist()
+    tokens = alone(plain, [first], max_tokens=20)[0]
+    if tokens[19] not in tokens[:19]:
+      break
+  else:
+    pytest.fail("no prompt whose 20th answer token is a new one")
+  gen = Generator(model, pad_id=tok.pad_id, stop_ids=[tokens[19]], valid_vocab=tok.vocab_size)
+  engine = BatchEngine(gen, slots=4, chunk=3, prefix_cache_tokens=512)
+  try:
+    answer = burst(engine, [first], max_tokens=30)[0]
+    assert answer == tokens[:19]
+    second = first + answer + tokens[19:20] + [5] * 10
+    got = burst(engine, [second])
+    assert engine.stats.answer_blocks == 2  # block 1 ends with the stop token
+    assert engine.stats.prefix_tokens == 32
+  finally:
+    engine.close()
+  assert got == alone(gen, [second])
+
+
 def test_a_prefix_with_a_picture_is_reused_only_with_that_picture(predictor, picture_paths):
   gen = predictor.generator
   cfg = gen.cfg
@@ -117,3 +162,12 @@ def test_reuse_length_keeps_a_token_to_prefill_and_never_cuts_a_picture():
   # 44 tokens after 16 need 64 columns: 16 + 64 > 64, so no reuse
   assert prefix.reuse_length(60, 64, cached=16, spans=[]) == 0
   assert prefix.reuse_length(370, 512, cached=288, spans=[(14, 271)]) == 288
+
+
+def test_ring_blocks_are_the_full_blocks_the_ring_still_holds():
+  assert prefix.ring_blocks(40, fed=30, sampled=30, n_cols=128) == range(0, 4)
+  assert prefix.ring_blocks(40, fed=33, sampled=30, n_cols=128) == range(0, 4)  # ran past its end
+  assert prefix.ring_blocks(40, fed=21, sampled=30, n_cols=128) == range(0, 3)  # 61 written
+  # 60 + 72 columns in a ring of 128: the row's last steps overwrote its first 4 tokens
+  assert prefix.ring_blocks(60, fed=72, sampled=66, n_cols=128) == range(1, 7)
+  assert prefix.ring_blocks(10, fed=0, sampled=1, n_cols=128) == range(0, 0)
