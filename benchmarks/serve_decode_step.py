@@ -2,7 +2,8 @@
 
   python benchmarks/serve_decode_step.py [--config small] [--rows 1 4 16] [--rings 256 16]
                                          [--context 128] [--steps 8] [--rounds 5] [--threads 1]
-                                         [--dtype bfloat16] [--quantize int8] [--json out.json]
+                                         [--dtype bfloat16] [--quantize int8] [--lora 64 [--merge-lora]]
+                                         [--json out.json]
 
 Random weights of `--config`; the chunk is `serve.engine.decode_chunk_fn` (what `serve` runs), on a
 ring of R KV columns per row holding a `--context`-token prompt (serve_load.py's requests: a 224 px
@@ -17,7 +18,9 @@ transpose of at least one layer's keys for all rows, or a dynamic-update-slice /
 that much): the signature of a cache copied per step instead of written one column in place.
 `--threads 1` pins the process to one core with single-threaded XLA (0: XLA's default pool).
 `--dtype` / `--quantize` serve the model as `serve --dtype` / `--quantize` do (the ring in that
-dtype; the "weight products alone" section stays float32 matrices).
+dtype; the "weight products alone" section stays float32 matrices). `--lora R` adds LoRA factors
+of rank R on the released fine-tuning targets (c_attn, attn.c_proj, w1, w2), as a LoRA run serves
+by default; `--merge-lora` folds them in, as `serve --merge-lora` does.
 `--profile` adds, per ring and row count, a jax.profiler breakdown of one chunk's XLA ops
 (categories and top ops as in profile_step.py). `--xla-default` also times the same chunk (and the
 weight products) compiled without the engine's XLA options (`decode_compiler_options`), alternating
@@ -163,6 +166,9 @@ def main():
   p.add_argument("--dtype", default=None, help="compute dtype (as serve --dtype; default float32)")
   p.add_argument("--quantize", default=None, choices=("int8", "int4", "nf4"),
                  help="weight-only quantisation (as serve --quantize)")
+  p.add_argument("--lora", type=int, default=0, metavar="RANK",
+                 help="LoRA factors of this rank on the released targets (0: none)")
+  p.add_argument("--merge-lora", action="store_true", help="fold the --lora factors in")
   p.add_argument("--top", type=int, default=8)
   p.add_argument("--json", default=None)
   args = p.parse_args()
@@ -193,6 +199,14 @@ def main():
     model = set_compute_dtype(model, args.dtype)
   if args.quantize:
     quantize_model(model, args.quantize)
+  if args.lora:
+    from qwenvl_jax.ckpt import lora_run, peft
+    from qwenvl_jax.model.lora import merge_lora
+
+    lora_run.transform(model, lora_run.LoRAConfig(enabled=True, rank=args.lora, alpha=16.0,
+                                                  dropout=0.0, targets=peft.RELEASED_TARGETS))
+    if args.merge_lora:
+      merge_lora(model)
   dtype = dtype_of(model.cfg.dtype)
   gen = Generator(model, pad_id=0, stop_ids=(), valid_vocab=llm.vocab_size)
   llm_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(gen.state)
@@ -206,7 +220,8 @@ def main():
   print(f"# {args.config}: LLM {llm_params / 1e6:.1f}M matrix parameters "
         f"({llm_params * 4 / 2**20:.0f} MiB f32 read per step at any row count; "
         f"{2 * llm_params / 1e6:.0f} MFLOP per row-token); threads {args.threads}; "
-        f"dtype {np.dtype(dtype).name}, quantize {args.quantize}; "
+        f"dtype {np.dtype(dtype).name}, quantize {args.quantize}, LoRA rank {args.lora}"
+        f"{' merged' if args.merge_lora else ''}; "
         f"engine XLA options {variants['engine']}; load {os.getloadavg()[0]:.1f}", flush=True)
 
   def ring_of(n_cols):

@@ -40,11 +40,14 @@ def register(subparsers):
 
 def add_model_flags(p):
   """How a model is loaded, the same for chat, serve and generate (`_load`): dtype, quantisation,
-  tensor parallelism and the longest prompt."""
+  a LoRA run's factors merged or apart, tensor parallelism and the longest prompt."""
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                  help="compute/parameter dtype (default: the checkpoint's)")
   p.add_argument("--quantize", choices=("int8", "int4", "nf4"), default=None,
                  help="weight-only quantisation of the LLM/ViT linear kernels (int8: per-channel)")
+  p.add_argument("--merge-lora", action="store_true",
+                 help="a LoRA run (--ckpt its workdir): fold the factors into the weights (faster "
+                      "decoding; default: kept apart, as trained)")
   p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                  help="shard the model over N devices (tensor parallel)")
   p.add_argument("--max-window", type=int, default=None, help="longest prompt in tokens")
@@ -71,9 +74,18 @@ def _load(args):
 
     mesh = create_mesh(MeshConfig(data=-1, fsdp=1, tensor=args.tensor_parallel))
   _say_hf_cache(args.ckpt)
+  merge = getattr(args, "merge_lora", False)
+  if merge:
+    from qwenvl_jax.ckpt import lora_run
+
+    settings = lora_run.read_settings(args.ckpt)
+    if settings is None or not settings.enabled:
+      raise UserError(f"--merge-lora: {args.ckpt} is not a LoRA run (no {lora_run.FINETUNE_FILE} "
+                      "with lora.enabled)")
   try:
     return load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, max_window=args.max_window,
-                          batch_size=1, quantize=getattr(args, "quantize", None))
+                          batch_size=1, quantize=getattr(args, "quantize", None),
+                          merge_lora=merge)
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
   except Exception as e:  # config/tensor mismatches surface from several libraries

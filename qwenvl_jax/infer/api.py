@@ -166,10 +166,10 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
 
 
 def load_predictor(ckpt_dir, *, mesh=None, rules=None, dtype=None, tokenizer=None,
-                   quantize: str | None = None, **kwargs) -> "Predictor":
+                   quantize: str | None = None, merge_lora: bool = False, **kwargs) -> "Predictor":
   """`load_model` + `Predictor(model, tokenizer, mesh=mesh, **kwargs)`."""
   model, _, tok = load_model(ckpt_dir, mesh=mesh, rules=rules, dtype=dtype, tokenizer=tokenizer,
-                             quantize=quantize)
+                             quantize=quantize, merge_lora=merge_lora)
   return Predictor(model, tok, mesh=mesh, **kwargs)
 
 

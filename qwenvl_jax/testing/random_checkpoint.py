@@ -60,3 +60,35 @@ def write_random_hf_checkpoint(dst, cfg: ModelConfig, *, dtype: str = "float32",
       for f in hf_io.tokenizer_files(tokenizer_file):
         shutil.copy2(f, tmp / f.name)
   return dst
+
+
+def write_random_lora_run(workdir, base_dir, settings, *, seed: int = 1,
+                          b_scale: float = 0.05) -> pathlib.Path:
+  """A LoRA / Q-LoRA run's workdir (one checkpoint, step 3) over the Orbax checkpoint `base_dir`,
+  as `train --config finetune:lora` leaves it: finetune.json, model_config.json, the base's
+  tokenizer, and the fine-tuned state. Its B factors are random (b_scale * N(0, 1)) instead of
+  zero, so the factors change the model's outputs."""
+  import jax
+  import orbax.checkpoint as ocp
+  from flax import nnx
+
+  from qwenvl_jax.ckpt import checkpoint, lora_run
+  from qwenvl_jax.ckpt.orbax_io import load_checkpoint
+  from qwenvl_jax.model.lora import linear_modules
+  from qwenvl_jax.train import finetune
+
+  workdir = pathlib.Path(workdir)
+  model, cfg, tokenizer = load_checkpoint(base_dir)
+  lora_run.transform(model, settings)
+  rng = np.random.default_rng(seed)
+  for linear in linear_modules(model).values():
+    if linear.lora_b is not None:
+      b = linear.lora_b.get_value()
+      linear.lora_b.set_value(jax.numpy.asarray(b_scale * rng.standard_normal(b.shape), b.dtype))
+  with ocp.StandardCheckpointer() as c:
+    c.save(workdir / "checkpoints" / "3" / "params", nnx.state(model).to_pure_dict())
+  checkpoint.write_model_config(workdir, cfg)
+  finetune.write_settings(workdir, settings)
+  if tokenizer is not None:
+    checkpoint.copy_tokenizer(tokenizer, workdir)
+  return workdir

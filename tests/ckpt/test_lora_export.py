@@ -5,16 +5,14 @@ nothing under the destination name after a failure, never into or around the run
 import dataclasses
 import json
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
 from qwenvl_jax.ckpt import checkpoint, convert, lora_run, peft
 from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 from qwenvl_jax.cli import main
-from qwenvl_jax.model.lora import linear_modules
+from qwenvl_jax.testing.random_checkpoint import write_random_lora_run
 from qwenvl_jax.train import finetune
 from tests.cli_subprocess import tree_bytes
 
@@ -22,31 +20,15 @@ SETTINGS = lora_run.LoRAConfig(enabled=True, rank=4, alpha=8.0, dropout=0.0,
                                targets=peft.RELEASED_TARGETS, modules_to_save=("lm_head",))
 
 
-def _write_run(workdir, orbax_dir, settings):
-  """A LoRA run's workdir (step 3) over the random tiny base, with non-zero B factors."""
-  model, cfg, _ = load_checkpoint(orbax_dir)
-  lora_run.transform(model, settings)
-  rng = np.random.default_rng(1)
-  for linear in linear_modules(model).values():
-    if linear.lora_b is not None:
-      b = linear.lora_b.get_value()
-      linear.lora_b.set_value(jax.numpy.asarray(0.05 * rng.standard_normal(b.shape), b.dtype))
-  with ocp.StandardCheckpointer() as c:
-    c.save(workdir / "checkpoints" / "3" / "params", nnx.state(model).to_pure_dict())
-  checkpoint.write_model_config(workdir, cfg)
-  finetune.write_settings(workdir, settings)
-  return workdir
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, orbax_fp32):
-  return _write_run(tmp_path_factory.mktemp("lora") / "run", orbax_fp32, SETTINGS)
+  return write_random_lora_run(tmp_path_factory.mktemp("lora") / "run", orbax_fp32, SETTINGS)
 
 
 @pytest.fixture(scope="module")
 def qlora_run(tmp_path_factory, orbax_fp32):
   settings = dataclasses.replace(SETTINGS, quantize="nf4", group_size=8)
-  return _write_run(tmp_path_factory.mktemp("qlora") / "run", orbax_fp32, settings)
+  return write_random_lora_run(tmp_path_factory.mktemp("qlora") / "run", orbax_fp32, settings)
 
 
 def _logits(model, cfg):
