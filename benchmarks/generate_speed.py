@@ -48,7 +48,7 @@ def _prompts(cfg, batch: int, prompt_len: int, seed: int = 0):
   rows = []
   for _ in range(batch):
     text = rng.integers(0, text_vocab, prompt_len - q - 2).tolist()
-    rows.append(text[:3] + [cfg.image_start_id] + [cfg.image_pad_id] * q + [cfg.image_end_id] + text[3:])
+    rows.append(text[:3] + cfg.image_span + text[3:])
   size = cfg.vision.image_size
   images = rng.normal(size=(batch, 1, size, size, 3)).astype(np.float32)
   return np.asarray(rows, np.int32), images

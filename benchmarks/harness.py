@@ -51,8 +51,7 @@ def train_batch(cfg: ModelConfig, rows: int, seq_len: int, seed: int = 0) -> dic
   mask = np.zeros((rows, seq_len), bool)
   for r in range(rows):
     text = rng.integers(0, text_vocab, seq_len - q - 2)
-    tokens[r] = np.concatenate([text[:3], [cfg.image_start_id], [cfg.image_pad_id] * q,
-                                [cfg.image_end_id], text[3:]])
+    tokens[r] = np.concatenate([text[:3], cfg.image_span, text[3:]])
     mask[r] = tokens[r] < text_vocab
   mask[:, 0] = False
   size = cfg.vision.image_size

@@ -25,7 +25,7 @@ def _logits(model, ids, images):
 
 
 def _inputs(cfg):
-  span = [cfg.image_start_id] + [cfg.image_pad_id] * cfg.tokens_per_image + [cfg.image_end_id]
+  span = cfg.image_span
   row = [5, 6] + span + list(range(10, 40))
   ids = np.asarray([row] * 8, np.int32)
   images = np.random.default_rng(0).standard_normal((8, 1, 56, 56, 3)).astype(np.float32)

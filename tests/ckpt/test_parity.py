@@ -35,7 +35,7 @@ def models(orbax_fp32, hf_fp32):
 
 def _image_rows(cfg, rng, length=300):
   """Two rows with two image spans each at different offsets, `length` tokens in all."""
-  span = [cfg.image_start_id] + [cfg.image_pad_id] * cfg.tokens_per_image + [cfg.image_end_id]
+  span = cfg.image_span
   rows = []
   for first, second in ((3, 150), (40, 251)):
     text = list(rng.integers(0, cfg.image_start_id, size=length - 2 * len(span)))

@@ -25,7 +25,7 @@ def _logits(model, ids, images):
 
 def _inputs(cfg):
   rng = np.random.default_rng(0)
-  span = [cfg.image_start_id] + [cfg.image_pad_id] * cfg.tokens_per_image + [cfg.image_end_id]
+  span = cfg.image_span
   text = list(rng.integers(0, cfg.image_start_id, size=40))
   ids = np.asarray([text[:5] + span + text[5:]], np.int32)
   images = rng.random((1, 1, cfg.vision.image_size, cfg.vision.image_size, 3), np.float32)

@@ -15,7 +15,7 @@ def image_row(cfg, pieces):
   ids = []
   for p in pieces:
     if p == "IMG":
-      ids += [cfg.image_start_id] + [cfg.image_pad_id] * cfg.tokens_per_image + [cfg.image_end_id]
+      ids += cfg.image_span
     else:
       ids.append(p)
   return np.asarray(ids, np.int32)

@@ -18,8 +18,7 @@ def _xla_flops(cfg, fn_of_loss):
   model = QwenVL(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   q, t, b = cfg.tokens_per_image, 64, 2
-  ids = np.array([[1, cfg.image_start_id] + [cfg.image_pad_id] * q + [cfg.image_end_id]
-                  + [5] * (t - q - 3)] * b)
+  ids = np.array([[1] + cfg.image_span + [5] * (t - q - 3)] * b)
   images = jnp.ones((b, 1, 56, 56, 3))
 
   def loss(state):
