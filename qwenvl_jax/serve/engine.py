@@ -11,7 +11,9 @@ Why this shape:
   copied into its slot's row at columns index-P .. index-1 (mod L), after the row's old segment
   ids are cleared. The attention mask reads segment ids and positions, never column order, so the
   row then sees exactly its own prompt and tokens. A request fits while P + max_tokens <= L; the
-  ring grows (rolled so the write column restarts at 0) when one needs more, and is dropped when
+  ring grows (rolled so the write column restarts at 0) when one needs more, shrinks to what the
+  busy rows need once the request that grew it ends (every step reads the whole ring: at 1024
+  columns a 16-row step of configs/small.py costs 2.3x what it does at 128), and is dropped when
   the engine goes idle.
 * Prompts that begin like an earlier one (a shared system prompt, a chat's earlier turns) reuse
   its keys/values from a pool of cached blocks and prefill only the rest (`serve/prefix.py`). A
@@ -176,6 +178,16 @@ def _insert(ring: KVCache, small: KVCache, rows):
       ring.index)
 
 
+def _shrink(ring: KVCache, n_cols: int) -> KVCache:
+  """A shorter ring holding the last `n_cols` columns before the write column, oldest first (the
+  write column restarts at 0), as `_grow` lays them out."""
+  keep = lambda x, axis: jax.lax.slice_in_dim(jnp.roll(x, -ring.index, axis=axis),
+                                              x.shape[axis] - n_cols, x.shape[axis], axis=axis)
+  kv = lambda xs: jax.tree.map(lambda x: keep(x, 2), xs)
+  return KVCache(kv(ring.k), kv(ring.v), keep(ring.segment_ids, 1), keep(ring.positions, 1),
+                 jnp.zeros((), jnp.int32))
+
+
 def _new_ring(llm_cfg, dtype, per_layer: bool, slots: int, n_cols: int) -> KVCache:
   """An empty ring, made by one jitted call (eager per-layer ops cost ~0.1 s here). Its jit commits
   it to a device like every later ring (outputs of the decode chunk are): see `BatchEngine`."""
@@ -241,6 +253,7 @@ def decode_chunk_fn(generator, n_steps: int, compiler_options: dict | None = Non
 @dataclasses.dataclass
 class _Slot:
   req: Request
+  width: int  # the prompt's bucket: ring columns it took
   next_token: int  # sampled, not yet fed to the model
   position: int  # position of next_token
   alpha: float
@@ -282,6 +295,7 @@ class EngineStats:
   prefix_hits: int = 0  # requests that reused cached prefix blocks
   prefix_tokens: int = 0  # prompt tokens taken from the prefix cache instead of prefilled
   answer_blocks: int = 0  # blocks of finished answers stored in the prefix cache
+  ring_shrinks: int = 0  # times the ring shrank to what the busy rows need
 
 
 class BatchEngine:
@@ -325,6 +339,7 @@ class BatchEngine:
     self._insert = jax.jit(_insert, donate_argnums=(0,))
     self._store = jax.jit(_store_ring_blocks, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
+    self._shrink = jax.jit(_shrink, static_argnums=(1,))
     dtype = layers.dtype_of(self.cfg.dtype)
     # An inputs-free jit's output is uncommitted unless its shardings are given, and `_insert` would
     # compile a second variant of every shape for it (committed and uncommitted arguments differ).
@@ -411,8 +426,8 @@ class BatchEngine:
     self._thread.join(timeout)
 
   def compiled_count(self) -> int:
-    fns = [self._prefill, self._sample, self._insert, self._grow, self._new_ring, self._new_pool,
-           self._store, *self._chunks.values()]
+    fns = [self._prefill, self._sample, self._insert, self._grow, self._shrink, self._new_ring,
+           self._new_pool, self._store, *self._chunks.values()]
     return sum(f._cache_size() for f in fns)
 
   # ---- engine thread ---------------------------------------------------------------------
@@ -532,6 +547,10 @@ class BatchEngine:
         self._ring = None
         self._ring_for(small)
         self._ring_for(large)
+      for small, large in itertools.combinations(rings, 2):  # and shrinks when they end
+        self._ring = None
+        self._ring_for(large)
+        self._ring = self._shrink(self._ring, small)
       jax.block_until_ready(self._ring)
     finally:
       self.stop_ids, self.stats = saved
@@ -652,7 +671,7 @@ class BatchEngine:
                                     knobs["top_p"]))
     self.stats.prefills += 1
     for j, (req, slot) in enumerate(zip(reqs, slots)):
-      self._slots[slot] = _Slot(req, int(first[j]), len(req.ids), alpha, 1)
+      self._slots[slot] = _Slot(req, width, int(first[j]), len(req.ids), alpha, 1)
       self.stats.admitted += 1
       self.stats.prefix_hits += int(reused[j] > 0)
       self.stats.prefix_tokens += int(reused[j])
@@ -667,8 +686,19 @@ class BatchEngine:
                 top_k=col(lambda r: r.top_k, np.int32, 0),
                 top_p=col(lambda r: r.top_p, np.float32, 1.0))
 
+  def _fit_ring(self, busy: list[int]):
+    """Shrinks the ring to the shortest that holds every busy row's prompt bucket and answer budget
+    (`_ring_for`'s rule), once the requests that needed more have ended."""
+    n_cols = self._ring.segment_ids.shape[1]
+    need = max(MIN_RING, next_pow2(max(self._slots[i].width + self._slots[i].req.max_tokens
+                                       for i in busy)))
+    if need < n_cols:
+      self._ring = self._shrink(self._ring, need)
+      self.stats.ring_shrinks += 1
+
   def _step(self):
     busy = self._busy_slots()
+    self._fit_ring(busy)
     b = min(self.slots_n, next_pow2(busy[-1] + 1))
     slots = self._slots[:b]
     steps = self.chunk  # fixed: one compiled loop per (rows, ring) shape

@@ -66,6 +66,25 @@ def test_concurrent_greedy_tokens_equal_each_request_alone(model, tok, per_layer
   assert stats.steps * 3 > 128  # the write index went around the 128-column ring
 
 
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_the_ring_shrinks_when_the_request_that_grew_it_ends(model, tok, per_layer):
+  """A 100-token prompt (bucket 128, + 6 tokens) grows the ring to 256 columns; when it ends, the
+  short requests still decoding (bucket 64 + 40 tokens) move to a 128-column ring, and every
+  answer equals its request decoded alone."""
+  gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size,
+                  unstack_layers=per_layer)
+  rng = np.random.default_rng(7)
+  prompts = [rng.integers(3, 200, n).tolist() for n in (100, 9, 20, 30)]
+  max_tokens = [6, 40, 40, 40]
+  engine = BatchEngine(gen, slots=4, chunk=3)
+  try:
+    got = burst(engine, prompts, max_tokens=max_tokens)
+    assert engine.stats.ring_shrinks == 1
+  finally:
+    engine.close()
+  assert got == alone(gen, prompts, max_tokens=max_tokens)
+
+
 @pytest.mark.slow  # ~5 min on the loaded 2-core machine: many pictured/text shapes compile
 def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture_paths):
   """Requests that join together are prefilled in one call per (prompt bucket, pictures per row):
