@@ -19,8 +19,10 @@ Why this shape:
   its keys/values from a pool of cached blocks and prefill only the rest (`serve/prefix.py`). A
   finished row's answer blocks are copied from the ring into that pool, so a chat's next turn
   reuses its previous answer too.
-* Busy slots are kept at the low indices and each chunk runs only the first `next_pow2(highest busy
-  slot + 1)` rows, so one client does not pay for sixteen.
+* Each chunk runs only the first `next_pow2(highest busy slot + 1)` rows, so one client does not
+  pay for sixteen. Joining requests take the lowest free slots, and when rows that end leave the
+  busy ones spread out (a long answer in slot 9 after slots 0-8 ended), the busy rows move down
+  (their ring rows copied) before the next chunk.
 * Sampling knobs are per row (temperature, top-k, top-p, seed): traced arrays, never recompiles.
   A row's t-th token uses key fold_in(key(seed), t), so its tokens do not depend on batch mates.
 * Tokens are handed out on the host after each chunk; stop ids and max_tokens end a row there
@@ -178,6 +180,16 @@ def _insert(ring: KVCache, small: KVCache, rows):
       ring.index)
 
 
+def _move_rows(ring: KVCache, src, dst) -> KVCache:
+  """Ring rows `src` copied to rows `dst` (entries with dst >= B are padding: dropped)."""
+  ax = _batch_axis(ring)
+  move = lambda x, axis: x.at[(slice(None),) * axis + (dst,)].set(
+      jnp.take(x, src, axis=axis), mode="drop")
+  kv = lambda xs: jax.tree.map(lambda x: move(x, ax), xs)
+  return KVCache(kv(ring.k), kv(ring.v), move(ring.segment_ids, 0), move(ring.positions, 0),
+                 ring.index)
+
+
 def _shrink(ring: KVCache, n_cols: int) -> KVCache:
   """A shorter ring holding the last `n_cols` columns before the write column, oldest first (the
   write column restarts at 0), as `_grow` lays them out."""
@@ -296,6 +308,7 @@ class EngineStats:
   prefix_tokens: int = 0  # prompt tokens taken from the prefix cache instead of prefilled
   answer_blocks: int = 0  # blocks of finished answers stored in the prefix cache
   ring_shrinks: int = 0  # times the ring shrank to what the busy rows need
+  rows_moved: int = 0  # busy rows moved to lower slots (so chunks compute fewer rows)
 
 
 class BatchEngine:
@@ -340,6 +353,7 @@ class BatchEngine:
     self._store = jax.jit(_store_ring_blocks, donate_argnums=(0,))
     self._grow = jax.jit(_grow, static_argnums=(1,))
     self._shrink = jax.jit(_shrink, static_argnums=(1,))
+    self._move = jax.jit(_move_rows, donate_argnums=(0,))
     dtype = layers.dtype_of(self.cfg.dtype)
     # An inputs-free jit's output is uncommitted unless its shardings are given, and `_insert` would
     # compile a second variant of every shape for it (committed and uncommitted arguments differ).
@@ -426,8 +440,8 @@ class BatchEngine:
     self._thread.join(timeout)
 
   def compiled_count(self) -> int:
-    fns = [self._prefill, self._sample, self._insert, self._grow, self._shrink, self._new_ring,
-           self._new_pool, self._store, *self._chunks.values()]
+    fns = [self._prefill, self._sample, self._insert, self._grow, self._shrink, self._move,
+           self._new_ring, self._new_pool, self._store, *self._chunks.values()]
     return sum(f._cache_size() for f in fns)
 
   # ---- engine thread ---------------------------------------------------------------------
@@ -551,6 +565,10 @@ class BatchEngine:
         self._ring = None
         self._ring_for(large)
         self._ring = self._shrink(self._ring, small)
+      for n_cols in rings:  # busy rows moved down
+        self._ring = None
+        self._ring_for(n_cols)
+        self._ring = self._move(self._ring, *self._move_entries([], []))
       jax.block_until_ready(self._ring)
     finally:
       self.stop_ids, self.stats = saved
@@ -696,8 +714,27 @@ class BatchEngine:
       self._ring = self._shrink(self._ring, need)
       self.stats.ring_shrinks += 1
 
+  def _compact(self, busy: list[int]) -> list[int]:
+    """Moves the busy rows above slot len(busy) into free slots below it, when that lets chunks
+    compute fewer rows (a smaller power of two); -> the busy slots after."""
+    if next_pow2(len(busy)) >= next_pow2(busy[-1] + 1):
+      return busy
+    src = [i for i in busy if i >= len(busy)]
+    dst = [i for i in range(len(busy)) if self._slots[i] is None]
+    self._ring = self._move(self._ring, *self._move_entries(src, dst))
+    for i, j in zip(src, dst):
+      self._slots[j], self._slots[i] = self._slots[i], None
+    self.stats.rows_moved += len(src)
+    return list(range(len(busy)))
+
+  def _move_entries(self, src, dst) -> tuple[np.ndarray, np.ndarray]:
+    """`_move_rows`' (src, dst), padded to the slot count (one compiled shape per ring)."""
+    pad = self.slots_n - len(src)
+    return (np.asarray(list(src) + [0] * pad, np.int32),
+            np.asarray(list(dst) + [self.slots_n] * pad, np.int32))
+
   def _step(self):
-    busy = self._busy_slots()
+    busy = self._compact(self._busy_slots())
     self._fit_ring(busy)
     b = min(self.slots_n, next_pow2(busy[-1] + 1))
     slots = self._slots[:b]

@@ -85,6 +85,28 @@ def test_the_ring_shrinks_when_the_request_that_grew_it_ends(model, tok, per_lay
   assert got == alone(gen, prompts, max_tokens=max_tokens)
 
 
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_a_long_answer_left_in_a_high_slot_moves_down(model, tok, per_layer):
+  """Four requests fill slots 0-3; when the three short ones end, the long one in slot 3 moves to
+  slot 0 and the chunks compute one row instead of four; its answer equals it decoded alone."""
+  gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size,
+                  unstack_layers=per_layer)
+  rng = np.random.default_rng(8)
+  prompts = [rng.integers(3, 200, n).tolist() for n in (7, 12, 20, 15)]
+  max_tokens = [6, 6, 6, 30]
+  engine = BatchEngine(gen, slots=4, chunk=3)
+  try:
+    got = burst(engine, prompts, max_tokens=max_tokens)
+    stats = engine.stats
+    assert stats.rows_moved == 1
+    # 2 chunks of 4 rows until the short ones end (6 tokens: 1 from the prefill + 2 x 3), then
+    # 8 chunks of 1 row for the long one's other 24 tokens.
+    assert (stats.steps, stats.row_steps) == (10, 3 * (2 * 4 + 8 * 1))
+  finally:
+    engine.close()
+  assert got == alone(gen, prompts, max_tokens=max_tokens)
+
+
 @pytest.mark.slow  # ~5 min on the loaded 2-core machine: many pictured/text shapes compile
 def test_joining_requests_share_prefills_and_equal_each_alone(predictor, picture_paths):
   """Requests that join together are prefilled in one call per (prompt bucket, pictures per row):
