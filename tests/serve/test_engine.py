@@ -66,45 +66,43 @@ def test_concurrent_greedy_tokens_equal_each_request_alone(model, tok, per_layer
   assert stats.steps * 3 > 128  # the write index went around the 128-column ring
 
 
+def _lengths_mixed(model, tok, per_layer, prompts, max_tokens):
+  """A burst of requests with their own max_tokens on 4 slots, chunks of 3 steps, no stop ids ->
+  (their tokens, the engine's counters once it closed, each request decoded alone)."""
+  gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size,
+                  unstack_layers=per_layer)
+  engine = BatchEngine(gen, slots=4, chunk=3)
+  try:
+    got = burst(engine, prompts, max_tokens=max_tokens)
+  finally:
+    engine.close()
+  return got, engine.stats, alone(gen, prompts, max_tokens=max_tokens)
+
+
 @pytest.mark.parametrize("per_layer", [True, False])
 def test_the_ring_shrinks_when_the_request_that_grew_it_ends(model, tok, per_layer):
   """A 100-token prompt (bucket 128, + 6 tokens) grows the ring to 256 columns; when it ends, the
   short requests still decoding (bucket 64 + 40 tokens) move to a 128-column ring, and every
   answer equals its request decoded alone."""
-  gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size,
-                  unstack_layers=per_layer)
   rng = np.random.default_rng(7)
   prompts = [rng.integers(3, 200, n).tolist() for n in (100, 9, 20, 30)]
-  max_tokens = [6, 40, 40, 40]
-  engine = BatchEngine(gen, slots=4, chunk=3)
-  try:
-    got = burst(engine, prompts, max_tokens=max_tokens)
-    assert engine.stats.ring_shrinks == 1
-  finally:
-    engine.close()
-  assert got == alone(gen, prompts, max_tokens=max_tokens)
+  got, stats, want = _lengths_mixed(model, tok, per_layer, prompts, [6, 40, 40, 40])
+  assert stats.ring_shrinks == 1
+  assert got == want
 
 
 @pytest.mark.parametrize("per_layer", [True, False])
 def test_a_long_answer_left_in_a_high_slot_moves_down(model, tok, per_layer):
   """Four requests fill slots 0-3; when the three short ones end, the long one in slot 3 moves to
   slot 0 and the chunks compute one row instead of four; its answer equals it decoded alone."""
-  gen = Generator(model, pad_id=tok.pad_id, stop_ids=[], valid_vocab=tok.vocab_size,
-                  unstack_layers=per_layer)
   rng = np.random.default_rng(8)
   prompts = [rng.integers(3, 200, n).tolist() for n in (7, 12, 20, 15)]
-  max_tokens = [6, 6, 6, 30]
-  engine = BatchEngine(gen, slots=4, chunk=3)
-  try:
-    got = burst(engine, prompts, max_tokens=max_tokens)
-    stats = engine.stats
-    assert stats.rows_moved == 1
-    # 2 chunks of 4 rows until the short ones end (6 tokens: 1 from the prefill + 2 x 3), then
-    # 8 chunks of 1 row for the long one's other 24 tokens.
-    assert (stats.steps, stats.row_steps) == (10, 3 * (2 * 4 + 8 * 1))
-  finally:
-    engine.close()
-  assert got == alone(gen, prompts, max_tokens=max_tokens)
+  got, stats, want = _lengths_mixed(model, tok, per_layer, prompts, [6, 6, 6, 30])
+  assert stats.rows_moved == 1
+  # 2 chunks of 4 rows until the short ones end (6 tokens: 1 from the prefill + 2 x 3), then
+  # 8 chunks of 1 row for the long one's other 24 tokens.
+  assert (stats.steps, stats.row_steps) == (10, 3 * (2 * 4 + 8 * 1))
+  assert got == want
 
 
 @pytest.mark.slow  # ~5 min on the loaded 2-core machine: many pictured/text shapes compile
