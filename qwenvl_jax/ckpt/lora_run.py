@@ -104,6 +104,12 @@ def read_settings(run_dir) -> LoRAConfig | None:
   return None
 
 
+def is_lora_run(path) -> bool:
+  """Whether `path` (a run's workdir or a checkpoint inside it) was trained with LoRA on."""
+  settings = read_settings(path)
+  return settings is not None and settings.enabled
+
+
 def load_finetuned(run_dir, *, merge: bool = False, mesh=None, rules=None):
   """(model, model config, LoRAConfig, tokenizer path or None) of a LoRA / Q-LoRA run's latest
   checkpoint, the LoRA factors kept apart (`merge=False`) or folded into the kernels."""

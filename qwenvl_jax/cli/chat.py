@@ -74,18 +74,10 @@ def _load(args):
 
     mesh = create_mesh(MeshConfig(data=-1, fsdp=1, tensor=args.tensor_parallel))
   _say_hf_cache(args.ckpt)
-  merge = getattr(args, "merge_lora", False)
-  if merge:
-    from qwenvl_jax.ckpt import lora_run
-
-    settings = lora_run.read_settings(args.ckpt)
-    if settings is None or not settings.enabled:
-      raise UserError(f"--merge-lora: {args.ckpt} is not a LoRA run (no {lora_run.FINETUNE_FILE} "
-                      "with lora.enabled)")
   try:
     return load_predictor(args.ckpt, mesh=mesh, dtype=args.dtype, max_window=args.max_window,
                           batch_size=1, quantize=getattr(args, "quantize", None),
-                          merge_lora=merge)
+                          merge_lora=getattr(args, "merge_lora", False))
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
   except Exception as e:  # config/tensor mismatches surface from several libraries

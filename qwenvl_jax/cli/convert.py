@@ -67,10 +67,9 @@ def run(args):
 
 def _refuse_lora_run(src):
   from qwenvl_jax.cli import UserError
-  from qwenvl_jax.ckpt.lora_run import read_settings
+  from qwenvl_jax.ckpt.lora_run import is_lora_run
 
-  settings = read_settings(src)
-  if settings is not None and settings.enabled:
+  if is_lora_run(src):
     raise UserError(f"{src} is a LoRA run: pass --merge-lora for full weights, or use --to peft")
 
 

@@ -130,7 +130,7 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
   """An Orbax checkpoint directory or an HF directory -> (model, model_cfg, tokenizer).
 
   A LoRA / Q-LoRA run (its workdir has finetune.json) loads with its factors kept apart, or folded
-  into the weights with `merge_lora=True`.
+  into the weights with `merge_lora=True` (refused for a checkpoint that is no LoRA run).
 
   HF directories are converted first, into `converted_dir` if given (reused if it exists), else into
   the cache entry `converted_cache_dir(path)` (keyed by the files' identity, so a changed HF folder
@@ -138,16 +138,19 @@ def load_model(path, *, mesh=None, rules=None, dtype=None, tokenizer=None, conve
   `quantize` ("int8", "int4", "nf4"; see `qwenvl_jax.model.quant`) stores the LLM and ViT linear
   kernels quantised after loading (weight-only: activations stay in the compute dtype).
   """
-  path = pathlib.Path(path)
-  if not path.is_dir():
-    raise FileNotFoundError(f"checkpoint directory not found: {path}")
-  if is_hf_dir(path):
-    path = _convert_hf_cached(path, pathlib.Path(converted_dir) if converted_dir else None)
   from qwenvl_jax.ckpt import lora_run
   from qwenvl_jax.ckpt.orbax_io import load_checkpoint
 
-  settings = lora_run.read_settings(path)
-  if settings is not None and settings.enabled:
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"checkpoint directory not found: {path}")
+  lora = lora_run.is_lora_run(path)
+  if merge_lora and not lora:
+    raise ValueError(f"merge_lora: {path} is not a LoRA run (no {lora_run.FINETUNE_FILE} with "
+                     "lora.enabled)")
+  if is_hf_dir(path):
+    path = _convert_hf_cached(path, pathlib.Path(converted_dir) if converted_dir else None)
+  if lora:
     model, cfg, _, tok_path = lora_run.load_finetuned(path, merge=merge_lora, mesh=mesh, rules=rules)
   else:
     model, cfg, tok_path = load_checkpoint(path, mesh=mesh, rules=rules)

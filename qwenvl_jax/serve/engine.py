@@ -66,6 +66,11 @@ log = logging.getLogger(__name__)
 MIN_RING = 128  # shortest ring: short chats share one compiled shape
 
 
+def ring_columns(need: int) -> int:
+  """The ring length that holds `need` columns (a prompt bucket + its answer budget)."""
+  return max(MIN_RING, next_pow2(need))
+
+
 class EngineClosed(RuntimeError):
   """The engine is draining or stopped and takes no new requests."""
 
@@ -136,6 +141,11 @@ def _prefill_rows(graphdef, logn, per_layer, state, pool, table, reused, src_row
     put = lambda p, c: p.at[:, dst].set(c[:, src_rows[:, None], cols], mode="drop")
     pool = (put(pool[0], small.k), put(pool[1], small.v))
   return logits, _constrain_cache(per_layer_cache(small) if per_layer else small), pool
+
+
+def _padded(xs: Sequence[int], size: int, fill: int) -> np.ndarray:
+  """int32 `xs` padded with `fill` to `size` entries (a jitted call's fixed-size index operand)."""
+  return np.asarray(list(xs) + [fill] * (size - len(xs)), np.int32)
 
 
 def _store_ring_blocks(pool, ring: KVCache, rows, back, dst):
@@ -270,8 +280,13 @@ class _Slot:
   position: int  # position of next_token
   alpha: float
   counter: int  # tokens sampled so far (the sampling key's step)
-  fed: int = 0  # decode steps run (ring columns written since the prompt's)
+  keys: tuple = ()  # the prompt's block keys (prefix cache), continued for its answer's blocks
   answer: list = dataclasses.field(default_factory=list)  # kept tokens (+ the stop token)
+
+  @property
+  def fed(self) -> int:
+    """Decode steps run = ring columns written since the prompt's (all but the prefill's sample)."""
+    return self.counter - 1
 
 
 @dataclasses.dataclass
@@ -527,7 +542,7 @@ class BatchEngine:
     before = self.compiled_count()
     widths = sorted({prompt_bucket(max(1, int(n)), self.gen.min_prompt_bucket)
                      for n in prompt_tokens})
-    ring_of = lambda w: max(MIN_RING, next_pow2(w + max(1, int(max_tokens))))
+    ring_of = lambda w: ring_columns(w + max(1, int(max_tokens)))
     rings = sorted({ring_of(w) for w in widths})
     # every request count a prefill group can have (-> its batch bucket) and decode row count
     counts = sorted({min(self.slots_n, next_pow2(n)) for n in range(1, self.slots_n + 1)})
@@ -554,9 +569,7 @@ class BatchEngine:
           self._ring_for(n_cols)
           for size in (8 << k for k in range(max(1, self.slots_n * n_cols // BLOCK // 8)
                                              .bit_length())):
-            entries = self._store_entries([], [], [])
-            self._pool = self._store(self._pool, self._ring,
-                                     *(np.resize(e, size) for e in entries))
+            self._pool = self._store(self._pool, self._ring, *self._store_entries([], [], [], size))
       for small, large in zip(rings, rings[1:]):  # a ring that grows while requests run
         self._ring = None
         self._ring_for(small)
@@ -588,7 +601,7 @@ class BatchEngine:
     """Makes sure the ring has >= `need` columns."""
     if self._ring is not None and self._ring.segment_ids.shape[1] >= need:
       return
-    n_cols = max(MIN_RING, next_pow2(need))
+    n_cols = ring_columns(need)
     if self._ring is None:
       self._ring = self._new_ring(self.slots_n, n_cols)
     else:
@@ -689,7 +702,7 @@ class BatchEngine:
                                     knobs["top_p"]))
     self.stats.prefills += 1
     for j, (req, slot) in enumerate(zip(reqs, slots)):
-      self._slots[slot] = _Slot(req, width, int(first[j]), len(req.ids), alpha, 1)
+      self._slots[slot] = _Slot(req, width, int(first[j]), len(req.ids), alpha, 1, plans[j].keys)
       self.stats.admitted += 1
       self.stats.prefix_hits += int(reused[j] > 0)
       self.stats.prefix_tokens += int(reused[j])
@@ -708,8 +721,7 @@ class BatchEngine:
     """Shrinks the ring to the shortest that holds every busy row's prompt bucket and answer budget
     (`_ring_for`'s rule), once the requests that needed more have ended."""
     n_cols = self._ring.segment_ids.shape[1]
-    need = max(MIN_RING, next_pow2(max(self._slots[i].width + self._slots[i].req.max_tokens
-                                       for i in busy)))
+    need = ring_columns(max(self._slots[i].width + self._slots[i].req.max_tokens for i in busy))
     if need < n_cols:
       self._ring = self._shrink(self._ring, need)
       self.stats.ring_shrinks += 1
@@ -729,9 +741,7 @@ class BatchEngine:
 
   def _move_entries(self, src, dst) -> tuple[np.ndarray, np.ndarray]:
     """`_move_rows`' (src, dst), padded to the slot count (one compiled shape per ring)."""
-    pad = self.slots_n - len(src)
-    return (np.asarray(list(src) + [0] * pad, np.int32),
-            np.asarray(list(dst) + [self.slots_n] * pad, np.int32))
+    return _padded(src, self.slots_n, 0), _padded(dst, self.slots_n, self.slots_n)
 
   def _step(self):
     busy = self._compact(self._busy_slots())
@@ -756,7 +766,6 @@ class BatchEngine:
       if s is None:
         continue
       s.next_token, s.position, s.counter = int(out[i, -1]), s.position + steps, s.counter + steps
-      s.fed += steps
       self._hand_out(i, out[i].tolist())
     self._store_answers()
     if not self._busy_slots():  # idle: expect the clients of the requests that just ended back
@@ -808,7 +817,7 @@ class BatchEngine:
       keep = prefix.ring_blocks(n, row.fed, len(row.answer), n_cols)
       seq = list(req.ids) + row.answer[:max(0, keep.stop * BLOCK - n)]
       keys = prefix.block_keys(seq, req.images, self.cfg.image_start_id,
-                               salt=np.float32(row.alpha).tobytes())
+                               salt=np.float32(row.alpha).tobytes(), known=row.keys)
       for m in keep:
         if keys[m] in self._index:
           continue
@@ -824,9 +833,8 @@ class BatchEngine:
     self._pool = self._store(self._pool, self._ring, *self._store_entries(rows, back, dst))
     self.stats.answer_blocks += len(dst)
 
-  def _store_entries(self, rows, back, dst) -> tuple[np.ndarray, ...]:
-    """`_store_ring_blocks`' entries padded to a power of two (>= 8: few compiled shapes), the
-    padding entries writing to slot N (dropped)."""
-    size = max(8, next_pow2(len(dst)))
-    pad = lambda xs, fill: np.asarray(list(xs) + [fill] * (size - len(xs)), np.int32)
-    return pad(rows, 0), pad(back, 0), pad(dst, self._index.n_blocks)
+  def _store_entries(self, rows, back, dst, size: int | None = None) -> tuple[np.ndarray, ...]:
+    """`_store_ring_blocks`' entries padded to `size`, by default a power of two (>= 8: few
+    compiled shapes), the padding entries writing to slot N (dropped)."""
+    size = size or max(8, next_pow2(len(dst)))
+    return _padded(rows, size, 0), _padded(back, size, 0), _padded(dst, size, self._index.n_blocks)

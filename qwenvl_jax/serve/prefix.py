@@ -40,16 +40,19 @@ def _digest(*parts: bytes) -> bytes:
 
 
 def block_keys(ids: Sequence[int], images: Sequence[np.ndarray], image_start_id: int,
-               salt: bytes = b"") -> list[bytes]:
-  """The key of each full block of `ids` (the k-th picture is the one of the k-th image start)."""
+               salt: bytes = b"", known: Sequence[bytes] = ()) -> list[bytes]:
+  """The key of each full block of `ids` (the k-th picture is the one of the k-th image start).
+  `known`: the keys of its first blocks, computed before (a prompt's, when its answer is added):
+  the chain continues from them and only the pictures starting in later blocks are hashed."""
   ids = np.asarray(ids, np.int32)
   starts = np.flatnonzero(ids == image_start_id)
-  pictures = [_digest(str((a.shape, a.dtype)).encode(), np.ascontiguousarray(a).tobytes())
-              for a in map(np.asarray, images)]
-  keys, prev = [], _digest(salt)
-  for m in range(len(ids) // BLOCK):
+  picture = lambda a: _digest(str((a.shape, a.dtype)).encode(), np.ascontiguousarray(a).tobytes())
+  keys = list(known)
+  prev = keys[-1] if keys else _digest(salt)
+  for m in range(len(keys), len(ids) // BLOCK):
     lo, hi = m * BLOCK, (m + 1) * BLOCK
-    inside = [pictures[k] for k, s in enumerate(starts) if lo <= s < hi and k < len(pictures)]
+    inside = [picture(np.asarray(images[k])) for k, s in enumerate(starts)
+              if lo <= s < hi and k < len(images)]
     prev = _digest(prev, ids[lo:hi].tobytes(), *inside)
     keys.append(prev)
   return keys

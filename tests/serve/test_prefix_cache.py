@@ -147,6 +147,7 @@ def test_block_keys_name_the_whole_prefix_and_its_pictures():
   k_pic = prefix.block_keys(with_pic, [pic], image_start_id=7)
   k_other = prefix.block_keys(with_pic, [other], image_start_id=7)
   assert k_pic[0] == k_other[0] and k_pic[1] != k_other[1]  # the picture starts in block 1
+  assert prefix.block_keys(with_pic, [pic], 7, known=k_pic[:1]) == k_pic  # the chain continued
   assert prefix.block_keys(ids, [], 7, salt=b"alpha2")[0] != keys[0]
 
 
